@@ -1,0 +1,12 @@
+"""runner: a declarative, config-driven experiment runner for PyTorch.
+
+    cfg = runner.compose(["model=mlp", "init=xavier"])
+    model = runner.build(cfg)            # built, initialized, placed
+    summary = runner.train(cfg, "runs/x")
+"""
+
+from runner.api import build, compose, train
+from runner.errors import ConfigError, RunError
+from runner.initialization import register_init
+
+__all__ = ["compose", "build", "train", "register_init", "ConfigError", "RunError"]

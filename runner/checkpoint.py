@@ -1,0 +1,232 @@
+"""Checkpoints that are safe to load and complete enough to resume exactly.
+
+Layout of checkpoints/step_NNNNNNN/:
+  model.safetensors      unique parameters and persistent buffers (each tied tensor once;
+                         the tie map is in the header metadata)
+  optimizer.safetensors  optimizer state tensors and the torch/CUDA RNG states
+  state.json             step, epoch, position in the epoch, optimizer param groups, scheduler
+                         state, python and numpy RNG states, the resolved config
+  manifest.json          SHA-256 of every file above, verified on load
+
+Nothing here is ever unpickled: tensors come from safetensors, everything else from JSON.
+A directory is written under a temporary name, flushed, then renamed into place, so the
+latest complete checkpoint is always the newest `step_*` directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from runner.errors import RunError
+from runner.tensors import tensor_index
+
+PREFIX = "step_"
+FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: optimizer steps done, and the epoch and batch index to continue from."""
+
+    step: int
+    epoch: int
+    batch: int
+
+
+def saved_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Returns canonical name -> tensor for everything a checkpoint stores (no non-persistent buffers)."""
+    return {e.name: e.tensor for e in tensor_index(model) if e.kind != "non-persistent buffer"}
+
+
+def tie_map(model: nn.Module) -> dict[str, str]:
+    """Returns alias -> canonical name for every tied tensor."""
+    return {alias: e.name for e in tensor_index(model) for alias in e.aliases}
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    position: Position, config: dict, keep_last: int) -> Path:
+    """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{position.step:07d}"
+    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {name: t.detach().to("cpu").contiguous() for name, t in saved_tensors(model).items()}
+    save_file(weights, tmp / "model.safetensors", metadata={"ties": json.dumps(tie_map(model))})
+    optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
+    optim_tensors.update(_torch_rng())
+    save_file(optim_tensors, tmp / "optimizer.safetensors")
+    state = {
+        "step": position.step, "epoch": position.epoch, "batch": position.batch,
+        "optimizer": optim_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
+    }
+    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    manifest = {name: _sha256(tmp / name) for name in FILES}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Returns the complete checkpoint directories, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "manifest.json").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """Returns the newest checkpoint of a run directory (or the path itself if it is a checkpoint)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "manifest.json").is_file():
+        return run_dir
+    found = list_checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise RunError(f"{run_dir}: no checkpoint found (expected {run_dir / 'checkpoints'}/{PREFIX}*/manifest.json)")
+    return found[-1]
+
+
+def verify(checkpoint: Path) -> None:
+    """Raises RunError unless every file matches the SHA-256 its manifest records."""
+    try:
+        manifest = json.loads((checkpoint / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunError(f"{checkpoint}: unreadable manifest.json ({error})") from None
+    for name in FILES:
+        path = checkpoint / name
+        if not path.is_file():
+            raise RunError(f"{checkpoint}: {name} is missing")
+        if _sha256(path) != manifest.get(name):
+            raise RunError(f"{path}: SHA-256 does not match the manifest; the file is damaged or was replaced")
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """Returns a verified checkpoint's state.json."""
+    verify(checkpoint)
+    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+def load_weights(checkpoint: Path, model: nn.Module) -> None:
+    """Copies a verified checkpoint's tensors into the model in place (identities, hence ties, survive)."""
+    verify(checkpoint)
+    stored = _load_safetensors(checkpoint / "model.safetensors")
+    wanted = saved_tensors(model)
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    if missing or unexpected:
+        raise RunError(f"{checkpoint}: checkpoint does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    with torch.no_grad():
+        for name, tensor in wanted.items():
+            if stored[name].shape != tensor.shape:
+                raise RunError(f"{checkpoint}: {name} has shape {tuple(stored[name].shape)}, the model wants {tuple(tensor.shape)}")
+            tensor.copy_(stored[name])
+
+
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> Position:
+    """Restores optimizer, scheduler and every RNG from a verified checkpoint; returns its position."""
+    state = read_state(checkpoint)
+    tensors = _load_safetensors(checkpoint / "optimizer.safetensors")
+    optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    random.setstate(_as_tuple(state["python_rng"]))
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return Position(state["step"], state["epoch"], state["batch"])
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RunError(f"{path}: not a valid safetensors file ({error}); refusing to load it") from None
+
+
+def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}
+    for index, values in state_dict["state"].items():
+        plain["state"][str(index)] = {}
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
+                plain["state"][str(index)][key] = {"tensor": f"state.{index}.{key}"}
+            else:
+                plain["state"][str(index)][key] = {"value": value}
+    return tensors, plain
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
+    state = {
+        int(index): {key: tensors[ref["tensor"]] if "tensor" in ref else ref["value"] for key, ref in values.items()}
+        for index, values in plain["state"].items()
+    }
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _torch_rng() -> dict[str, torch.Tensor]:
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.update({f"rng.cuda.{i:03d}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _as_tuple(saved: list) -> tuple:
+    return (saved[0], tuple(saved[1]), saved[2])
+
+
+def _numpy_rng() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

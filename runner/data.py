@@ -1,0 +1,180 @@
+"""Datasets (digits, synthetic, text, the user's own file) and the in-memory batch server."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from runner.config import DataConfig
+from runner.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and validation tensors, on the CPU until the trainer moves them."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Dataset":
+        """Returns the dataset on `device`, float features cast to `dtype` (token ids stay integers)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y))
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    """Returns the seeded train/val split of the configured data, checked against its declared shape."""
+    loaders = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
+    features, targets = loaders[cfg.name](cfg)
+    _check_shapes(features, targets, cfg)
+    return split(features, targets, cfg.val_fraction, cfg.split_seed)
+
+
+def split(features: torch.Tensor, targets: torch.Tensor, val_fraction: float, seed: int) -> Dataset:
+    """Returns a seeded random split; the same seed gives every job of a sweep the same split."""
+    n = features.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+    return Dataset(features[train], targets[train], features[val], targets[val])
+
+
+def _digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return torch.from_numpy(x / 16.0).float(), torch.from_numpy(y).long()
+
+
+def _synthetic(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import make_classification, make_regression
+
+    if cfg.task == "regression":
+        x, y = make_regression(
+            n_samples=cfg.num_samples, n_features=cfg.num_features, n_targets=cfg.num_outputs,
+            noise=cfg.noise, random_state=cfg.split_seed,
+        )
+        y = y.reshape(len(y), -1)
+        y = (y - y.mean(0)) / y.std(0)  # unit-scale targets keep the default lr sensible
+        return torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    informative = max(2, min(cfg.num_features, math.ceil(math.log2(cfg.num_outputs)) + 2))
+    x, y = make_classification(
+        n_samples=cfg.num_samples, n_features=cfg.num_features, n_informative=informative,
+        n_redundant=0, n_classes=cfg.num_outputs, n_clusters_per_class=1,
+        flip_y=cfg.noise, random_state=cfg.split_seed,
+    )
+    return torch.from_numpy(x).float(), torch.from_numpy(y).long()
+
+
+def _text(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from runner.text import grammar_windows
+
+    return grammar_windows(cfg.num_samples, cfg.num_features, cfg.num_outputs, cfg.split_seed)
+
+
+def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    path = Path(str(cfg.path))
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                x, y = _pick(dict(archive), cfg, path)
+        elif path.suffix == ".pt":
+            x, y = _pick(torch.load(path, map_location="cpu", weights_only=True), cfg, path)
+        else:
+            table = _read_csv(path)
+            x, y = table[:, :-1], table[:, -1]
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64) if not torch.is_tensor(x) else x).float()
+        y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError) as error:
+        raise ConfigError([Problem("data.path", f"could not read {path}: {str(error).splitlines()[0]}")]) from None
+    if cfg.task == "classification":
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            raise ConfigError([Problem("data.path", f"{path}: classification targets must be integer class ids")])
+        y = y.long()
+    else:
+        y = y.float().reshape(len(y), -1)
+    return x, y
+
+
+def _pick(arrays: object, cfg: DataConfig, path: Path) -> tuple[object, object]:
+    if not isinstance(arrays, dict):
+        raise ConfigError([Problem("data.path", f"{path}: expected a dict of arrays, got {type(arrays).__name__}")])
+    missing = [k for k in (cfg.features_key, cfg.targets_key) if k not in arrays]
+    if missing:
+        key = "data.features_key" if cfg.features_key in missing else "data.targets_key"
+        raise ConfigError([Problem(key, f"{path} has no array {missing[0]!r}; it has: {', '.join(map(str, arrays)) or 'none'}")])
+    return arrays[cfg.features_key], arrays[cfg.targets_key]
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        [float(cell) for cell in first.strip().split(",")]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header row
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+    except ValueError as error:
+        raise ConfigError([Problem("data.path", f"{path}: non-numeric value ({str(error).splitlines()[0]})")]) from None
+    if table.shape[1] < 2:
+        raise ConfigError([Problem("data.path", f"{path}: expected feature columns then a target column, got {table.shape[1]} column(s)")])
+    return table
+
+
+def _check_shapes(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> None:
+    problems = []
+    if x.dim() != 2:
+        problems.append(Problem("data.path" if cfg.name == "file" else "data", f"features must be 2-D (samples, features), got shape {tuple(x.shape)}"))
+    elif x.shape[1] != cfg.num_features:
+        problems.append(Problem("data.num_features", f"is {cfg.num_features} but the data has {x.shape[1]} features per sample"))
+    if len(x) != len(y):
+        problems.append(Problem("data.path", f"{len(x)} feature rows but {len(y)} targets"))
+    if len(x) < 2:
+        problems.append(Problem("data", f"need at least 2 samples to split into train and val, got {len(x)}"))
+    if cfg.task == "classification" and len(y) and (int(y.min()) < 0 or int(y.max()) >= cfg.num_outputs):
+        problems.append(Problem("data.num_outputs", f"is {cfg.num_outputs} but class ids run from {int(y.min())} to {int(y.max())}"))
+    if cfg.task == "regression" and y.dim() == 2 and y.shape[1] != cfg.num_outputs:
+        problems.append(Problem("data.num_outputs", f"is {cfg.num_outputs} but the data has {y.shape[1]} target column(s)"))
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        problems.append(Problem("data.path" if cfg.name == "file" else "data", "features contain NaN or Inf"))
+    if problems:
+        raise ConfigError(problems)
+
+
+class Batches:
+    """Serves minibatches by slicing tensors shuffled once per epoch, already on the target device.
+
+    The order of epoch e comes from its own seed (seed, e), so a run resumed mid-epoch sees
+    exactly the batches an uninterrupted run would have seen, with no generator state to save.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.steps_per_epoch = math.ceil(len(x) / batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Returns epoch `epoch`'s permutation of the sample indices."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.x), generator=generator).to(self.x.device)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields the batches of `epoch` from batch index `start` on."""
+        order = self.order(epoch)
+        xs, ys = self.x.index_select(0, order), self.y.index_select(0, order)
+        size = self.batch_size
+        for index in range(start, self.steps_per_epoch):
+            yield xs[index * size : (index + 1) * size], ys[index * size : (index + 1) * size]

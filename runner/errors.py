@@ -1,0 +1,67 @@
+"""The two kinds of failure a user sees: a bad config (exit 2) and a run that went wrong (exit 1)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: the dotted key path and what was expected there."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, reported together. Exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        count = len(self.problems)
+        head = "config error" if count == 1 else f"config errors ({count})"
+        return head + ":\n" + "\n".join(f"  {p}" for p in self.problems)
+
+
+class RunError(Exception):
+    """A run that could not go on (non-finite loss, unwritable directory, damaged file). Exit status 1."""
+
+    exit_code = 1
+
+
+class Problems:
+    """Collects problems while validating, so that one run reports all of them at once."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(Problem(key, message))
+
+    def extend(self, other: "Problems") -> None:
+        self.items.extend(other.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def suggest(name: str, options: Iterable[str], limit: int = 3) -> str:
+    """Returns a ' did you mean ...?' hint for a misspelt name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(options), n=limit, cutoff=0.6)
+    if not close:
+        return ""
+    return " did you mean " + " or ".join(repr(c) for c in close) + "?"

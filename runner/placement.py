@@ -1,0 +1,49 @@
+"""Where the model runs: device resolution (with a clear error for an absent device) and dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runner.errors import Problems
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def available_devices() -> list[str]:
+    """Returns the devices this machine offers, e.g. ['cpu', 'cuda', 'cuda:0']."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str, key: str, problems: Problems) -> None:
+    """Adds a problem when `name` is not `auto` or a device this machine has."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        problems.add(key, f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+        return
+    if name not in available_devices():
+        problems.add(key, f"device {name!r} is not available here; available: {', '.join(available_devices())} (or auto)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Returns the torch.device for a validated name; `auto` prefers cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Moves and casts the model in place (parameter objects keep their identity, so ties hold)."""
+    return model.to(device=device, dtype=dtype)

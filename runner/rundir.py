@@ -1,0 +1,97 @@
+"""The run directory's files: metrics.jsonl, summary.json, environment.json, weights hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl (see the README for the keys)."""
+
+    def __init__(self, path: Path, truncate_after_step: int | None = None):
+        self.path = path
+        if truncate_after_step is not None and path.exists():
+            # A resumed run drops what was logged after its checkpoint, then logs it again.
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= truncate_after_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Returns the records of a metrics.jsonl file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Returns a SHA-256 over (name, dtype, shape, bytes) of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Returns the hash of the model's state_dict: equal hashes mean bit-identical weights."""
+    return tensors_sha256(model.state_dict().items())
+
+
+def environment(device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """Returns what a reader needs to reproduce the run: versions, platform, device, git commit, command."""
+    import hydra
+    import omegaconf
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "git_commit": _git_commit(),
+        # The resolved config.yaml in the run directory is a complete primary config on its own.
+        "command": reproduce_command(run_dir),
+    }
+
+
+def reproduce_command(run_dir: Path) -> str:
+    """Returns the command that reruns this run from its directory alone."""
+    return f"python -m runner --config-path {shlex.quote(str(run_dir.resolve()))} --config-name config"
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

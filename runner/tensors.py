@@ -1,0 +1,276 @@
+"""Tensor declarations (ties, frozen tensors, buffers) and the index of unique tensors.
+
+A tie makes two names one tensor: a plain tie registers the source Parameter object under the
+target's name; a transposed tie registers a parametrization whose stored `original` *is* the
+source Parameter, so the target reads source.T. Either way one tensor is stored, initialized,
+optimized and saved, and its gradient is the sum of its uses.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.utils.parametrize as parametrize
+from torch import nn
+
+from runner.errors import Problems, RunError, suggest
+
+TRANSPOSED_SUFFIX = ".parametrizations.{}.original"
+
+
+class Transpose(nn.Module):
+    """The parametrization behind `transpose: true` ties: the target reads the source's transpose."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.t()
+
+
+@dataclass(frozen=True)
+class Tie:
+    target: str
+    source: str
+    transpose: bool = False
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One unique tensor of a model, under its canonical (first) name, with every other name it has."""
+
+    name: str
+    aliases: tuple[str, ...]
+    tensor: torch.Tensor
+    kind: str  # parameter | frozen | buffer | non-persistent buffer
+    module_type: type
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def role(self) -> str:
+        """weight | bias | buffer, for `kind:` selectors in init rules."""
+        if self.kind.endswith("buffer"):
+            return "buffer"
+        return "bias" if self.name.rsplit(".", 1)[-1] == "bias" else "weight"
+
+
+def display_name(name: str) -> str:
+    """Returns a readable alias: `dec.parametrizations.weight.original` reads `dec.weight^T`."""
+    if ".parametrizations." in name and name.endswith(".original"):
+        owner, rest = name.split(".parametrizations.", 1)
+        return f"{owner}.{rest[: -len('.original')]}^T"
+    return name
+
+
+def tensor_index(model: nn.Module) -> list[TensorEntry]:
+    """Returns every unique parameter and buffer of `model`, parameters first, in registration order."""
+    entries: list[TensorEntry] = []
+    for named, kind_of in ((_all_parameters(model), _param_kind), (_all_buffers(model), _buffer_kind)):
+        seen: dict[int, list[str]] = {}
+        owners: dict[int, tuple[torch.Tensor, nn.Module, str]] = {}
+        for name, tensor, module, local in named:
+            if id(tensor) not in seen:
+                seen[id(tensor)] = []
+                owners[id(tensor)] = (tensor, module, local)
+            seen[id(tensor)].append(display_name(name))
+        for key, names in seen.items():
+            tensor, module, local = owners[key]
+            entries.append(TensorEntry(names[0], tuple(names[1:]), tensor, kind_of(tensor, module, local), type(module)))
+    return entries
+
+
+def _all_parameters(model: nn.Module) -> Iterable[tuple[str, torch.Tensor, nn.Module, str]]:
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for local, param in module._parameters.items():
+            if param is not None:
+                yield _join(module_name, local), param, _owner(model, module_name, module), local
+
+
+def _all_buffers(model: nn.Module) -> Iterable[tuple[str, torch.Tensor, nn.Module, str]]:
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for local, buffer in module._buffers.items():
+            if buffer is not None:
+                yield _join(module_name, local), buffer, module, local
+
+
+def _owner(model: nn.Module, module_name: str, module: nn.Module) -> nn.Module:
+    # A transposed tie's tensor lives in a ParametrizationList; the layer that uses it is two levels up.
+    if ".parametrizations." in module_name:
+        return model.get_submodule(module_name.split(".parametrizations.", 1)[0])
+    return module
+
+
+def _join(prefix: str, local: str) -> str:
+    return f"{prefix}.{local}" if prefix else local
+
+
+def _param_kind(tensor: torch.Tensor, _module: nn.Module, _local: str) -> str:
+    return "parameter" if tensor.requires_grad else "frozen"
+
+
+def _buffer_kind(_tensor: torch.Tensor, module: nn.Module, local: str) -> str:
+    return "non-persistent buffer" if local in module._non_persistent_buffers_set else "buffer"
+
+
+def matches(names: Iterable[str], pattern: str) -> bool:
+    """True when any of the names matches the glob."""
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+# ---------------------------------------------------------------- declarations
+
+
+def declare_tensors(model: nn.Module, model_cfg: Any, problems: Problems) -> list[Tie]:
+    """Applies the model config's ties, frozen globs and buffer declarations; returns the ties."""
+    ties = _parse_ties(model_cfg.ties, problems)
+    if problems:
+        return ties
+    _check_ties(model, ties, problems)
+    if problems:
+        return ties
+    for tie in ties:
+        _apply_tie(model, tie)
+    _declare_buffers(model, model_cfg.buffers, problems)
+    _freeze(model, model_cfg.frozen, problems)
+    return ties
+
+
+def _parse_ties(declared: Iterable[Any], problems: Problems) -> list[Tie]:
+    ties = []
+    for index, entry in enumerate(declared):
+        key = f"model.ties[{index}]"
+        if not isinstance(entry, dict) or not {"target", "source"} <= set(entry):
+            problems.add(key, "expected {target: <tensor name>, source: <tensor name>, transpose: false}")
+            continue
+        unknown = set(entry) - {"target", "source", "transpose"}
+        for name in sorted(unknown):
+            problems.add(f"{key}.{name}", f"unknown key;{suggest(name, ['target', 'source', 'transpose']) or ' a tie takes target, source, transpose'}")
+        ties.append(Tie(str(entry["target"]), str(entry["source"]), bool(entry.get("transpose", False))))
+    return ties
+
+
+def _check_ties(model: nn.Module, ties: list[Tie], problems: Problems) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    targets: dict[str, int] = {}
+    for index, tie in enumerate(ties):
+        key = f"model.ties[{index}]"
+        for role in ("target", "source"):
+            name = getattr(tie, role)
+            if name in buffers:
+                problems.add(f"{key}.{role}", f"{name!r} is a buffer; only parameters can be tied")
+            elif name not in params:
+                problems.add(f"{key}.{role}", f"no parameter {name!r};{suggest(name, params) or ' see `python -m runner.inspect` for the names'}")
+        if tie.target in targets:
+            problems.add(f"{key}.target", f"{tie.target!r} is already the target of model.ties[{targets[tie.target]}]")
+        targets[tie.target] = index
+        if tie.target in params and tie.source in params:
+            _check_tie_shapes(key, tie, params[tie.target], params[tie.source], problems)
+    _check_tie_cycles(ties, problems)
+
+
+def _check_tie_shapes(key: str, tie: Tie, target: torch.Tensor, source: torch.Tensor, problems: Problems) -> None:
+    if tie.transpose and source.dim() != 2:
+        problems.add(f"{key}.transpose", f"only 2-D tensors can be tied transposed; source {tie.source!r} has shape {tuple(source.shape)}")
+        return
+    source_shape = tuple(source.shape[::-1]) if tie.transpose else tuple(source.shape)
+    if source_shape != tuple(target.shape):
+        how = "transposed source" if tie.transpose else "source"
+        problems.add(
+            key,
+            f"shape mismatch: target {tie.target!r} is {tuple(target.shape)} but {how} {tie.source!r} gives {source_shape}",
+        )
+
+
+def _check_tie_cycles(ties: list[Tie], problems: Problems) -> None:
+    source_of = {tie.target: tie.source for tie in ties}
+    for index, tie in enumerate(ties):
+        seen = [tie.target]
+        name = tie.source
+        while name in source_of:
+            if name in seen:
+                problems.add(f"model.ties[{index}]", "ties form a cycle: " + " -> ".join([*seen, name]))
+                return
+            seen.append(name)
+            name = source_of[name]
+        if tie.source in source_of:
+            problems.add(f"model.ties[{index}].source", f"{tie.source!r} is itself tied to {source_of[tie.source]!r}; tie to that tensor directly")
+
+
+def _apply_tie(model: nn.Module, tie: Tie) -> None:
+    owner_name, _, attr = tie.target.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    source = model.get_parameter(tie.source)
+    if tie.transpose:
+        # unsafe: the parametrization changes the stored tensor's shape (source is the transpose).
+        parametrize.register_parametrization(owner, attr, Transpose(), unsafe=True)
+        owner.parametrizations[attr].original = source
+    else:
+        setattr(owner, attr, source)
+
+
+def _declare_buffers(model: nn.Module, declared: Iterable[Any], problems: Problems) -> None:
+    entries = tensor_index(model)
+    for index, entry in enumerate(declared):
+        key = f"model.buffers[{index}]"
+        if isinstance(entry, str):
+            entry = {"match": entry}
+        if not isinstance(entry, dict) or "match" not in entry or set(entry) - {"match", "persistent"}:
+            problems.add(key, "expected {match: <glob>, persistent: true}")
+            continue
+        hits = [e for e in entries if e.kind in ("parameter", "frozen") and matches(e.names, entry["match"])]
+        if not hits:
+            problems.add(f"{key}.match", f"{entry['match']!r} matches no parameter")
+        for hit in hits:
+            if hit.aliases:
+                problems.add(f"{key}.match", f"{hit.name!r} is tied ({', '.join(hit.aliases)}); a tied tensor cannot become a buffer")
+                continue
+            owner_name, _, attr = hit.name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            data = owner._parameters.pop(attr).detach()
+            owner.register_buffer(attr, data, persistent=bool(entry.get("persistent", True)))
+
+
+def _freeze(model: nn.Module, globs: Iterable[str], problems: Problems) -> None:
+    entries = [e for e in tensor_index(model) if e.kind == "parameter"]
+    for index, pattern in enumerate(globs):
+        key = f"model.frozen[{index}]"
+        hits = [e for e in entries if matches(e.names, pattern)]
+        if not hits:
+            problems.add(key, f"{pattern!r} matches no trainable parameter")
+        for hit in hits:
+            missed = [alias for alias in hit.names if not fnmatch.fnmatchcase(alias, pattern)]
+            if missed and len(missed) < len(hit.names):
+                problems.add(key, f"{pattern!r} freezes {hit.name!r} but not its tied alias {missed[0]!r}: a tied tensor is one tensor; freeze all its names or none")
+                continue
+            hit.tensor.requires_grad_(False)
+
+
+def verify_ties(model: nn.Module, ties: Iterable[Tie]) -> None:
+    """Raises RunError unless every tie is still one tensor (checked by identity, not value)."""
+    for tie in ties:
+        source = model.get_parameter(tie.source)
+        owner_name, _, attr = tie.target.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if tie.transpose:
+            target = owner.parametrizations[attr].original
+        else:
+            target = owner._parameters.get(attr)
+        if target is not source:
+            raise RunError(f"tie broken: {tie.target!r} is no longer the same tensor as {tie.source!r}")
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Returns unique and naive (tied tensors counted at each use) parameter counts, and buffer sizes."""
+    entries = tensor_index(model)
+    params = [e for e in entries if e.kind in ("parameter", "frozen")]
+    return {
+        "unique": sum(e.tensor.numel() for e in params),
+        "naive": sum(e.tensor.numel() * len(e.names) for e in params),
+        "trainable": sum(e.tensor.numel() for e in params if e.kind == "parameter"),
+        "frozen": sum(e.tensor.numel() for e in params if e.kind == "frozen"),
+        "buffers": sum(e.tensor.numel() for e in entries if e.kind.endswith("buffer")),
+    }
