@@ -64,6 +64,15 @@ def to_container(cfg: DictConfig) -> dict:
         raise ConfigError([_omegaconf_problem(key, error)]) from None
 
 
+def with_schema(cfg: DictConfig | dict) -> DictConfig:
+    """Returns the config merged onto the typed schema (a saved or hand-written config gets the same checks)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError([_omegaconf_problem(key, error)]) from None
+
+
 def _omegaconf_problem(key: str, error: Exception) -> Problem:
     message = str(error).splitlines()[0]
     if "Missing mandatory value" in message:
@@ -73,6 +82,7 @@ def _omegaconf_problem(key: str, error: Exception) -> Problem:
 
 def validate(cfg: DictConfig) -> RunSpec:
     """Returns the validated spec for a composed config, or raises ConfigError listing every problem."""
+    cfg = with_schema(cfg)
     container = to_container(cfg)
     typed: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     problems = Problems()

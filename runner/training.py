@@ -129,8 +129,8 @@ class _Loop:
         self.train_seconds = 0.0
         self.steps_timed = 0
         self.last_eval: Evaluation | None = None
-        self.epoch_loss = torch.zeros((), dtype=torch.float64, device=data.train_x.device)
-        self.epoch_steps = 0
+        # The step appends its detached loss (no device op); the epoch's mean is taken once, at its end.
+        self.epoch_losses: list[torch.Tensor] = []
         self.train_loss: float | None = None
 
     def run(self, position: Position) -> Position:
@@ -145,20 +145,16 @@ class _Loop:
                 if step % self.log_every == 0:
                     self.log_step(step, epoch, loss)
                 if self.ckpt_every and step % self.ckpt_every == 0 and step < self.total_steps:
-                    self.save(_next_position(step, epoch, start + self.epoch_steps, self.batches.steps_per_epoch))
+                    self.save(_next_position(step, epoch, start + len(self.epoch_losses), self.batches.steps_per_epoch))
                 if bar is not None:
                     bar.update(1)
                 if step >= self.total_steps:
                     break
             self.train_seconds += time.perf_counter() - began
-            finished_epoch = start + self.epoch_steps == self.batches.steps_per_epoch
+            done = start + len(self.epoch_losses)
             self.end_epoch(step, epoch)
-            if finished_epoch:
-                epoch, start = epoch + 1, 0
-            else:
-                start = start + self.epoch_steps
-            self.epoch_steps = 0
-            self.epoch_loss.zero_()
+            epoch, start = (epoch + 1, 0) if done == self.batches.steps_per_epoch else (epoch, done)
+            self.epoch_losses.clear()
         if bar is not None:
             bar.close()
         self.steps_timed = step - position.step
@@ -182,8 +178,7 @@ class _Loop:
         if self.scheduler is not None:
             self.scheduler.step()
         detached = loss.detach()
-        self.epoch_loss += detached
-        self.epoch_steps += 1
+        self.epoch_losses.append(detached)
         return detached
 
     def log_step(self, step: int, epoch: int, loss: torch.Tensor) -> None:
@@ -194,7 +189,7 @@ class _Loop:
         self.metrics.write(record)
 
     def end_epoch(self, step: int, epoch: int) -> None:
-        self.train_loss = (self.epoch_loss / max(self.epoch_steps, 1)).item()
+        self.train_loss = torch.stack(self.epoch_losses).double().mean().item() if self.epoch_losses else None
         result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
         self.last_eval = result
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}

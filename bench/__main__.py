@@ -1,0 +1,27 @@
+"""python -m bench [--smoke] [--repeats N]: every figure as a ratio against plain PyTorch, one table."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench import training_loop
+from bench.common import machine, print_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5, help="measured rounds per figure (after one warm-up)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the bench runs, measures nothing")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 1 if args.smoke else args.repeats
+    print(f"machine: {machine()}")
+    rows = training_loop.rows(repeats, smoke=args.smoke)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: compose configs through the real Hydra config tree, shrunk for speed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import runner
+from runner.config import conf_dir
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = ["trainer.progress=off"]
+
+
+def config_names(group: str) -> list[str]:
+    """Returns the option names of a config group, as shipped under conf/."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose():
+    def _compose(*overrides: str):
+        return runner.compose([*QUIET, *overrides])
+
+    return _compose
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Runs `python -m runner ARGS` in a subprocess and returns the completed process."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd or REPO, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )

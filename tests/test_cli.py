@@ -1,0 +1,35 @@
+"""The real CLI in a subprocess: a run directory on success; exit 2 and one clear message on a bad config."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_cli_trains_into_the_given_run_directory(tmp_path):
+    result = run_cli("trainer.epochs=1", "trainer.progress=log", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 23
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert "epoch 0 step 23/23" in result.stdout + result.stderr
+
+
+def test_cli_config_error_exits_2_without_traceback(tmp_path):
+    result = run_cli("model.layers.fc1.type=Linaer", "optim.lr=-1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "model.layers.fc1.type: unknown layer type 'Linaer'; did you mean 'Linear'?" in result.stderr
+    assert "optim.lr: expected a number > 0, got -1" in result.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_cli_rerun_command_reproduces_the_weights(tmp_path):
+    first = run_cli("trainer.max_steps=5", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    command = json.loads((tmp_path / "a" / "environment.json").read_text())["command"].split()[3:]
+    again = run_cli(*command, f"hydra.run.dir={tmp_path / 'b'}")
+    assert again.returncode == 0, again.stderr
+    sha = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["weights_sha256"]
+    assert sha("a") == sha("b")
