@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner.config import compose
+from runner.tensor_table import write_tensor_table
 from runner.prepare import prepare
 from runner.rundir import write_json
 from runner.spec import validate
@@ -30,6 +31,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     prepared = prepare(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
+    write_tensor_table(prepared, run_dir)
     summary = run_training(prepared, run_dir)
     summary["wall_seconds"] = time.perf_counter() - started
     write_json(run_dir / "summary.json", summary)

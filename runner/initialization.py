@@ -121,7 +121,7 @@ def parse_rules(declared: list[Any], problems: Problems) -> list[Rule]:
 def _resolve_gain(args: dict, key: str, problems: Problems) -> dict:
     # `gain: relu` or `gain: {nonlinearity: leaky_relu, param: 0.2}` -> a number via calculate_gain.
     gain = args.get("gain")
-    if isinstance(gain, (int, float)) or gain is None:
+    if isinstance(gain, (int, float)) or gain is None or gain == "auto":
         return args
     name, param = (gain.get("nonlinearity"), gain.get("param")) if isinstance(gain, dict) else (gain, None)
     try:
@@ -213,27 +213,57 @@ def _conflicting_aliases(chosen: dict[str, Rule]) -> tuple[tuple[str, Rule], tup
     return None
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What set a tensor's initial values, and the std that scheme predicts (None where it has none)."""
+
+    source: str
+    predicted_std: float | None = None
+
+
+# What `gain: auto` reads from the layer that follows: activation class -> calculate_gain's name.
+FOLLOWING_GAIN = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyReLU": "leaky_relu", "SELU": "selu"}
+
+
+def following_gain(model: nn.Module, tensor_name: str) -> float:
+    """Returns calculate_gain for the activation right after the tensor's layer (1.0 if none follows)."""
+    owner_path, _, _ = tensor_name.rpartition(".")
+    parent_path, _, local = owner_path.rpartition(".")
+    siblings = list(model.get_submodule(parent_path).named_children())
+    names = [name for name, _ in siblings]
+    if local not in names or names.index(local) + 1 == len(siblings):
+        return 1.0
+    following = siblings[names.index(local) + 1][1]
+    name = FOLLOWING_GAIN.get(type(following).__name__)
+    if name is None:
+        return 1.0
+    return nn.init.calculate_gain(name, getattr(following, "negative_slope", None))
+
+
 @torch.no_grad()
-def apply_init(model: nn.Module, plan: InitPlan, seed: int, batch: torch.Tensor | None = None) -> dict[str, str]:
+def apply_init(model: nn.Module, plan: InitPlan, seed: int, batch: torch.Tensor | None = None) -> dict[str, Provenance]:
     """Applies the plan on the model's current (CPU) device; returns tensor name -> provenance."""
     generator = torch.Generator().manual_seed(seed)
     functions = init_functions()
-    provenance: dict[str, str] = {}
+    provenance: dict[str, Provenance] = {}
     lsuv: list[tuple[TensorEntry, Rule]] = []
     for entry in tensor_index(model):
         rule = plan.assignment.get(entry.name)
         if rule is None:
-            provenance[entry.name] = "pytorch default" if entry.role != "buffer" else "module buffer"
+            provenance[entry.name] = Provenance("pytorch default" if entry.role != "buffer" else "module buffer")
             continue
         fn = functions[rule.fn]
         kwargs = dict(rule.args)
+        if kwargs.get("gain") == "auto":
+            kwargs["gain"] = following_gain(model, entry.name)
         if "generator" in inspect.signature(fn).parameters:
             kwargs["generator"] = generator
         if rule.fn == "lsuv":
             kwargs = {"generator": generator}
             lsuv.append((entry, rule))
         fn(entry.tensor, **kwargs)
-        provenance[entry.name] = rule.label
+        label = rule.label + (f" (gain {kwargs['gain']:.4g})" if dict(rule.args).get("gain") == "auto" else "")
+        provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, entry.tensor))
     if lsuv:
         if batch is None:
             raise ValueError("lsuv needs a batch of training data")
@@ -277,28 +307,39 @@ def _scale_to_unit_variance(model: nn.Module, module: nn.Module, weight: torch.T
         hook.remove()
 
 
-def predicted_std(rule: Rule | None, tensor: torch.Tensor) -> float | None:
-    """Returns the std the rule's scheme predicts for this tensor, where it has one."""
-    if rule is None:
-        return None
-    args = dict(rule.args)
+def predicted_std(fn: str, args: dict[str, Any], tensor: torch.Tensor) -> float | None:
+    """Returns the std the scheme `fn(**args)` predicts for this tensor, where it has one."""
     fan_in, fan_out = _fans(tensor)
-    if rule.fn == "normal_" or rule.fn == "trunc_normal_":
+    if fn == "lsuv":
+        return None  # data-dependent
+    if fn == "normal_":
         return float(args.get("std", 1.0))
-    if rule.fn == "uniform_":
+    if fn == "trunc_normal_":
+        return _truncated_normal_std(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), float(args.get("a", -2.0)), float(args.get("b", 2.0)))
+    if fn == "uniform_":
         return (float(args.get("b", 1.0)) - float(args.get("a", 0.0))) / math.sqrt(12)
-    if rule.fn in ("constant_", "zeros_", "ones_"):
+    if fn in ("constant_", "zeros_", "ones_"):
         return 0.0
-    if rule.fn in ("xavier_uniform_", "xavier_normal_") and fan_in:
+    if fn in ("xavier_uniform_", "xavier_normal_") and fan_in:
         return float(args.get("gain", 1.0)) * math.sqrt(2.0 / (fan_in + fan_out))
-    if rule.fn in ("kaiming_uniform_", "kaiming_normal_") and fan_in:
+    if fn in ("kaiming_uniform_", "kaiming_normal_") and fan_in:
         gain = nn.init.calculate_gain(args.get("nonlinearity", "leaky_relu"), args.get("a", 0))
         fan = fan_in if args.get("mode", "fan_in") == "fan_in" else fan_out
         return gain / math.sqrt(fan)
-    if rule.fn == "orthogonal_" and tensor.dim() >= 2:
+    if fn == "orthogonal_" and tensor.dim() >= 2:
         rows = tensor.shape[0]
         return float(args.get("gain", 1.0)) / math.sqrt(max(rows, tensor.numel() // rows))
     return None
+
+
+def _truncated_normal_std(mean: float, std: float, a: float, b: float) -> float:
+    """Returns the std of N(mean, std) truncated to [a, b]."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    alpha, beta = torch.tensor((a - mean) / std), torch.tensor((b - mean) / std)
+    z = normal.cdf(beta) - normal.cdf(alpha)
+    pdf = lambda t: normal.log_prob(t).exp()
+    variance = 1 + (alpha * pdf(alpha) - beta * pdf(beta)) / z - ((pdf(alpha) - pdf(beta)) / z) ** 2
+    return float(std * variance.sqrt())
 
 
 def _fans(tensor: torch.Tensor) -> tuple[int, int]:

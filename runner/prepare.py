@@ -11,7 +11,7 @@ from torch import nn
 from runner.build import build_model
 from runner.data import Dataset, load_data
 from runner.errors import Problems
-from runner.initialization import InitPlan, apply_init, plan_init
+from runner.initialization import InitPlan, Provenance, apply_init, plan_init
 from runner.layers import Normalize
 from runner.placement import DTYPES, place, resolve_device
 from runner.spec import RunSpec
@@ -29,7 +29,7 @@ class Prepared:
     data: Dataset  # on the CPU, float32
     ties: list[Tie]
     plan: InitPlan
-    provenance: dict[str, str]
+    provenance: dict[str, Provenance]
     device: torch.device
     dtype: torch.dtype
 
@@ -42,7 +42,7 @@ def prepare(spec: RunSpec, data: Dataset | None = None) -> Prepared:
     provenance = apply_init(model, plan, spec.seed, batch=data.train_x[:LSUV_BATCH])
     for name, module in model.named_modules():
         if isinstance(module, Normalize):
-            provenance[f"{name}.mean"] = provenance[f"{name}.std"] = "fitted on training data"
+            provenance[f"{name}.mean"] = provenance[f"{name}.std"] = Provenance("fitted on training data")
     device, dtype = resolve_device(spec.trainer.device), DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
     verify_ties(model, ties)
