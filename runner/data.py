@@ -36,6 +36,8 @@ def load_data(cfg: DataConfig) -> Dataset:
     """Returns the seeded train/val split of the configured data, checked against its declared shape."""
     loaders = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
     features, targets = loaders[cfg.name](cfg)
+    if cfg.task == "reconstruction":
+        targets = features  # an autoencoder's target is its input
     _check_shapes(features, targets, cfg)
     return split(features, targets, cfg.val_fraction, cfg.split_seed)
 
@@ -137,6 +139,8 @@ def _read_csv(path: Path) -> np.ndarray:
 
 def _check_shapes(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> None:
     problems = []
+    if cfg.task == "language_model" and x.is_floating_point():
+        problems.append(Problem("data.task", "language_model needs integer token ids as features"))
     if x.dim() != 2:
         problems.append(Problem("data.path" if cfg.name == "file" else "data", f"features must be 2-D (samples, features), got shape {tuple(x.shape)}"))
     elif x.shape[1] != cfg.num_features:
@@ -145,8 +149,10 @@ def _check_shapes(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> None:
         problems.append(Problem("data.path", f"{len(x)} feature rows but {len(y)} targets"))
     if len(x) < 2:
         problems.append(Problem("data", f"need at least 2 samples to split into train and val, got {len(x)}"))
-    if cfg.task == "classification" and len(y) and (int(y.min()) < 0 or int(y.max()) >= cfg.num_outputs):
+    if cfg.task in ("classification", "language_model") and len(y) and (int(y.min()) < 0 or int(y.max()) >= cfg.num_outputs):
         problems.append(Problem("data.num_outputs", f"is {cfg.num_outputs} but class ids run from {int(y.min())} to {int(y.max())}"))
+    if cfg.task == "reconstruction" and cfg.num_outputs != cfg.num_features:
+        problems.append(Problem("data.num_outputs", f"a reconstruction task outputs its input: set it to data.num_features ({cfg.num_features})"))
     if cfg.task == "regression" and y.dim() == 2 and y.shape[1] != cfg.num_outputs:
         problems.append(Problem("data.num_outputs", f"is {cfg.num_outputs} but the data has {y.shape[1]} target column(s)"))
     if x.is_floating_point() and not torch.isfinite(x).all():

@@ -31,8 +31,12 @@ class Normalize(nn.Module):
     def fit(self, features: torch.Tensor) -> None:
         """Sets mean and std from the training features (called once, before init)."""
         flat = features.reshape(features.shape[0], -1).to(torch.float64)
+        std = flat.std(0)
+        # A feature constant in training (a border pixel) is centred but not scaled: dividing by
+        # ~0 would blow up any other value it takes at test time.
+        std = torch.where(std < self.eps, torch.ones_like(std), std)
         self.mean.copy_(flat.mean(0).reshape(self.mean.shape))
-        self.std.copy_(flat.std(0).clamp_min(self.eps).reshape(self.std.shape))
+        self.std.copy_(std.reshape(self.std.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

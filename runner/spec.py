@@ -22,7 +22,7 @@ from runner.registry import CONTAINERS, layer_types
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("auto", "cross_entropy", "mse", "l1", "smooth_l1")
 DATASETS = ("digits", "synthetic", "file", "text")
-TASKS = ("classification", "regression", "language_model")
+TASKS = ("classification", "regression", "reconstruction", "language_model")
 DTYPES = ("float32", "float64", "bfloat16")
 PROGRESS = ("auto", "bar", "log", "off")
 _LAYER_KEYS = ("type", "shared", "repeat", "layers")

@@ -39,7 +39,7 @@ EVAL_CHUNK = 2048
 def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Returns the loss for the task (cross-entropy for classes and tokens, mse for regression) unless named."""
     if name == "auto":
-        name = "mse" if task == "regression" else "cross_entropy"
+        name = "mse" if task in ("regression", "reconstruction") else "cross_entropy"
     base = LOSSES[name]
     if task == "language_model":
         return lambda out, y: base(out, y.reshape(-1))
@@ -121,7 +121,7 @@ class _Loop:
         self.run_dir, self.total_steps = run_dir, total_steps
         self.config = spec.config
         self.loss_fn = loss_function(spec.data.task, spec.trainer.loss)
-        self.classify = spec.data.task != "regression"
+        self.classify = spec.data.task in ("classification", "language_model")
         self.log_every = spec.trainer.log_every
         self.ckpt_every = spec.trainer.ckpt_every
         self.keep_last = spec.trainer.keep_last
