@@ -5,8 +5,8 @@
     summary = runner.train(cfg, "runs/x")
 """
 
-from runner.api import build, compose, train
+from runner.api import build, compose, load, resume, train
 from runner.errors import ConfigError, RunError
 from runner.initialization import register_init
 
-__all__ = ["compose", "build", "train", "register_init", "ConfigError", "RunError"]
+__all__ = ["compose", "build", "train", "resume", "load", "register_init", "ConfigError", "RunError"]

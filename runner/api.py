@@ -1,21 +1,26 @@
-"""The Python API: compose, build, train, load. The Hydra entrypoint is a thin shell over these."""
+"""The Python API: compose, build, train, resume, load. The Hydra entrypoint is a thin shell over these."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from runner import checkpoint
 from runner.config import compose
-from runner.tensor_table import write_tensor_table
-from runner.prepare import prepare
+from runner.errors import ConfigError, Problem
+from runner.placement import DTYPES, place, resolve_device
+from runner.prepare import build_declared, prepare
 from runner.rundir import write_json
-from runner.spec import validate
+from runner.spec import RunSpec, validate
+from runner.tensor_table import write_tensor_table
+from runner.tensors import verify_ties
 from runner.training import run_training
 
-__all__ = ["compose", "build", "train"]
+__all__ = ["compose", "build", "train", "resume", "load"]
 
 
 def build(cfg: DictConfig) -> nn.Module:
@@ -24,15 +29,59 @@ def build(cfg: DictConfig) -> nn.Module:
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Trains the configured experiment into run_dir and returns its summary (also in summary.json)."""
+    """Trains the configured experiment into run_dir and returns its summary (also in summary.json).
+
+    With `resume` set in the config, continues that run instead (see `resume`).
+    """
+    if cfg.get("resume"):
+        return resume(cfg.resume)
     started = time.perf_counter()
     run_dir = Path(run_dir)
     spec = validate(cfg)  # every config problem surfaces here, before any tensor exists
+    return _train_spec(spec, run_dir, None, started)
+
+
+def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """Continues a run from its latest checkpoint, in its own directory, with its saved config.
+
+    `overrides` (dotted `key=value`, e.g. trainer.epochs=40) change the saved config; on the CPU,
+    a resumed run without overrides ends with weights bit-identical to an uninterrupted one.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError([Problem("resume", f"no such run directory: {run_dir}")])
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest.parent.name == "checkpoints":
+        run_dir = latest.parent.parent
+    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
+    saved.resume = None
+    if overrides:
+        saved = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
+    return _train_spec(validate(saved), run_dir, latest, started)
+
+
+def _train_spec(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
     prepared = prepare(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
     write_tensor_table(prepared, run_dir)
-    summary = run_training(prepared, run_dir)
+    summary = run_training(prepared, run_dir, resume_from)
     summary["wall_seconds"] = time.perf_counter() - started
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def load(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Returns the model of a run directory or checkpoint: rebuilt from its saved config (registered
+    layer types only), weights and persistent buffers loaded, ties restored and verified,
+    non-persistent buffers rebuilt, on `device`. Nothing is unpickled; file hashes are verified."""
+    latest = checkpoint.latest_checkpoint(Path(path))
+    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
+    spec = validate(saved)
+    model, ties, _ = build_declared(spec)
+    checkpoint.load_weights(latest, model)
+    place(model, resolve_device(device), DTYPES[spec.trainer.dtype])
+    verify_ties(model, ties)
+    model.eval()
+    return model

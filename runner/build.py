@@ -94,6 +94,9 @@ def check_on_meta(spec: "RunSpec", problems: Problems) -> None:
         return
     _check_forward(model, spec, problems)
     plan_init(model, spec.init, problems)
+    from runner.optim import assign_groups, trainable
+
+    assign_groups(trainable(model), spec.optim, problems)
 
 
 def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> None:

@@ -57,7 +57,8 @@ def tie_map(model: nn.Module) -> dict[str, str]:
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    position: Position, config: dict, keep_last: int) -> Path:
+                    position: Position, config: dict, keep_last: int,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{position.step:07d}"
@@ -68,6 +69,7 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     save_file(weights, tmp / "model.safetensors", metadata={"ties": json.dumps(tie_map(model))})
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
     optim_tensors.update(_torch_rng())
+    optim_tensors.update({name: t.detach().to("cpu").contiguous() for name, t in (extra or {}).items()})
     save_file(optim_tensors, tmp / "optimizer.safetensors")
     state = {
         "step": position.step, "epoch": position.epoch, "batch": position.batch,
@@ -142,8 +144,11 @@ def load_weights(checkpoint: Path, model: nn.Module) -> None:
             tensor.copy_(stored[name])
 
 
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> Position:
-    """Restores optimizer, scheduler and every RNG from a verified checkpoint; returns its position."""
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Position, dict[str, torch.Tensor]]:
+    """Restores optimizer, scheduler and every RNG from a verified checkpoint.
+
+    Returns its position and the loop's own saved tensors (names starting with `loop.`).
+    """
     state = read_state(checkpoint)
     tensors = _load_safetensors(checkpoint / "optimizer.safetensors")
     optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
@@ -156,7 +161,8 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     random.setstate(_as_tuple(state["python_rng"]))
     kind, keys, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    return Position(state["step"], state["epoch"], state["batch"])
+    loop = {name: t for name, t in tensors.items() if name.startswith("loop.")}
+    return Position(state["step"], state["epoch"], state["batch"]), loop
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

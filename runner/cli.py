@@ -30,9 +30,15 @@ def report_errors(work: Callable[[], T]) -> T:
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from runner.api import train
+    from runner.api import resume, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = report_errors(lambda: train(cfg, run_dir))
+    if cfg.get("resume"):
+        # A resumed run continues in its own directory; other overrides change its saved config.
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        run_dir = Path(cfg.resume)
+        summary = report_errors(lambda: resume(run_dir, overrides))
+    else:
+        summary = report_errors(lambda: train(cfg, run_dir))
     print(f"run directory: {run_dir}")
     return summary.get("val_loss")

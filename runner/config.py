@@ -68,12 +68,29 @@ class DataConfig:
 
 
 @dataclass
+class SchedulerConfig:
+    name: str = "none"  # none | step | cosine | warmup_cosine (stepped once per optimizer step)
+    step_size: int = 100  # step: multiply lr by gamma every step_size steps
+    gamma: float = 0.5
+    warmup_steps: int = 0  # warmup_cosine: linear from lr/100 to lr, then cosine
+    min_lr: float = 0.0  # cosine floor
+
+
+@dataclass
 class OptimConfig:
     name: str = "adam"  # sgd | adam | adamw
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    # [{match: glob or [globs], lr: ..., weight_decay: ..., momentum: ..., betas: ...}]; a group
+    # without `match` takes every tensor no other group names. Each tensor in exactly one group.
+    param_groups: List[Any] = field(default_factory=list)
+    # Biases and normalization-layer weights get weight_decay 0.
+    no_decay_bias_and_norm: bool = False
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Clip the global gradient L2 norm to this value (null: no clipping).
+    clip_grad_norm: Optional[float] = None
 
 
 @dataclass
@@ -83,6 +100,12 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     batch_size: int = 64
     log_every: int = 10
+    # Per-tensor gradient statistics on logged steps (grad_norm/<name>, ... in metrics.jsonl).
+    grad_stats: bool = True
+    # Weight and gradient histograms to TensorBoard every N steps (0: never).
+    hist_every: int = 100
+    tensorboard: bool = True
+    plots: bool = True
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
     ckpt_every: int = 0
     keep_last: int = 3
@@ -101,6 +124,8 @@ class RunConfig:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+    # A run directory (or checkpoint) to continue from, with its own saved config.
+    resume: Optional[str] = None
 
 
 def register_schema() -> None:

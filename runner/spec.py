@@ -236,6 +236,11 @@ def _check_optim(optim: OptimConfig, problems: Problems) -> None:
         problems.add("optim.momentum", f"expected 0 <= momentum < 1, got {optim.momentum}")
     if len(optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in optim.betas):
         problems.add("optim.betas", f"expected two numbers in [0, 1), got {list(optim.betas)}")
+    if optim.clip_grad_norm is not None and optim.clip_grad_norm <= 0:
+        problems.add("optim.clip_grad_norm", f"expected a number > 0 (or null for no clipping), got {optim.clip_grad_norm}")
+    from runner.optim import check_scheduler
+
+    check_scheduler(optim.scheduler, problems)
 
 
 def _check_trainer(trainer: TrainerConfig, problems: Problems) -> None:
@@ -243,6 +248,7 @@ def _check_trainer(trainer: TrainerConfig, problems: Problems) -> None:
     _check_positive(trainer.max_steps, "trainer.max_steps", problems, allow_zero=True)
     _check_positive(trainer.batch_size, "trainer.batch_size", problems)
     _check_positive(trainer.log_every, "trainer.log_every", problems)
+    _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
     _check_positive(trainer.ckpt_every, "trainer.ckpt_every", problems, allow_zero=True)
     _check_positive(trainer.keep_last, "trainer.keep_last", problems)
     _check_choice(trainer.loss, LOSSES, "trainer.loss", problems)

@@ -1,7 +1,8 @@
-"""The training loop: batches, steps, evaluation, metrics, checkpoints and the run's summary.
+"""The training loop: batches, steps, evaluation, metrics, gradient statistics, checkpoints, summary.
 
-The step does only what a step needs: no config lookups, no host synchronization except on
-steps that log, and nothing converted to Python numbers otherwise.
+The step does only what a step needs: no config lookups, no device op beyond the model's own,
+and no host synchronization. Logged steps add the gradient statistics and one synchronization,
+which also checks every loss since the last check for NaN/Inf, so a bad step is named exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,8 @@ from runner import checkpoint
 from runner.checkpoint import Position
 from runner.data import Batches, Dataset
 from runner.errors import RunError
-from runner.optim import make_optimizer
+from runner.gradstats import GradStats
+from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
 from runner.rundir import MetricsWriter, environment, weights_sha256, write_json
 from runner.tensors import count_parameters, verify_ties
@@ -37,7 +39,7 @@ EVAL_CHUNK = 2048
 
 
 def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Returns the loss for the task (cross-entropy for classes and tokens, mse for regression) unless named."""
+    """Returns the loss for the task (cross-entropy for classes and tokens, mse otherwise) unless named."""
     if name == "auto":
         name = "mse" if task in ("regression", "reconstruction") else "cross_entropy"
     base = LOSSES[name]
@@ -59,17 +61,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    rows = 0
     for start in range(0, len(x), EVAL_CHUNK):
-        xb, yb = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
-        out = model(xb)
-        rows = out.shape[0]
-        total += loss_fn(out, yb).double() * rows
+        out = model(x[start : start + EVAL_CHUNK])
+        targets = y[start : start + EVAL_CHUNK]
+        total += loss_fn(out, targets).double() * out.shape[0]
+        rows += out.shape[0]
         if classify:
-            correct += (out.argmax(-1) == yb.reshape(-1)).sum()
+            correct += (out.argmax(-1) == targets.reshape(-1)).sum()
     model.train(was_training)
-    rows_total = len(x) * (out.shape[0] // len(xb))
-    loss = (total / rows_total).item()
-    return Evaluation(loss, correct.item() / rows_total if classify else None)
+    loss, hits = torch.stack([total, correct.double()]).tolist()
+    return Evaluation(loss / rows, hits / rows if classify else None)
 
 
 @contextmanager
@@ -84,77 +86,99 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None) -> dict:
-    """Trains the prepared model, writing metrics, checkpoints and summary.json into run_dir; returns the summary."""
+    """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
     optimizer = make_optimizer(model, spec.optim)
-    scheduler = None
-    position = Position(0, 0, 0)
+    scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
+    position, epoch_losses = Position(0, 0, 0), []
     if resume_from is not None:
         checkpoint.load_weights(resume_from, model)
-        position = checkpoint.load_training_state(resume_from, optimizer, scheduler)
+        position, extra = checkpoint.load_training_state(resume_from, optimizer, scheduler)
+        epoch_losses = list(extra.get("loop.epoch_losses", torch.zeros(0)).to(prepared.device).unbind())
         verify_ties(model, prepared.ties)
     else:
         torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
     write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
     metrics = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=position.step if resume_from else None)
-    loop = _Loop(prepared, data, batches, optimizer, scheduler, metrics, run_dir, total_steps)
+    board = _tensorboard(run_dir) if trainer.tensorboard else None
+    loop = _Loop(prepared, data, batches, optimizer, scheduler, metrics, board, run_dir, total_steps)
+    loop.epoch_losses = epoch_losses
     try:
         with deterministic_algorithms(trainer.deterministic):
             final = loop.run(position)
     finally:
         metrics.close()
-    return _summarize(prepared, loop, final, run_dir)
+        if board is not None:
+            board.close()
+        if trainer.plots:
+            from runner.plots import write_plots
+
+            write_plots(run_dir)
+    return _summarize(prepared, loop, final)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
+
+    return SummaryWriter(log_dir=str(run_dir))
 
 
 class _Loop:
     """Holds what the step needs, resolved once, so the step itself reads no config."""
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer, scheduler,
-                 metrics: MetricsWriter, run_dir: Path, total_steps: int):
-        spec = prepared.spec
+                 metrics: MetricsWriter, board: Any, run_dir: Path, total_steps: int):
+        spec, trainer = prepared.spec, prepared.spec.trainer
         self.model, self.data, self.batches = prepared.model, data, batches
-        self.optimizer, self.scheduler, self.metrics = optimizer, scheduler, metrics
-        self.run_dir, self.total_steps = run_dir, total_steps
-        self.config = spec.config
-        self.loss_fn = loss_function(spec.data.task, spec.trainer.loss)
+        self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
+        self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
+        self.loss_fn = loss_function(spec.data.task, trainer.loss)
         self.classify = spec.data.task in ("classification", "language_model")
-        self.log_every = spec.trainer.log_every
-        self.ckpt_every = spec.trainer.ckpt_every
-        self.keep_last = spec.trainer.keep_last
-        self.progress = _progress_mode(spec.trainer.progress)
-        self.train_seconds = 0.0
-        self.steps_timed = 0
+        self.log_every, self.ckpt_every, self.keep_last = trainer.log_every, trainer.ckpt_every, trainer.keep_last
+        self.hist_every = trainer.hist_every if board is not None else 0
+        self.progress = _progress_mode(trainer.progress)
+        entries = trainable(self.model)
+        self.params = [e.tensor for e in entries]
+        self.clip = spec.optim.clip_grad_norm
+        self.stats = GradStats(entries) if trainer.grad_stats else None
+        self.train_seconds, self.steps_timed = 0.0, 0
         self.last_eval: Evaluation | None = None
-        # The step appends its detached loss (no device op); the epoch's mean is taken once, at its end.
-        self.epoch_losses: list[torch.Tensor] = []
         self.train_loss: float | None = None
+        # The step appends its detached loss (no device op); checks and means come at logged steps.
+        self.epoch_losses: list[torch.Tensor] = []
+        self.checked = 0  # epoch_losses[:checked] are known finite
 
     def run(self, position: Position) -> Position:
         self.model.train()
+        if position.step == 0 and self.stats is not None and self.stats.aliases:
+            self.metrics.write({"kind": "aliases", "step": 0, "aliases": self.stats.aliases})
         bar = _progress_bar(self.progress, self.total_steps, position.step)
         step, epoch, start = position.step, position.epoch, position.batch
         while step < self.total_steps:
             began = time.perf_counter()
+            batch = start  # batches of this epoch done, counting those before a resume
             for x, y in self.batches.epoch(epoch, start):
-                loss = self.step(x, y)
                 step += 1
-                if step % self.log_every == 0:
-                    self.log_step(step, epoch, loss)
-                if self.ckpt_every and step % self.ckpt_every == 0 and step < self.total_steps:
-                    self.save(_next_position(step, epoch, start + len(self.epoch_losses), self.batches.steps_per_epoch))
+                batch += 1
+                logged = step % self.log_every == 0
+                self.step(x, y, logged)
+                if logged:
+                    self.log_step(step, epoch)
                 if bar is not None:
                     bar.update(1)
                 if step >= self.total_steps:
                     break
+                if self.ckpt_every and step % self.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
+                    self.save(Position(step, epoch, batch))
             self.train_seconds += time.perf_counter() - began
-            done = start + len(self.epoch_losses)
             self.end_epoch(step, epoch)
-            epoch, start = (epoch + 1, 0) if done == self.batches.steps_per_epoch else (epoch, done)
-            self.epoch_losses.clear()
+            epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
+            if self.ckpt_every and step % self.ckpt_every == 0 and step < self.total_steps:
+                self.save(Position(step, epoch, start))
         if bar is not None:
             bar.close()
         self.steps_timed = step - position.step
@@ -162,34 +186,61 @@ class _Loop:
         self.save(final)
         return final
 
-    def save(self, position: Position) -> None:
-        """Writes a checkpoint, refusing to store NaN or Inf."""
-        bad = first_non_finite(self.model)
-        if bad is not None:
-            raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
-        checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
-                                   position, self.config, self.keep_last)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor, logged: bool) -> None:
         loss = self.loss_fn(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if logged and self.stats is not None:
+            self.stats.before_step()  # gradients as computed, before clipping
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        detached = loss.detach()
-        self.epoch_losses.append(detached)
-        return detached
+        self.epoch_losses.append(loss.detach())
 
-    def log_step(self, step: int, epoch: int, loss: torch.Tensor) -> None:
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RunError(f"step {step}: the training loss is {value}; stopping (the last checkpoint is intact)")
-        record = {"kind": "train", "step": step, "epoch": epoch, "loss": value, "lr": self.optimizer.param_groups[0]["lr"]}
+    def log_step(self, step: int, epoch: int) -> None:
+        unchecked = torch.stack(self.epoch_losses[self.checked :]).float()
+        extra = self.stats.after_step() if self.stats is not None else None
+        values = torch.cat([unchecked, extra]).tolist() if extra is not None else unchecked.tolist()  # the one sync
+        losses = values[: len(unchecked)]
+        self._check_losses(step, losses)
+        record = {"kind": "train", "step": step, "epoch": epoch, "loss": losses[-1], "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.stats is not None:
+            record.update(self.stats.record(values[len(unchecked) :]))
+            if not math.isfinite(record["grad_norm"]):
+                raise RunError(f"step {step}: the gradient of {self.stats.first_non_finite_grad()!r} holds NaN or Inf; stopping (the last checkpoint is intact)")
         self.metrics.write(record)
+        if self.board is not None:
+            for key, value in record.items():
+                if key not in ("kind", "step", "epoch"):
+                    self.board.add_scalar(key if "/" in key else f"train/{key}", value, step)
+            if self.hist_every and step % self.hist_every == 0:
+                self._histograms(step)
+
+    def _check_losses(self, step: int, losses: list[float]) -> None:
+        """Raises RunError naming the first step since the last check whose loss was NaN or Inf."""
+        bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+        self.checked = len(self.epoch_losses)
+        if bad is None:
+            return
+        bad_step = step - (len(losses) - 1 - bad)
+        culprit = self.stats.first_non_finite_grad() if self.stats is not None else None
+        tensor = f"; first tensor with a non-finite gradient: {culprit!r}" if culprit else ""
+        raise RunError(f"step {bad_step}: the training loss is {losses[bad]}{tensor}; stopping (the last checkpoint is intact)")
+
+    def _histograms(self, step: int) -> None:
+        for name, param in zip(self.stats.names if self.stats else [], self.params):
+            self.board.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+            if param.grad is not None:
+                self.board.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
 
     def end_epoch(self, step: int, epoch: int) -> None:
-        self.train_loss = torch.stack(self.epoch_losses).double().mean().item() if self.epoch_losses else None
+        if self.epoch_losses:
+            losses = torch.stack(self.epoch_losses).double()
+            mean_and_tail = torch.cat([losses.mean().reshape(1), losses[self.checked :]]).tolist()
+            self._check_losses(step, mean_and_tail[1:])
+            self.train_loss = mean_and_tail[0]
         result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
         self.last_eval = result
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}
@@ -197,14 +248,25 @@ class _Loop:
             record["val_accuracy"] = result.accuracy
         self.metrics.write(record)
         self.metrics.flush()
+        if self.board is not None:
+            for key in ("val_loss", "val_accuracy"):
+                if key in record:
+                    self.board.add_scalar(f"eval/{key}", record[key], step)
+        self.epoch_losses, self.checked = [], 0
         if self.progress == "log":
             accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
-            log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.total_steps, self.train_loss, result.loss, accuracy)
+            log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.total_steps, self.train_loss or float("nan"), result.loss, accuracy)
 
-
-def _next_position(step: int, epoch: int, batch: int, steps_per_epoch: int) -> Position:
-    """Returns where training continues after `batch` batches of `epoch` are done."""
-    return Position(step, epoch + 1, 0) if batch >= steps_per_epoch else Position(step, epoch, batch)
+    def save(self, position: Position) -> None:
+        """Writes a checkpoint, refusing to store NaN or Inf."""
+        if self.epoch_losses[self.checked :]:
+            self._check_losses(position.step, torch.stack(self.epoch_losses[self.checked :]).tolist())
+        bad = first_non_finite(self.model)
+        if bad is not None:
+            raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
+        losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
+        checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
+                                   position, self.config, self.keep_last, extra={"loop.epoch_losses": losses})
 
 
 def first_non_finite(model: nn.Module) -> str | None:
@@ -230,11 +292,11 @@ def _progress_bar(mode: str, total: int, done: int):
     return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
 
 
-def _summarize(prepared: Prepared, loop: _Loop, final: Position, run_dir: Path) -> dict:
+def _summarize(prepared: Prepared, loop: _Loop, final: Position) -> dict:
     model = prepared.model
     verify_ties(model, prepared.ties)
     last = loop.last_eval
-    summary = {
+    return {
         "train_loss": loop.train_loss,
         "val_loss": last.loss if last else None,
         "val_accuracy": last.accuracy if last else None,
@@ -248,4 +310,3 @@ def _summarize(prepared: Prepared, loop: _Loop, final: Position, run_dir: Path) 
         "dtype": str(prepared.dtype).replace("torch.", ""),
         "seed": prepared.spec.seed,
     }
-    return summary

@@ -13,7 +13,7 @@ import runner
 from runner.config import conf_dir
 
 REPO = Path(__file__).resolve().parent.parent
-QUIET = ["trainer.progress=off"]
+QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
 
 
 def config_names(group: str) -> list[str]:

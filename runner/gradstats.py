@@ -1,0 +1,66 @@
+"""Per-tensor gradient statistics: computed on the device with foreach ops, one host sync per logged step.
+
+Keys written for each unique trainable tensor (canonical name; a tied tensor once, its gradient
+being the sum of its uses):
+  grad_norm/<name>     L2 norm of the gradient
+  grad_max/<name>      max |gradient|
+  weight_norm/<name>   L2 norm of the weight after the step
+  update_ratio/<name>  ||weight after - weight before|| / ||weight before||
+plus `grad_norm`, the global L2 norm over all gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runner.tensors import TensorEntry
+
+STATS = ("grad_norm", "grad_max", "weight_norm", "update_ratio")
+
+
+class GradStats:
+    """Collects gradient statistics around one optimizer step, for the tensors given."""
+
+    def __init__(self, entries: list[TensorEntry]):
+        self.names = [e.name for e in entries]
+        self.params = [e.tensor for e in entries]
+        self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
+        self._before: list[torch.Tensor] = []
+        self._grads: torch.Tensor | None = None
+
+    def before_step(self) -> None:
+        """Records gradient norms and the weights before the optimizer changes them (device ops only)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        # torch._foreach_norm is what torch.nn.utils.clip_grad_norm_ itself uses: one kernel launch per dtype/device group.
+        self._grads = torch.stack([
+            torch.stack(torch._foreach_norm(grads)),
+            torch.stack(torch._foreach_norm(grads, float("inf"))),
+        ]).float()
+        self._before = torch._foreach_mul([p.detach() for p in self.params], 1.0)  # a copy of each weight
+
+    def after_step(self) -> torch.Tensor:
+        """Returns every statistic in one device tensor; `record` turns its values into named floats."""
+        assert self._grads is not None, "before_step must run first"
+        params = [p.detach() for p in self.params]
+        weight_norms = torch.stack(torch._foreach_norm(params)).float()
+        before_norms = torch.stack(torch._foreach_norm(self._before)).float()
+        update_norms = torch.stack(torch._foreach_norm(torch._foreach_sub(params, self._before))).float()
+        ratios = update_norms / before_norms.clamp_min(1e-12)
+        global_norm = self._grads[0].square().sum().sqrt().reshape(1)
+        values = torch.cat([self._grads.reshape(-1), weight_norms, ratios, global_norm])
+        self._before, self._grads = [], None
+        return values
+
+    def record(self, values: list[float]) -> dict[str, float]:
+        """Returns {"grad_norm": global, "<stat>/<name>": value} from after_step's values, as Python floats."""
+        n = len(self.names)
+        record = {"grad_norm": values[-1]}
+        for index, stat in enumerate(STATS):
+            for name, value in zip(self.names, values[index * n : (index + 1) * n]):
+                record[f"{stat}/{name}"] = value
+        return record
+
+    def first_non_finite_grad(self) -> str | None:
+        """Returns the name of the first tensor whose gradient holds NaN or Inf (one host sync)."""
+        flags = torch.stack([p.grad.isfinite().all() if p.grad is not None else torch.tensor(True) for p in self.params]).tolist()
+        return next((name for name, ok in zip(self.names, flags) if not ok), None)

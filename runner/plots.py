@@ -1,0 +1,53 @@
+"""PNG plots in the run directory, drawn from metrics.jsonl: loss curves and per-tensor gradient norms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.rundir import read_metrics
+
+
+def write_plots(run_dir: Path) -> list[Path]:
+    """Writes loss.png and grad_norms.png (when gradient statistics were logged); returns their paths."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = read_metrics(path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (logged steps)", alpha=0.7)
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+    written.append(run_dir / "loss.png")
+    names = sorted({k.split("/", 1)[1] for r in train for k in r if k.startswith("grad_norm/")})
+    if names:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in names:
+            ax.plot([r["step"] for r in train], [r[f"grad_norm/{name}"] for r in train], label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("gradient L2 norm")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("per-tensor gradient norm")
+        fig.tight_layout()
+        fig.savefig(run_dir / "grad_norms.png", dpi=100)
+        plt.close(fig)
+        written.append(run_dir / "grad_norms.png")
+    return written

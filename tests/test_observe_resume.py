@@ -1,0 +1,208 @@
+"""Gradient statistics, optimizer groups, non-finite stops, checkpoints, exact resume, runner.load."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import runner
+from runner import checkpoint
+from runner.data import Batches
+from runner.errors import ConfigError, RunError
+from runner.optim import make_optimizer
+from runner.prepare import prepare
+from runner.rundir import read_metrics
+from runner.spec import validate
+from runner.training import _Loop
+
+from conftest import run_cli
+
+
+def test_grad_stats_equal_an_independent_autograd_computation_tied_case(compose, tmp_path):
+    cfg = compose("model=tied_mlp", "optim=sgd", "optim.momentum=0", "optim.lr=0.1", "trainer.max_steps=1", "trainer.log_every=1")
+    runner.train(cfg, tmp_path)
+    record = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"][0]
+    # Independently: same initial weights, the same first batch, plain autograd.
+    prepared = prepare(validate(cfg))
+    model, data = prepared.model, prepared.data
+    x, y = next(Batches(data.train_x, data.train_y, 64, 0).epoch(0))
+    weights = dict(model.named_parameters())
+    grads = dict(zip(weights, torch.autograd.grad(F.cross_entropy(model(x), y), list(weights.values()))))
+    for name in ("shared.weight", "fc_in.weight", "head.bias"):
+        g, w = grads[name], weights[name].detach()
+        assert record[f"grad_norm/{name}"] == pytest.approx(g.norm().item(), rel=1e-5)
+        assert record[f"grad_max/{name}"] == pytest.approx(g.abs().max().item(), rel=1e-5)
+        assert record[f"weight_norm/{name}"] == pytest.approx((w - 0.1 * g).norm().item(), rel=1e-5)
+        assert record[f"update_ratio/{name}"] == pytest.approx((0.1 * g).norm().item() / w.norm().item(), rel=1e-4)
+    assert "grad_norm/shared_again.weight" not in record  # a tied tensor is logged once...
+    aliases = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert aliases == {"kind": "aliases", "step": 0, "aliases": {"shared.weight": ["shared_again.weight"], "shared.bias": ["shared_again.bias"]}}
+    total = torch.sqrt(sum(g.norm() ** 2 for g in grads.values())).item()
+    assert record["grad_norm"] == pytest.approx(total, rel=1e-5)
+
+
+@pytest.mark.parametrize("log_every", [1, 7, 25])
+def test_metrics_keys_and_counts_per_log_interval(compose, tmp_path, log_every):
+    runner.train(compose("trainer.max_steps=50", f"trainer.log_every={log_every}"), tmp_path)
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(log_every, 51, log_every))
+    names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "head.weight", "head.bias"]
+    expected = {"kind", "step", "epoch", "loss", "lr", "grad_norm"} | {f"{s}/{n}" for s in ("grad_norm", "grad_max", "weight_norm", "update_ratio") for n in names}
+    assert all(set(r) == expected for r in train)
+
+
+def test_interrupted_then_resumed_run_is_bit_identical(compose, tmp_path):
+    overrides = ["trainer.epochs=3", "trainer.ckpt_every=17", "trainer.keep_last=10", "optim=sgd_cosine", "optim.scheduler.warmup_steps=10"]
+    full = runner.train(compose(*overrides), tmp_path / "full")
+    # The crash: the directory as it stood after the step-34 checkpoint (mid-epoch: 23 batches per epoch).
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for late in ("step_0000051", "step_0000068", "step_0000069"):
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / late)
+    (tmp_path / "cut" / "summary.json").unlink()
+    resumed = runner.resume(tmp_path / "cut")
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    assert resumed["val_loss"] == full["val_loss"] and resumed["train_loss"] == full["train_loss"]
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+
+
+def test_cli_resume_continues_in_the_run_directory(tmp_path):
+    first = run_cli("trainer.max_steps=20", "trainer.ckpt_every=10", "trainer.progress=off", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_0000020")
+    again = run_cli(f"resume={tmp_path / 'a'}", "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'log'}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 30
+
+
+def test_runner_load_restores_ties_buffers_and_leaves_non_persistent_ones_out(compose, tmp_path):
+    runner.train(compose("model=transformer_lm", "trainer.max_steps=3"), tmp_path / "lm")
+    model = runner.load(tmp_path / "lm")
+    assert model.head.weight is model.embed.weight
+    assert torch.count_nonzero(model.position.encoding) > 0  # rebuilt, not loaded
+    trained = runner.load(tmp_path / "lm")
+    assert torch.equal(trained.embed.weight, model.embed.weight)
+    summary = runner.train(compose("model=frozen_features", "trainer.max_steps=3"), tmp_path / "ff")
+    loaded = runner.load(tmp_path / "ff")
+    from runner.rundir import weights_sha256
+
+    assert weights_sha256(loaded) == summary["weights_sha256"]
+    assert torch.count_nonzero(loaded.norm.mean) > 0 and not loaded.training
+
+
+class Payload:
+    """A pickle that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_a_pickle_in_place_of_a_checkpoint_file_is_refused_and_never_runs(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=2"), tmp_path)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    marker = tmp_path / "PAYLOAD_RAN"
+    (latest / "model.safetensors").write_bytes(pickle.dumps(Payload(str(marker))))
+    with pytest.raises(RunError, match="SHA-256 does not match"):
+        runner.load(tmp_path)
+    # An attacker who also rewrites the manifest still gets nothing run: safetensors refuses the file.
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest["model.safetensors"] = checkpoint._sha256(latest / "model.safetensors")
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match="not a valid safetensors file"):
+        runner.load(tmp_path)
+    assert not marker.exists()
+
+
+def test_nan_at_step_k_stops_there_with_the_previous_checkpoint_intact(compose, tmp_path, monkeypatch):
+    original = _Loop.step
+    calls = {"n": 0}
+
+    def poisoned(self, x, y, logged):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            x = x * float("nan")
+        return original(self, x, y, logged)
+
+    monkeypatch.setattr(_Loop, "step", poisoned)
+    with pytest.raises(RunError, match=r"^step 10: the training loss is nan"):
+        runner.train(compose("trainer.max_steps=40", "trainer.ckpt_every=4", "trainer.log_every=5"), tmp_path)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.name == "step_0000008"
+    checkpoint.verify(latest)
+    model = runner.load(tmp_path)
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def test_param_groups_give_each_tensor_its_own_settings(compose):
+    cfg = compose("optim=sgd")
+    cfg.optim.param_groups = [{"match": "head.*", "lr": 0.5}, {"weight_decay": 0.1}]
+    prepared = prepare(validate(cfg))
+    groups = make_optimizer(prepared.model, cfg.optim).param_groups
+    assert [(g["names"], g["lr"], g["weight_decay"]) for g in groups] == [
+        (["head.weight", "head.bias"], 0.5, 0.0),
+        (["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], 0.05, 0.1),
+    ]
+
+
+@pytest.mark.parametrize(("groups", "text"), [
+    ([{"match": "head.*"}, {"match": "*.bias"}], "'head.bias' is in groups [0, 1]"),
+    ([{"match": "head.*"}], "'fc1.weight' is in no group"),
+    ([{"match": "nothing.*"}, {}], "matches no trainable tensor"),
+])
+def test_param_group_overlap_gap_and_typo_are_config_errors(compose, groups, text):
+    cfg = compose()
+    cfg.optim.param_groups = groups
+    with pytest.raises(ConfigError, match=text.replace("[", r"\[").replace("]", r"\]")):
+        validate(cfg)
+
+
+def test_no_decay_option_exempts_biases_and_norm_weights(compose):
+    cfg = compose("model=cnn", "optim=adamw_no_decay")
+    groups = make_optimizer(runner.build(cfg), cfg.optim).param_groups
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    exempt = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert decayed == {"conv1.weight", "conv2.weight", "head.weight"}
+    assert {"conv1.bias", "bn1.weight", "bn1.bias", "head.bias"} <= exempt
+
+
+def test_warmup_cosine_schedule_and_clipping(compose, tmp_path):
+    overrides = ["optim=sgd_cosine", "optim.momentum=0", "optim.weight_decay=0", "optim.clip_grad_norm=0.001"]
+    runner.train(compose(*overrides, "trainer.max_steps=100", "trainer.log_every=1"), tmp_path)
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    lrs = [r["lr"] for r in train]  # the lr after each step's scheduler.step()
+    assert lrs[0] < lrs[48] and lrs[49] == pytest.approx(0.1, rel=0.02) and lrs[-1] < 0.01
+    names = [k.split("/", 1)[1] for k in train[0] if k.startswith("update_ratio/")]
+    assert max(r["grad_norm"] for r in train) > 0.01  # raw gradients are far above the clip...
+    for before, after, lr in zip(train, train[1:], lrs):
+        # ...yet plain SGD moves the weights by lr * clipped gradient: global norm <= lr * 0.001.
+        update = sum((after[f"update_ratio/{n}"] * before[f"weight_norm/{n}"]) ** 2 for n in names) ** 0.5
+        assert update <= lr * 0.001 * 1.01  # 1%: float32 cancellation in w_after - w_before at 1e-6 scale
+
+
+def test_tensorboard_events_and_plots_are_written(compose, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner.train(compose("trainer.max_steps=20", "trainer.tensorboard=true", "trainer.plots=true", "trainer.hist_every=10"), tmp_path)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    scalars, histograms = set(events.Tags()["scalars"]), set(events.Tags()["histograms"])
+    assert {"train/loss", "train/grad_norm", "grad_norm/fc1.weight", "eval/val_loss"} <= scalars
+    assert {"weights/fc1.weight", "grads/fc1.weight"} <= histograms
+    assert len(events.Scalars("train/loss")) == 2
+    for name in ("loss.png", "grad_norms.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_environment_records_versions_and_the_rerun_command(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=1"), tmp_path)
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert {"python", "hydra", "omegaconf", "platform", "git_commit"} <= set(env)
+    assert env["command"].endswith(f"--config-path {tmp_path.resolve()} --config-name config")
