@@ -181,7 +181,9 @@ def test_warmup_cosine_schedule_and_clipping(compose, tmp_path):
     assert lrs[0] < lrs[48] and lrs[49] == pytest.approx(0.1, rel=0.02) and lrs[-1] < 0.01
     names = [k.split("/", 1)[1] for k in train[0] if k.startswith("update_ratio/")]
     assert max(r["grad_norm"] for r in train) > 0.01  # raw gradients are far above the clip...
-    for before, after, lr in zip(train, train[1:], lrs):
+    measurable = [(b, a, lr) for b, a, lr in zip(train, train[1:], lrs) if lr >= 0.01]
+    assert len(measurable) > 50
+    for before, after, lr in measurable:
         # ...yet plain SGD moves the weights by lr * clipped gradient: global norm <= lr * 0.001.
         update = sum((after[f"update_ratio/{n}"] * before[f"weight_norm/{n}"]) ** 2 for n in names) ** 0.5
         assert update <= lr * 0.001 * 1.01  # 1%: float32 cancellation in w_after - w_before at 1e-6 scale
