@@ -11,6 +11,7 @@ from torch import nn
 
 from runner import checkpoint
 from runner.config import compose
+from runner.distributed import current_rank
 from runner.errors import ConfigError, Problem
 from runner.placement import DTYPES, place, resolve_device
 from runner.prepare import build_declared, prepare
@@ -63,12 +64,15 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
 
 def _train_spec(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
     prepared = prepare(spec)
+    main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
-    write_tensor_table(prepared, run_dir)
+    if main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
+        write_tensor_table(prepared, run_dir)
     summary = run_training(prepared, run_dir, resume_from)
     summary["wall_seconds"] = time.perf_counter() - started
-    write_json(run_dir / "summary.json", summary)
+    if main:
+        write_json(run_dir / "summary.json", summary)
     return summary
 
 
@@ -78,6 +82,7 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     non-persistent buffers rebuilt, on `device`. Nothing is unpickled; file hashes are verified."""
     latest = checkpoint.latest_checkpoint(Path(path))
     saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
+    saved.trainer.strategy = "single"  # loading is one process, whatever trained the model
     spec = validate(saved)
     model, ties, _ = build_declared(spec)
     checkpoint.load_weights(latest, model)

@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config import conf_dir
@@ -30,15 +31,53 @@ def report_errors(work: Callable[[], T]) -> T:
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, run_dir)
+    summary = report_errors(lambda: _run(cfg, run_dir, hydra_cfg))
+    print(f"run directory: {summary.get('run_dir', run_dir)}")
+    return summary.get("val_loss")
+
+
+def _run(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:
     from runner.api import resume, train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.get("resume"):
         # A resumed run continues in its own directory; other overrides change its saved config.
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-        run_dir = Path(cfg.resume)
-        summary = report_errors(lambda: resume(run_dir, overrides))
-    else:
-        summary = report_errors(lambda: train(cfg, run_dir))
-    print(f"run directory: {run_dir}")
-    return summary.get("val_loss")
+        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+        return {**resume(cfg.resume, overrides), "run_dir": cfg.resume}
+    return train(cfg, run_dir)
+
+
+def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
+    """One job of a multirun: a failure is recorded in the job's directory and the sweep goes on."""
+    import json
+    import logging
+
+    from runner.api import train
+
+    try:
+        return train(cfg, run_dir)["val_loss"]
+    except (ConfigError, RunError) as error:
+        message = str(error)
+    except Exception as error:  # a bug in a job must not take the whole sweep down; the report shows it
+        message = f"{type(error).__name__}: {error}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.json").write_text(json.dumps({"error": message}), encoding="utf-8")
+    logging.getLogger("runner").error("job failed: %s", message)
+    return float("inf")  # a sweeper that minimizes the return value ranks it last
+
+
+def job_threads(requested: int, hydra_cfg) -> int:
+    """Returns torch threads for this job: `requested` if set, else the cores shared among parallel joblib jobs."""
+    if requested > 0:
+        return requested
+    launcher = hydra_cfg.launcher
+    if hydra_cfg.mode == RunMode.MULTIRUN and "joblib" in str(launcher.get("_target_", "")):
+        n_jobs = launcher.get("n_jobs", -1)
+        cores = os.cpu_count() or 1
+        parallel = cores if n_jobs in (-1, None) else max(1, min(int(n_jobs), cores))
+        return max(1, cores // parallel)
+    return 0

@@ -10,6 +10,7 @@ from torch import nn
 
 from runner.build import build_model
 from runner.data import Dataset, load_data
+from runner.distributed import ddp_device
 from runner.errors import Problems
 from runner.initialization import InitPlan, Provenance, apply_init, plan_init
 from runner.layers import Normalize
@@ -43,7 +44,8 @@ def prepare(spec: RunSpec, data: Dataset | None = None) -> Prepared:
     for name, module in model.named_modules():
         if isinstance(module, Normalize):
             provenance[f"{name}.mean"] = provenance[f"{name}.std"] = Provenance("fitted on training data")
-    device, dtype = resolve_device(spec.trainer.device), DTYPES[spec.trainer.dtype]
+    device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
+    dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
     verify_ties(model, ties)
     return Prepared(spec, model, data, ties, plan, provenance, device, dtype)

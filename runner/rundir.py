@@ -42,6 +42,19 @@ class MetricsWriter:
         self.handle.close()
 
 
+class NullWriter:
+    """Stands in for MetricsWriter on ranks that do not write (DDP ranks other than 0)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Returns the records of a metrics.jsonl file."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -8,6 +8,7 @@ checked against the real module tree, and reports everything it found in one Con
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,11 +250,15 @@ def _check_trainer(trainer: TrainerConfig, problems: Problems) -> None:
     _check_positive(trainer.batch_size, "trainer.batch_size", problems)
     _check_positive(trainer.log_every, "trainer.log_every", problems)
     _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
+    _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)
     _check_positive(trainer.ckpt_every, "trainer.ckpt_every", problems, allow_zero=True)
     _check_positive(trainer.keep_last, "trainer.keep_last", problems)
     _check_choice(trainer.loss, LOSSES, "trainer.loss", problems)
     _check_choice(trainer.dtype, DTYPES, "trainer.dtype", problems)
     _check_choice(trainer.progress, PROGRESS, "trainer.progress", problems)
+    _check_choice(trainer.strategy, ("single", "ddp"), "trainer.strategy", problems)
+    if trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:
+        problems.add("trainer.strategy", "ddp needs torchrun: torchrun --nproc_per_node=N -m runner trainer.strategy=ddp")
     from runner.placement import check_device
 
     check_device(trainer.device, "trainer.device", problems)

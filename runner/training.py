@@ -23,11 +23,12 @@ from torch import nn
 from runner import checkpoint
 from runner.checkpoint import Position
 from runner.data import Batches, Dataset
+from runner.distributed import Group, setup, teardown, wrap
 from runner.errors import RunError
 from runner.gradstats import GradStats
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
-from runner.rundir import MetricsWriter, environment, weights_sha256, write_json
+from runner.rundir import MetricsWriter, NullWriter, environment, weights_sha256, write_json
 from runner.tensors import count_parameters, verify_ties
 
 log = logging.getLogger("runner")
@@ -89,6 +90,8 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     run_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.threads > 0:
+        torch.set_num_threads(trainer.threads)
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
@@ -102,10 +105,13 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
         verify_ties(model, prepared.ties)
     else:
         torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
-    write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=position.step if resume_from else None)
-    board = _tensorboard(run_dir) if trainer.tensorboard else None
-    loop = _Loop(prepared, data, batches, optimizer, scheduler, metrics, board, run_dir, total_steps)
+    group = setup(trainer.strategy, prepared.device)
+    main = group.is_main  # only rank 0 writes logs, plots and checkpoints
+    if main:
+        write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=position.step if resume_from else None) if main else NullWriter()
+    board = _tensorboard(run_dir) if trainer.tensorboard and main else None
+    loop = _Loop(prepared, data, batches, optimizer, scheduler, metrics, board, run_dir, total_steps, group)
     loop.epoch_losses = epoch_losses
     try:
         with deterministic_algorithms(trainer.deterministic):
@@ -114,10 +120,11 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
         metrics.close()
         if board is not None:
             board.close()
-        if trainer.plots:
+        if trainer.plots and main:
             from runner.plots import write_plots
 
             write_plots(run_dir)
+        teardown(group)
     return _summarize(prepared, loop, final)
 
 
@@ -131,11 +138,12 @@ class _Loop:
     """Holds what the step needs, resolved once, so the step itself reads no config."""
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer, scheduler,
-                 metrics: MetricsWriter, board: Any, run_dir: Path, total_steps: int):
+                 metrics: MetricsWriter | NullWriter, board: Any, run_dir: Path, total_steps: int, group: Group):
         spec, trainer = prepared.spec, prepared.spec.trainer
         self.model, self.data, self.batches = prepared.model, data, batches
         self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
+        self.group, self.net = group, wrap(prepared.model, group, prepared.device)
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
         self.classify = spec.data.task in ("classification", "language_model")
         self.log_every, self.ckpt_every, self.keep_last = trainer.log_every, trainer.ckpt_every, trainer.keep_last
@@ -187,7 +195,11 @@ class _Loop:
         return final
 
     def step(self, x: torch.Tensor, y: torch.Tensor, logged: bool) -> None:
-        loss = self.loss_fn(self.model(x), y)
+        if self.group.active:
+            x, y, scale = self.group.shard(x, y)
+            loss = self.loss_fn(self.net(x), y) * scale
+        else:
+            loss = self.loss_fn(self.net(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if logged and self.stats is not None:
@@ -200,7 +212,7 @@ class _Loop:
         self.epoch_losses.append(loss.detach())
 
     def log_step(self, step: int, epoch: int) -> None:
-        unchecked = torch.stack(self.epoch_losses[self.checked :]).float()
+        unchecked = self.group.mean(torch.stack(self.epoch_losses[self.checked :]).float())
         extra = self.stats.after_step() if self.stats is not None else None
         values = torch.cat([unchecked, extra]).tolist() if extra is not None else unchecked.tolist()  # the one sync
         losses = values[: len(unchecked)]
@@ -237,7 +249,7 @@ class _Loop:
 
     def end_epoch(self, step: int, epoch: int) -> None:
         if self.epoch_losses:
-            losses = torch.stack(self.epoch_losses).double()
+            losses = self.group.mean(torch.stack(self.epoch_losses).double())
             mean_and_tail = torch.cat([losses.mean().reshape(1), losses[self.checked :]]).tolist()
             self._check_losses(step, mean_and_tail[1:])
             self.train_loss = mean_and_tail[0]
@@ -260,10 +272,12 @@ class _Loop:
     def save(self, position: Position) -> None:
         """Writes a checkpoint, refusing to store NaN or Inf."""
         if self.epoch_losses[self.checked :]:
-            self._check_losses(position.step, torch.stack(self.epoch_losses[self.checked :]).tolist())
+            self._check_losses(position.step, self.group.mean(torch.stack(self.epoch_losses[self.checked :])).tolist())
         bad = first_non_finite(self.model)
         if bad is not None:
             raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
+        if not self.group.is_main:
+            return
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
         checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
                                    position, self.config, self.keep_last, extra={"loop.epoch_losses": losses})

@@ -1,0 +1,82 @@
+"""One run on several processes with torch DistributedDataParallel, as launched by torchrun.
+
+Each step every rank takes its contiguous shard of the same global batch; its mean loss is
+scaled by (shard rows / global rows) * world size, so DDP's gradient average is exactly the
+gradient of the global batch's mean loss (uneven last batches included). Rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the run: rank, world size, and whether it is the one that writes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Returns this rank's rows of the global batch and the factor its mean loss is scaled by."""
+        if not self.active:
+            return x, y, 1.0
+        xs, ys = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
+        return xs, ys, len(xs) / len(x) * self.world
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Returns the mean of `values` over ranks (a collective: every rank must call it)."""
+        if not self.active:
+            return values
+        values = values.clone()
+        dist.all_reduce(values)
+        return values / self.world
+
+
+def current_rank() -> int:
+    """Returns RANK as torchrun sets it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(strategy: str, device: torch.device) -> Group:
+    """Joins the process group for `ddp` (gloo on the CPU, nccl on CUDA); a single process otherwise."""
+    if strategy != "ddp":
+        return Group()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Group(dist.get_rank(), dist.get_world_size())
+
+
+def ddp_device(device: torch.device, strategy: str) -> torch.device:
+    """Returns the device for this rank: cuda:LOCAL_RANK under ddp on CUDA, else `device`."""
+    if strategy == "ddp" and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
+    """Returns the module the step calls: DDP around the model when distributed, the model otherwise."""
+    if not group.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def teardown(group: Group) -> None:
+    if group.active and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

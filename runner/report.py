@@ -1,0 +1,205 @@
+"""The comparison report of a sweep: report.md, report.csv and report.png in the sweep directory.
+
+Written by a Hydra callback at the end of every multirun; `python -m runner.report <sweep dir>`
+writes it again, also for a sweep with failed or unfinished jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+try:  # the callback base class; the report itself needs only the files
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[assignment,misc]
+
+from runner.rundir import read_metrics, reproduce_command
+
+COLUMNS = (
+    "job", "overrides", "status", "train_loss", "val_loss", "val_accuracy", "grad_norm_first", "grad_norm_last",
+    "steps_per_second", "weights_sha256", "seed", "error", "rerun",
+)
+
+
+@dataclass
+class Job:
+    """One job of a sweep, read from its directory."""
+
+    directory: Path
+    overrides: list[str]
+    status: str  # ok | failed | unfinished
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    shared: frozenset[str] = frozenset()  # overrides every job of the sweep has: left out of labels
+    train: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " ".join(o for o in self.overrides if o not in self.shared) or self.directory.name
+
+    def per_layer(self, which: int) -> dict[str, float]:
+        """Returns tensor name -> gradient norm at the first (0) or last (-1) logged step."""
+        if not self.train:
+            return {}
+        record = self.train[which]
+        return {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("grad_norm/")}
+
+    def row(self) -> dict[str, Any]:
+        first, last = (self.train[0], self.train[-1]) if self.train else ({}, {})
+        s = self.summary
+        return {
+            "job": self.directory.name, "overrides": " ".join(self.overrides), "status": self.status,
+            "train_loss": s.get("train_loss"), "val_loss": s.get("val_loss"), "val_accuracy": s.get("val_accuracy"),
+            "grad_norm_first": first.get("grad_norm"), "grad_norm_last": last.get("grad_norm"),
+            "steps_per_second": s.get("steps_per_second"), "weights_sha256": s.get("weights_sha256"),
+            "seed": s.get("seed"), "error": self.error,
+            "rerun": reproduce_command(self.directory) if (self.directory / "config.yaml").is_file() else "",
+        }
+
+
+def read_jobs(sweep_dir: Path) -> list[Job]:
+    """Returns every job directory of the sweep (those Hydra wrote .hydra/ into), in job order."""
+    jobs = []
+    for directory in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_order):
+        overrides_file = directory / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        job = Job(directory, [str(o) for o in overrides or []], "unfinished")
+        if (directory / "summary.json").is_file():
+            job.status, job.summary = "ok", json.loads((directory / "summary.json").read_text())
+        elif (directory / "error.json").is_file():
+            job.status, job.error = "failed", json.loads((directory / "error.json").read_text())["error"]
+        if (directory / "metrics.jsonl").is_file():
+            records = read_metrics(directory / "metrics.jsonl")
+            job.train = [r for r in records if r.get("kind") == "train"]
+            job.evals = [r for r in records if r.get("kind") == "eval"]
+        jobs.append(job)
+    shared = frozenset.intersection(*(frozenset(j.overrides) for j in jobs)) if len(jobs) > 1 else frozenset()
+    for job in jobs:
+        job.shared = shared
+    return jobs
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, path.name)
+
+
+def write_report(sweep_dir: str | Path) -> list[Path]:
+    """Writes report.md, report.csv and report.png into the sweep directory; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    jobs = read_jobs(sweep_dir)
+    rows = [job.row() for job in jobs]
+    with open(sweep_dir / "report.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (sweep_dir / "report.md").write_text(_markdown(jobs, rows), encoding="utf-8")
+    _plot(jobs, sweep_dir / "report.png")
+    return [sweep_dir / "report.md", sweep_dir / "report.csv", sweep_dir / "report.png"]
+
+
+def _markdown(jobs: list[Job], rows: list[dict[str, Any]]) -> str:
+    lines = [f"# Sweep report: {len(jobs)} jobs", ""]
+    done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
+    if done:
+        best = min(done, key=lambda j: j.summary["val_loss"])
+        accuracy = best.summary.get("val_accuracy")
+        lines.append(f"**Best:** job {best.directory.name} (`{best.label}`): val_loss {best.summary['val_loss']:.4g}"
+                     + (f", val_accuracy {accuracy:.4f}" if accuracy is not None else "") + ".")
+        lines += _why(done)
+    failed = [j for j in jobs if j.status != "ok"]
+    if failed:
+        lines.append("")
+        lines.append("**Not finished:** " + "; ".join(f"job {j.directory.name} (`{j.label}`): {j.status}{': ' + j.error if j.error else ''}" for j in failed))
+    lines += ["", "| " + " | ".join(c for c in COLUMNS if c != "rerun") + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS if c != "rerun") + " |")
+    lines += ["", "Rerun any job alone:", ""]
+    lines += [f"- job {row['job']}: `{row['rerun']}`" for row in rows if row["rerun"]]
+    lines += ["", "![loss curves and gradient norms at initialization](report.png)", ""]
+    return "\n".join(lines)
+
+
+def _why(done: list[Job]) -> list[str]:
+    """Returns sentences that point at vanishing or exploding gradients at initialization."""
+    starts = [(j, j.train[0]["grad_norm"]) for j in done if j.train and "grad_norm" in j.train[0]]
+    if len(starts) < 2:
+        return []
+    low, high = min(starts, key=lambda p: p[1]), max(starts, key=lambda p: p[1])
+    lines = [f"Global gradient norm at the first logged step ranges from {low[1]:.3g} (`{low[0].label}`) "
+             f"to {high[1]:.3g} (`{high[0].label}`)."]
+    for job, norm in starts:
+        layers = job.per_layer(0)
+        if len(layers) >= 2:
+            smallest, largest = min(layers.values()), max(layers.values())
+            if smallest > 0 and largest / smallest > 100:
+                lines.append(f"`{job.label}`: per-tensor gradient norms at the start span {largest / smallest:.3g}x "
+                             f"(smallest {min(layers, key=layers.get)}, largest {max(layers, key=layers.get)}).")
+    return [" ".join(lines)]
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value).replace("|", "\\|")
+
+
+def _plot(jobs: list[Job], path: Path) -> None:
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for job in jobs:
+        if job.evals:
+            curves.plot([r["step"] for r in job.evals], [r["val_loss"] for r in job.evals], "o-", ms=3, label=job.label)
+    curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss")
+    curves.legend(fontsize=7)
+    with_stats = [j for j in jobs if j.per_layer(0)]
+    names = list(dict.fromkeys(n for j in with_stats for n in j.per_layer(0)))  # model order
+    width = 0.8 / max(len(with_stats), 1)
+    for index, job in enumerate(with_stats):
+        values = [job.per_layer(0).get(n, np.nan) for n in names]
+        bars.bar(np.arange(len(names)) + index * width, values, width, label=job.label)
+    bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=7)
+    bars.set(yscale="log", ylabel="gradient L2 norm", title="per-tensor gradient norm at the first logged step")
+    bars.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class SweepReport(Callback):  # type: ignore[misc,valid-type]
+    """Hydra callback: writes the report into the sweep directory when a multirun ends."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            written = write_report(sweep_dir)
+            print(f"sweep report: {written[0]}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m runner.report <sweep dir>", file=sys.stderr)
+        sys.exit(2)
+    print(f"sweep report: {write_report(Path(argv[0]))[0]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

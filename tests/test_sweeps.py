@@ -1,0 +1,121 @@
+"""Multirun sweeps end in a report; scale-out runs on Hydra's launchers, Optuna and torchrun DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import runner
+from runner.report import write_report
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
+SCHEMES = "init=xavier,kaiming,normal,orthogonal"
+
+
+def rows(sweep_dir) -> list[dict]:
+    with open(sweep_dir / "report.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def sequential_sweep(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sequential")
+    result = run_cli("-m", SCHEMES, *TINY, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    return sweep
+
+
+def test_four_scheme_sweep_writes_a_report_with_one_row_per_job(sequential_sweep):
+    table = rows(sequential_sweep)
+    assert [r["overrides"].split()[0] for r in table] == ["init=xavier", "init=kaiming", "init=normal", "init=orthogonal"]
+    for row in table:
+        assert row["status"] == "ok" and float(row["val_loss"]) > 0 and 0 <= float(row["val_accuracy"]) <= 1
+        assert float(row["grad_norm_first"]) > 0 and len(row["weights_sha256"]) == 64
+        assert row["rerun"].startswith("python -m runner --config-path ")
+    assert len({r["weights_sha256"] for r in table}) == 4
+    report = (sequential_sweep / "report.md").read_text()
+    best = min(table, key=lambda r: float(r["val_loss"]))
+    assert f"**Best:** job {best['job']} (`{best['overrides'].split()[0]}`)" in report
+    assert (sequential_sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_normal_init_starts_with_the_smallest_gradients(sequential_sweep):
+    # std 0.01 weights shrink the backpropagated signal: the report's grad column shows it.
+    table = {r["overrides"].split()[0]: float(r["grad_norm_first"]) for r in rows(sequential_sweep)}
+    assert min(table, key=table.get) == "init=normal"
+
+
+def test_joblib_sweep_equals_the_sequential_one(sequential_sweep, tmp_path):
+    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", SCHEMES, *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert [r["weights_sha256"] for r in rows(tmp_path)] == [r["weights_sha256"] for r in rows(sequential_sweep)]
+
+
+def test_joblib_shares_the_cores_among_its_jobs(tmp_path):
+    without_threads = [t for t in TINY if not t.startswith("trainer.threads")]
+    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *without_threads, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    expected = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+    for job in ("0", "1"):
+        assert f"threads: {expected}" in (tmp_path / job / "config.yaml").read_text()
+
+
+def test_submitit_local_launcher_completes(tmp_path):
+    result = run_cli("-m", "hydra/launcher=submitit_local", "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [r["status"] for r in rows(tmp_path)] == ["ok", "ok"]
+
+
+def test_optuna_sweep_of_three_trials(tmp_path):
+    result = run_cli("-m", "+search=lr_init", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert result.returncode == 0, result.stderr
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optim.lr" in best
+    assert len(rows(tmp_path)) == 3
+
+
+def test_a_failing_job_is_listed_and_the_sweep_goes_on(tmp_path):
+    result = run_cli("-m", "model.layers.fc1.type=Linear,Linaer", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    table = rows(tmp_path)
+    assert [r["status"] for r in table] == ["ok", "failed"]
+    assert "did you mean 'Linear'" in table[1]["error"]
+    assert "**Not finished:** job 1 (`model.layers.fc1.type=Linaer`): failed" in (tmp_path / "report.md").read_text()
+    # An unfinished job (killed before its summary) is reported too, by `python -m runner.report`.
+    (tmp_path / "0" / "summary.json").unlink()
+    regenerated = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert regenerated.returncode == 0, regenerated.stderr
+    assert [r["status"] for r in rows(tmp_path)] == ["unfinished", "failed"]
+
+
+def test_two_process_ddp_matches_single_process_training(tmp_path):
+    single = run_cli(*TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
+         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr
+    a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())  # rank 0 alone wrote
+
+
+def test_report_regenerates_from_python(sequential_sweep):
+    written = write_report(sequential_sweep)
+    assert [p.name for p in written] == ["report.md", "report.csv", "report.png"]
+    assert json.loads((sequential_sweep / "0" / "summary.json").read_text())["weights_sha256"] == rows(sequential_sweep)[0]["weights_sha256"]
