@@ -1,4 +1,16 @@
-from runner.cli import main
+import sys
+
+from runner import cli
+
+
+def run() -> None:
+    try:
+        cli.main()
+    except SystemExit as leaving:
+        if leaving.code == 1 and not cli.task_started:
+            sys.exit(2)  # Hydra rejected an override before any work: a config error
+        raise
+
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -12,10 +13,10 @@ from torch import nn
 from runner import checkpoint
 from runner.config import compose
 from runner.distributed import current_rank
-from runner.errors import ConfigError, Problem
+from runner.errors import ConfigError, Problem, RunError
 from runner.placement import DTYPES, place, resolve_device
 from runner.prepare import build_declared, prepare
-from runner.rundir import write_json
+from runner.rundir import RunLock, write_json
 from runner.spec import RunSpec, validate
 from runner.tensor_table import write_tensor_table
 from runner.tensors import verify_ties
@@ -65,14 +66,18 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
 def _train_spec(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
     prepared = prepare(spec)
     main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
-        write_tensor_table(prepared, run_dir)
-    summary = run_training(prepared, run_dir, resume_from)
-    summary["wall_seconds"] = time.perf_counter() - started
-    if main:
-        write_json(run_dir / "summary.json", summary)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir) if main else nullcontext():
+            if main:
+                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
+                write_tensor_table(prepared, run_dir)
+            summary = run_training(prepared, run_dir, resume_from)
+            summary["wall_seconds"] = time.perf_counter() - started
+            if main:
+                write_json(run_dir / "summary.json", summary)
+    except OSError as error:  # read-only directory, disk full: a clear stop, never a half-reported save
+        raise RunError(f"cannot write the run directory {run_dir}: {error.strerror or error} ({error.filename or run_dir})") from None
     return summary
 
 

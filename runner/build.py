@@ -100,9 +100,9 @@ def check_on_meta(spec: "RunSpec", problems: Problems) -> None:
 
 
 def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> None:
-    running: list[str] = []
+    running: list[tuple[str, tuple]] = []  # (layer, shape of its input), in call order
     hooks = [
-        module.register_forward_pre_hook(lambda _m, _a, name=name: running.append(name))
+        module.register_forward_pre_hook(lambda _m, args, name=name: running.append((name, _shape(args))))
         for name, module in model.named_modules()
         if name
     ]
@@ -111,8 +111,12 @@ def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> Non
     try:
         out = model(x)
     except Exception as error:
-        where = f"layer {running[-1]!r} ({type(model.get_submodule(running[-1])).__name__})" if running else "the model"
-        problems.add("model.layers", f"{where} failed on input of shape {tuple(x.shape)}: {_first_line(error)}")
+        if running:
+            name, shape = running[-1]
+            where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on its input of shape {shape}"
+        else:
+            where = f"the model failed on input of shape {tuple(x.shape)}"
+        problems.add("model.layers", f"{where}: {_first_line(error)}")
         return
     finally:
         for hook in hooks:
@@ -124,6 +128,10 @@ def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> Non
             f"the model's output has shape {tuple(out.shape)} for input {tuple(x.shape)}; the {spec.data.task} "
             f"task needs {want} (data.num_outputs={spec.data.num_outputs})",
         )
+
+
+def _shape(args: tuple) -> tuple:
+    return tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
 
 
 def _format_args(args: tuple[tuple[str, object], ...]) -> str:

@@ -63,8 +63,25 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{position.step:07d}"
     tmp = directory / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in directory.glob(".tmp-*"):  # left by a killed run; the run lock makes us the only writer
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write(tmp, model, optimizer, scheduler, position, config, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves the previous checkpoint the newest
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
+           config: dict, extra: dict[str, torch.Tensor] | None) -> None:
     weights = {name: t.detach().to("cpu").contiguous() for name, t in saved_tensors(model).items()}
     save_file(weights, tmp / "model.safetensors", metadata={"ties": json.dumps(tie_map(model))})
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
@@ -81,13 +98,6 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     manifest = {name: _sha256(tmp / name) for name in FILES}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

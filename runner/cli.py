@@ -17,6 +17,10 @@ from runner.errors import ConfigError, RunError
 
 T = TypeVar("T")
 
+# Set once Hydra has composed the config and handed it to us: an exit 1 before that is Hydra's
+# own report of a bad override (unknown key, wrong type), which is a config error: exit 2.
+task_started = False
+
 
 def report_errors(work: Callable[[], T]) -> T:
     """Runs `work`; a ConfigError exits 2 and a RunError exits 1, each with its message and no traceback."""
@@ -31,6 +35,8 @@ def report_errors(work: Callable[[], T]) -> T:
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    global task_started
+    task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -35,7 +36,10 @@ class Dataset:
 def load_data(cfg: DataConfig) -> Dataset:
     """Returns the seeded train/val split of the configured data, checked against its declared shape."""
     loaders = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
-    features, targets = loaders[cfg.name](cfg)
+    try:
+        features, targets = loaders[cfg.name](cfg)
+    except ValueError as error:  # e.g. scikit-learn refusing a sample count or class count
+        raise ConfigError([Problem("data", f"could not make the {cfg.name} data: {str(error).splitlines()[0]}")]) from None
     if cfg.task == "reconstruction":
         targets = features  # an autoencoder's target is its input
     _check_shapes(features, targets, cfg)
@@ -99,7 +103,8 @@ def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
     except ConfigError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError) as error:
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        # weights_only=True refuses any pickled object that is not a tensor or container: nothing runs.
         raise ConfigError([Problem("data.path", f"could not read {path}: {str(error).splitlines()[0]}")]) from None
     if cfg.task == "classification":
         if y.is_floating_point() and not torch.equal(y, y.round()):

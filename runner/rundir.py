@@ -28,7 +28,7 @@ class MetricsWriter:
         self.path = path
         if truncate_after_step is not None and path.exists():
             # A resumed run drops what was logged after its checkpoint, then logs it again.
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= truncate_after_step]
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         self.handle = open(path, "a", encoding="utf-8")
 
@@ -56,8 +56,53 @@ class NullWriter:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Returns the records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Returns the records of a metrics.jsonl file (a line torn by a killed process is skipped)."""
+    return [r for line in Path(path).read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None]
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two runs cannot write into one directory.
+
+    flock is released by the kernel when the process dies, so a killed run leaves no stale lock.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        from runner.errors import RunError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise RunError(f"{self.path.parent}: another run (pid {holder}) is writing into this directory; choose another hydra.run.dir") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:

@@ -1,0 +1,239 @@
+"""What happens when things go wrong: one clear message and an exit status, nothing lost, nothing run.
+
+The table below is the README's table: each row is a bad input, the exit status the CLI gives it
+(2: config, 1: runtime) and the words its one message must contain.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import runner
+from runner import checkpoint
+from runner.cli import report_errors
+from runner.errors import ConfigError, RunError
+from runner.rundir import RunLock
+
+from conftest import QUIET, run_cli
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def exit_of(capsys, work) -> tuple[int, str]:
+    """Runs work the way the CLI does; returns (exit status, stderr)."""
+    with pytest.raises(SystemExit) as leaving:
+        report_errors(work)
+    return leaving.value.code, capsys.readouterr().err
+
+
+def files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    np.savez(bad / "wide.npz", features=np.zeros((20, 5)), targets=np.zeros(20, dtype=np.int64))
+    np.savez(bad / "nokey.npz", x=np.zeros((20, 4)))
+    np.savez(bad / "cube.npz", features=np.zeros((20, 4, 2)), targets=np.zeros(20, dtype=np.int64))
+    np.savez(bad / "classes.npz", features=np.zeros((20, 4)), targets=np.arange(20))
+    np.savez(bad / "floaty.npz", features=np.zeros((20, 4)), targets=np.linspace(0, 1, 20))
+    np.savez(bad / "nan.npz", features=np.full((20, 4), np.nan), targets=np.zeros(20, dtype=np.int64))
+    np.savez(bad / "rows.npz", features=np.zeros((20, 4)), targets=np.zeros(19, dtype=np.int64))
+    (bad / "text.csv").write_text("a,b,y\n1,2,0\n3,x,1\n")
+    (bad / "one.csv").write_text("1\n2\n")
+    (bad / "garbage.npz").write_bytes(b"not a zip file at all")
+    torch.save({"features": Payload(str(tmp_path / "PAYLOAD_RAN")), "targets": torch.zeros(3)}, bad / "evil.pt")
+    (bad / "data.txt").write_text("1,2\n")
+    return bad
+
+
+FILE = ["data=file", "data.num_features=4", "data.num_outputs=2"]
+TABLE = [
+    # (overrides, exit status, words the message must contain)
+    (["model.layers.fc1.type=Linaer"], 2, "model.layers.fc1.type: unknown layer type 'Linaer'; did you mean 'Linear'?"),
+    (["+model.layers.fc1.out_feature=3"], 2, "model.layers.fc1.out_feature: unexpected argument for Linear; did you mean 'out_features'"),
+    (["~model.layers.fc1.out_features"], 2, "model.layers.fc1.out_features: missing: Linear requires `out_features`"),
+    (["model.layers.fc2.out_features=-4"], 2, "model.layers.fc2.out_features: expected a size >= 0, got -4"),
+    (["model.layers.fc2.out_features=0"], 2, "model.layers: layer 'head' (Linear) failed on its input of shape (2, 0)"),
+    (["model.layers.fc2.in_features=100"], 2, "model.layers: layer 'fc2' (Linear) failed on its input of shape (2, 128)"),
+    (["model.layers.head.out_features=7"], 2, "data.num_outputs=10"),
+    (["model.layers.act1.type=Sequential"], 2, "model.layers.act1.layers: expected a non-empty mapping"),
+    (["model=tied_mlp", "model.layers.shared_again.shared=head"], 2, "model.layers.shared_again.shared: 'head' is not an earlier layer"),
+    (["model=tied_mlp", "model.layers.shared_again.shared=shared_again"], 2, "'shared_again' is not an earlier layer"),
+    (["+model.layers.fc1.repeat=0"], 2, "model.layers.fc1.repeat: expected a positive integer, got 0"),
+    (["+model.layers.fc1._target_=os.system"], 2, "model.layers.fc1._target_: unexpected argument for Linear"),
+    (["init=mixed", "model=cnn"], 2, "init.rules[0]: selects no tensor (fc1.weight)"),
+    (["init.rules=[{fn: xavier_uniformm_}]"], 2, "init.rules[0].fn: unknown init function 'xavier_uniformm_'; did you mean 'xavier_uniform_'"),
+    (["init.rules=[{fn: normal_, sdt: 1}]"], 2, "init.rules[0].sdt: normal_ takes no argument 'sdt'; did you mean 'std'?"),
+    (["init.rules=[{regex: 'fc(', fn: ones_}]"], 2, "init.rules[0].regex: invalid regular expression"),
+    (["init.rules=[{fn: xavier_uniform_, gain: rellu}]"], 2, "init.rules[0].gain"),
+    (["model=autoencoder", "model.ties=[{target: dec.weight, source: enc.wieght}]"], 2, "model.ties[0].source: no parameter 'enc.wieght'; did you mean 'enc.weight'"),
+    (["model=autoencoder", "model.ties=[{target: dec.weight, source: enc.weight}]"], 2, "model.ties[0]: shape mismatch"),
+    (["model=autoencoder", "model.ties=[{target: dec.bias, source: enc.bias, transpose: true}]"], 2, "model.ties[0].transpose: only 2-D tensors"),
+    (["model=transformer_lm", "model.frozen=[embed.weight]"], 2, "model.frozen[0]: 'embed.weight' freezes"),
+    (["trainer.device=cuda:7"], 2, "trainer.device: device 'cuda:7' is not available here; available: cpu"),
+    (["trainer.device=tpu"], 2, "trainer.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["trainer.dtype=float8"], 2, "trainer.dtype: expected one of float32, float64, bfloat16, got 'float8'"),
+    (["optim.lr=0"], 2, "optim.lr: expected a number > 0, got 0.0"),
+    (["optim.lr=-0.1", "optim.momentum=1.5"], 2, "optim.momentum: expected 0 <= momentum < 1, got 1.5"),
+    (["optim.name=adamm"], 2, "optim.name: expected one of sgd, adam, adamw, got 'adamm'; did you mean 'adam'"),
+    (["optim.scheduler.name=cosin"], 2, "optim.scheduler.name: expected one of none, step, cosine, warmup_cosine, got 'cosin'; did you mean 'cosine'?"),
+    (["optim.clip_grad_norm=0"], 2, "optim.clip_grad_norm: expected a number > 0"),
+    (["optim.param_groups=[{match: 'head.*'}]"], 2, "optim.param_groups: 'fc1.weight' is in no group"),
+    (["trainer.batch_size=0"], 2, "trainer.batch_size: expected a number > 0, got 0"),
+    (["trainer.epochs=0"], 2, "trainer.epochs: expected a number > 0, got 0"),
+    (["trainer.max_steps=-1"], 2, "trainer.max_steps: expected a number >= 0, got -1"),
+    (["trainer.loss=hinge"], 2, "trainer.loss: expected one of auto, cross_entropy, mse, l1, smooth_l1, got 'hinge'"),
+    (["trainer.strategy=ddp"], 2, "trainer.strategy: ddp needs torchrun"),
+    (["data.val_fraction=1.0"], 2, "data.val_fraction: expected a fraction strictly between 0 and 1, got 1.0"),
+    (["data=synthetic", "data.num_features=2", "data.num_outputs=1000"], 2, "data: could not make the synthetic data"),
+    (["data=file", "data.num_features=4", "data.num_outputs=2"], 2, "data.path: required when data.name=file"),
+    ([*FILE, "data.path=/nonexistent/d.npz"], 2, "data.path: no such file: /nonexistent/d.npz"),
+    ([*FILE, "data.path={bad}/data.txt"], 2, "data.path: expected a .npz, .csv or .pt file"),
+    ([*FILE, "data.path={bad}/wide.npz"], 2, "data.num_features: is 4 but the data has 5 features per sample"),
+    ([*FILE, "data.path={bad}/nokey.npz"], 2, "data.features_key: {bad}/nokey.npz has no array 'features'; it has: x"),
+    ([*FILE, "data.path={bad}/cube.npz"], 2, "data.path: features must be 2-D (samples, features), got shape (20, 4, 2)"),
+    ([*FILE, "data.path={bad}/classes.npz"], 2, "data.num_outputs: is 2 but class ids run from 0 to 19"),
+    ([*FILE, "data.path={bad}/floaty.npz"], 2, "classification targets must be integer class ids"),
+    ([*FILE, "data.path={bad}/nan.npz"], 2, "data.path: features contain NaN or Inf"),
+    ([*FILE, "data.path={bad}/rows.npz"], 2, "data.path: 20 feature rows but 19 targets"),
+    ([*FILE, "data.path={bad}/text.csv"], 2, "non-numeric value"),
+    ([*FILE, "data.path={bad}/one.csv"], 2, "expected feature columns then a target column, got 1 column(s)"),
+    ([*FILE, "data.path={bad}/garbage.npz"], 2, "data.path: could not read"),
+    ([*FILE, "data.path={bad}/evil.pt"], 2, "data.path: could not read"),
+    (["resume=/nonexistent/run"], 2, "resume: no such run directory: /nonexistent/run"),
+    (["resume={bad}"], 1, "no checkpoint found"),
+    (["model.layers.fc1.in_features=${data.nope}"], 2, "model.layers.fc1.in_features"),
+    (["model.layers.fc1.in_features=${eval:'1+1'}"], 2, "model.layers.fc1.in_features"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "status", "words"), TABLE, ids=[" ".join(r[0])[:60] for r in TABLE])
+def test_bad_input_table(capsys, tmp_path, overrides, status, words):
+    bad = files(tmp_path)
+    overrides = [o.replace("{bad}", str(bad)) for o in overrides]
+    code, err = exit_of(capsys, lambda: runner.train(runner.compose([*QUIET, *overrides]), tmp_path / "run"))
+    assert code == status, err
+    assert words.replace("{bad}", str(bad)) in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "PAYLOAD_RAN").exists()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_table_covers_at_least_thirty_distinct_inputs():
+    assert len({tuple(r[0]) for r in TABLE}) >= 30
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["trainer.epoch=3"], "Key 'epoch' not in 'TrainerConfig'"),
+    (["trainer.epochs=many"], "trainer.epochs"),
+    (["modell=cnn"], "modell"),
+    (["model=cnnn"], "cnnn"),
+])
+def test_cli_compose_errors_exit_2(tmp_path, args, words):
+    result = run_cli(*args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_runtime_error_exits_1(tmp_path):
+    result = run_cli(f"resume={tmp_path}", f"hydra.run.dir={tmp_path / 'x'}")
+    assert result.returncode == 1
+    assert "no checkpoint found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_run_into_the_same_directory_is_refused(compose, tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunError, match=f"another run \\(pid {os.getpid()}\\) is writing into this directory"):
+            runner.train(compose("trainer.max_steps=2"), tmp_path)
+    assert runner.train(compose("trainer.max_steps=2"), tmp_path)["steps"] == 2  # the lock is gone with its holder
+
+
+def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_previous_one(compose, tmp_path, monkeypatch):
+    real = checkpoint.save_file
+    calls = {"n": 0}
+
+    def flaky(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the third checkpoint's weights (two files per checkpoint)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", flaky)
+    with pytest.raises(RunError, match="cannot write the run directory .*No space left on device"):
+        runner.train(compose("trainer.max_steps=40", "trainer.ckpt_every=10"), tmp_path)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_0000010", "step_0000020"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(compose):
+    with pytest.raises(RunError, match="cannot write the run directory /proc/runner-run"):
+        runner.train(compose("trainer.max_steps=2"), "/proc/runner-run")
+
+
+def _trained(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=2"), tmp_path)
+    return checkpoint.latest_checkpoint(tmp_path)
+
+
+def _replace(latest, name, data: bytes):
+    (latest / name).write_bytes(data)
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest[name] = checkpoint._sha256(latest / name)  # an attacker who also fixes the manifest
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _safetensors(header: dict, payload: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("model.safetensors", struct.pack("<Q", 10**12) + b"{}"),  # header length beyond the file
+    ("model.safetensors", struct.pack("<Q", 8) + b"not json"),  # damaged header
+    ("model.safetensors", _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)),  # overlapping
+    ("optimizer.safetensors", pickle.dumps(Payload("/tmp/runner-payload-should-not-exist"))),
+])
+def test_hostile_tensor_files_are_refused_and_run_nothing(compose, tmp_path, name, data):
+    latest = _trained(compose, tmp_path)
+    _replace(latest, name, data)
+    with pytest.raises(RunError, match="not a valid safetensors file|does not fit the model"):
+        if name == "model.safetensors":
+            runner.load(tmp_path)
+        else:
+            runner.resume(tmp_path)
+    assert not os.path.exists("/tmp/runner-payload-should-not-exist")
+
+
+def test_a_saved_config_cannot_build_anything_outside_the_registry(compose, tmp_path):
+    latest = _trained(compose, tmp_path)
+    state = json.loads((latest / "state.json").read_text())
+    state["config"]["model"]["layers"]["fc1"] = {"_target_": "os.system", "command": "touch /tmp/runner-pwned"}
+    _replace(latest, "state.json", json.dumps(state).encode())
+    with pytest.raises(ConfigError, match="model.layers.fc1.type: missing"):
+        runner.load(tmp_path)
+    state["config"]["model"]["layers"]["fc1"] = {"type": "os.system"}
+    _replace(latest, "state.json", json.dumps(state).encode())
+    with pytest.raises(ConfigError, match="unknown layer type 'os.system'"):
+        runner.load(tmp_path)
+    assert not os.path.exists("/tmp/runner-pwned")
+
+
+def test_a_damaged_checkpoint_is_named_on_resume(compose, tmp_path):
+    latest = _trained(compose, tmp_path)
+    (latest / "state.json").write_text("{}")
+    with pytest.raises(RunError, match="state.json: SHA-256 does not match the manifest"):
+        runner.resume(tmp_path)
