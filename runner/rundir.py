@@ -25,8 +25,11 @@ class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl (see the README for the keys)."""
 
     def __init__(self, path: Path, truncate_after_step: int | None = None):
+        """A fresh run starts the file anew; a resumed one keeps what was logged up to its checkpoint."""
         self.path = path
-        if truncate_after_step is not None and path.exists():
+        if truncate_after_step is None:
+            path.write_text("", encoding="utf-8")
+        elif path.exists():
             # A resumed run drops what was logged after its checkpoint, then logs it again.
             kept = [line for line in path.read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

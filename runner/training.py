@@ -90,8 +90,17 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     run_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.threads > 0:
-        torch.set_num_threads(trainer.threads)
+    threads = torch.get_num_threads()
+    try:
+        if trainer.threads > 0:
+            torch.set_num_threads(trainer.threads)
+        return _train(prepared, run_dir, resume_from)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
+    spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
