@@ -81,8 +81,10 @@ def expected_output_shape(spec: "RunSpec", batch: int) -> tuple[int, ...]:
 
 
 def check_on_meta(spec: "RunSpec", problems: Problems) -> None:
-    """Builds the model on the meta device and checks a forward pass, tensor declarations and init rules."""
+    """Builds the model on the meta device (shapes, no memory) and checks tensor declarations,
+    init rules, optimizer groups, then a forward pass."""
     from runner.initialization import plan_init
+    from runner.optim import assign_groups, trainable
     from runner.tensors import declare_tensors
 
     with torch.device("meta"):
@@ -92,14 +94,19 @@ def check_on_meta(spec: "RunSpec", problems: Problems) -> None:
     declare_tensors(model, spec.model, problems)
     if problems:
         return
-    _check_forward(model, spec, problems)
     plan_init(model, spec.init, problems)
-    from runner.optim import assign_groups, trainable
-
     assign_groups(trainable(model), spec.optim, problems)
+    _check_forward(model, spec, problems)
 
 
 def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> None:
+    """Runs a batch of 2 through the model, in eval mode, to check that layer shapes chain.
+
+    The meta model gets uninitialized CPU storage (to_empty): an eval forward only reads it, so
+    the pages are never committed. (A forward on meta would do, but its `linear` kernel imports
+    torch._dynamo: 2 s of start-up.) This replaces the model's tensors: it must run last.
+    """
+    model.to_empty(device="cpu").eval()
     running: list[tuple[str, tuple]] = []  # (layer, shape of its input), in call order
     hooks = [
         module.register_forward_pre_hook(lambda _m, args, name=name: running.append((name, _shape(args))))
@@ -107,9 +114,10 @@ def _check_forward(model: nn.Module, spec: "RunSpec", problems: Problems) -> Non
         if name
     ]
     batch = 2
-    x = example_input(spec, batch, "meta")
+    x = example_input(spec, batch, "cpu")
     try:
-        out = model(x)
+        with torch.no_grad():
+            out = model(x)
     except Exception as error:
         if running:
             name, shape = running[-1]

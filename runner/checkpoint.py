@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from runner.errors import RunError
@@ -83,21 +83,29 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
 def _write(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
            config: dict, extra: dict[str, torch.Tensor] | None) -> None:
     weights = {name: t.detach().to("cpu").contiguous() for name, t in saved_tensors(model).items()}
-    save_file(weights, tmp / "model.safetensors", metadata={"ties": json.dumps(tie_map(model))})
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
     optim_tensors.update(_torch_rng())
     optim_tensors.update({name: t.detach().to("cpu").contiguous() for name, t in (extra or {}).items()})
-    save_file(optim_tensors, tmp / "optimizer.safetensors")
     state = {
         "step": position.step, "epoch": position.epoch, "batch": position.batch,
         "optimizer": optim_state,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
     }
-    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    manifest = {name: _sha256(tmp / name) for name in FILES}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    _fsync_tree(tmp)
+    # Serialized in memory, so each file is hashed from the bytes written, never read back.
+    contents = {
+        "model.safetensors": save(weights, metadata={"ties": json.dumps(tie_map(model))}),
+        "optimizer.safetensors": save(optim_tensors),
+        "state.json": json.dumps(state).encode(),
+    }
+    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    contents["manifest.json"] = json.dumps(manifest, indent=2).encode()
+    for name, data in contents.items():
+        with open(tmp / name, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    _fsync_dir(tmp)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -120,28 +128,37 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def verify(checkpoint: Path) -> None:
     """Raises RunError unless every file matches the SHA-256 its manifest records."""
+    for name in FILES:
+        read_verified(checkpoint, name)
+
+
+def read_verified(checkpoint: Path, name: str) -> bytes:
+    """Returns a checkpoint file's bytes, read once and checked against the manifest's SHA-256."""
     try:
         manifest = json.loads((checkpoint / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise RunError(f"{checkpoint}: unreadable manifest.json ({error})") from None
-    for name in FILES:
-        path = checkpoint / name
-        if not path.is_file():
-            raise RunError(f"{checkpoint}: {name} is missing")
-        if _sha256(path) != manifest.get(name):
-            raise RunError(f"{path}: SHA-256 does not match the manifest; the file is damaged or was replaced")
+    path = checkpoint / name
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise RunError(f"{checkpoint}: {name} is missing or unreadable") from None
+    if not isinstance(manifest, dict) or hashlib.sha256(data).hexdigest() != manifest.get(name):
+        raise RunError(f"{path}: SHA-256 does not match the manifest; the file is damaged or was replaced")
+    return data
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
-    """Returns a verified checkpoint's state.json."""
-    verify(checkpoint)
-    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    """Returns a checkpoint's verified state.json."""
+    try:
+        return json.loads(read_verified(checkpoint, "state.json"))
+    except ValueError as error:
+        raise RunError(f"{checkpoint / 'state.json'}: not valid JSON ({error})") from None
 
 
 def load_weights(checkpoint: Path, model: nn.Module) -> None:
     """Copies a verified checkpoint's tensors into the model in place (identities, hence ties, survive)."""
-    verify(checkpoint)
-    stored = _load_safetensors(checkpoint / "model.safetensors")
+    stored = _load_safetensors(checkpoint / "model.safetensors", read_verified(checkpoint, "model.safetensors"))
     wanted = saved_tensors(model)
     missing = sorted(set(wanted) - set(stored))
     unexpected = sorted(set(stored) - set(wanted))
@@ -160,7 +177,7 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     Returns its position and the loop's own saved tensors (names starting with `loop.`).
     """
     state = read_state(checkpoint)
-    tensors = _load_safetensors(checkpoint / "optimizer.safetensors")
+    tensors = _load_safetensors(checkpoint / "optimizer.safetensors", read_verified(checkpoint, "optimizer.safetensors"))
     optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
@@ -175,9 +192,9 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     return Position(state["step"], state["epoch"], state["batch"]), loop
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _load_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
-        return load_file(path)
+        return load(data)
     except (SafetensorError, OSError, ValueError) as error:
         raise RunError(f"{path}: not a valid safetensors file ({error}); refusing to load it") from None
 
@@ -225,19 +242,9 @@ def _numpy_rng() -> list:
     return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(directory)
+def file_sha256(path: Path) -> str:
+    """Returns the SHA-256 of a file, as manifest.json records it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -113,6 +113,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16
     deterministic: bool = True
+    # Wrap the model in torch.compile for training (see the README's benchmarks for when it pays).
+    compile: bool = False
     # single | ddp (launch with torchrun --nproc_per_node=N -m runner trainer.strategy=ddp)
     strategy: str = "single"
     # torch threads (0: torch's default; under the joblib launcher, the cores shared among its jobs).

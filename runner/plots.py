@@ -9,6 +9,9 @@ from runner.rundir import read_metrics
 
 def write_plots(run_dir: Path) -> list[Path]:
     """Writes loss.png and grad_norms.png (when gradient statistics were logged); returns their paths."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file() or not any(r.get("kind") in ("train", "eval") for r in read_metrics(path)):
+        return []  # nothing to draw (e.g. trainer.max_steps=0): skip matplotlib's import
     import logging
 
     import matplotlib
@@ -17,9 +20,6 @@ def write_plots(run_dir: Path) -> list[Path]:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
     records = read_metrics(path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]

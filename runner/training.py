@@ -153,6 +153,8 @@ class _Loop:
         self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
         self.group, self.net = group, wrap(prepared.model, group, prepared.device)
+        if trainer.compile:
+            self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
         self.classify = spec.data.task in ("classification", "language_model")
         self.log_every, self.ckpt_every, self.keep_last = trainer.log_every, trainer.ckpt_every, trainer.keep_last

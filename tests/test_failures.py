@@ -161,16 +161,16 @@ def test_a_second_run_into_the_same_directory_is_refused(compose, tmp_path):
 
 
 def test_disk_full_during_a_checkpoint_stops_the_run_and_keeps_the_previous_one(compose, tmp_path, monkeypatch):
-    real = checkpoint.save_file
+    real = os.fsync
     calls = {"n": 0}
 
-    def flaky(tensors, path, metadata=None):
+    def full(fd):
         calls["n"] += 1
-        if calls["n"] == 5:  # the third checkpoint's weights (two files per checkpoint)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real(tensors, path, metadata=metadata)
+        if calls["n"] == 13:  # the third checkpoint's first file (six fsyncs per checkpoint)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
 
-    monkeypatch.setattr(checkpoint, "save_file", flaky)
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
     with pytest.raises(RunError, match="cannot write the run directory .*No space left on device"):
         runner.train(compose("trainer.max_steps=40", "trainer.ckpt_every=10"), tmp_path)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_0000010", "step_0000020"]
@@ -191,7 +191,7 @@ def _trained(compose, tmp_path):
 def _replace(latest, name, data: bytes):
     (latest / name).write_bytes(data)
     manifest = json.loads((latest / "manifest.json").read_text())
-    manifest[name] = checkpoint._sha256(latest / name)  # an attacker who also fixes the manifest
+    manifest[name] = checkpoint.file_sha256(latest / name)  # an attacker who also fixes the manifest
     (latest / "manifest.json").write_text(json.dumps(manifest))
 
 

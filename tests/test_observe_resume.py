@@ -114,7 +114,7 @@ def test_a_pickle_in_place_of_a_checkpoint_file_is_refused_and_never_runs(compos
         runner.load(tmp_path)
     # An attacker who also rewrites the manifest still gets nothing run: safetensors refuses the file.
     manifest = json.loads((latest / "manifest.json").read_text())
-    manifest["model.safetensors"] = checkpoint._sha256(latest / "model.safetensors")
+    manifest["model.safetensors"] = checkpoint.file_sha256(latest / "model.safetensors")
     (latest / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="not a valid safetensors file"):
         runner.load(tmp_path)

@@ -83,3 +83,18 @@ def test_regression_task_uses_mse(compose, tmp_path):
     summary = runner.train(compose("data=synthetic", "data.task=regression", "data.num_outputs=1", "trainer.epochs=10"), tmp_path)
     assert summary["val_accuracy"] is None
     assert summary["val_loss"] < 0.5  # targets are unit-variance: 0.5 means it learned most of it
+
+
+def test_digits_are_exactly_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from runner.data import _digits
+
+    x, y = load_digits(return_X_y=True)
+    ours_x, ours_y = _digits(None)
+    assert torch.equal(ours_x, torch.from_numpy(x / 16.0).float()) and torch.equal(ours_y, torch.from_numpy(y).long())
+
+
+def test_max_steps_zero_builds_and_checkpoints_without_training(compose, tmp_path):
+    summary = runner.train(compose("trainer.max_steps=0"), tmp_path)
+    assert summary["steps"] == 0 and checkpoint.latest_checkpoint(tmp_path).name == "step_0000000"

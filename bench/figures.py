@@ -1,0 +1,270 @@
+"""Figures 2-9: gradient statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile.
+
+Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import runner
+from runner import checkpoint
+from runner.checkpoint import Position
+from runner.data import Batches
+from runner.gradstats import GradStats
+from runner.optim import make_optimizer, trainable
+from runner.prepare import prepare
+from runner.spec import validate
+from runner.training import loss_function, run_training
+
+from bench.common import Row, alternate, timed
+from bench.training_loop import SIZES
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
+
+
+def _prepared(overrides: list[str]):
+    return prepare(validate(runner.compose([*QUIET, *overrides])))
+
+
+def _steps_per_second(base, overrides_extra: dict) -> float:
+    prepared = copy.copy(base)
+    prepared.model = copy.deepcopy(base.model)
+    trainer = copy.copy(base.spec.trainer)
+    for key, value in overrides_extra.items():
+        setattr(trainer, key, value)
+    prepared.spec = copy.copy(base.spec)
+    object.__setattr__(prepared.spec, "trainer", trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_training(prepared, Path(tmp))["steps_per_second"]
+
+
+def grad_stats_overhead(repeats: int, smoke: bool) -> list[Row]:
+    """2. steps/s with per-tensor statistics every step (and at the default interval) over statistics off."""
+    rows = []
+    for size, overrides in SIZES.items():
+        base = _prepared([*overrides, *(["trainer.max_steps=20"] if smoke else [])])
+        off = {"grad_stats": False, "log_every": 10}
+        every, off_a = alternate(lambda: _steps_per_second(base, {"grad_stats": True, "log_every": 1}),
+                                 lambda: _steps_per_second(base, off), repeats)
+        default, off_b = alternate(lambda: _steps_per_second(base, {"grad_stats": True, "log_every": 10}),
+                                   lambda: _steps_per_second(base, off), repeats)
+        rows.append(Row("2. steps/s, grad stats every step / stats off", size, every / off_a, ">= 0.95"))
+        rows.append(Row("2. steps/s, grad stats every 10 steps / stats off", size, default / off_b, ">= 0.99"))
+    return rows
+
+
+def grad_stats_vs_naive(repeats: int, smoke: bool) -> list[Row]:
+    """3. the runner's statistics (foreach, one sync) over a per-parameter .norm().item() loop."""
+    rows = []
+    for size, overrides in SIZES.items():
+        base = _prepared(overrides)
+        model, data = base.model, base.data
+        torch.nn.functional.cross_entropy(model(data.train_x[:256]), data.train_y[:256]).backward()
+        entries = trainable(model)
+        stats = GradStats(entries)
+
+        def ours() -> float:
+            return timed(lambda: (stats.before_step(), stats.record(stats.after_step().tolist())))
+
+        def naive() -> float:
+            def run() -> dict:
+                params = [e.tensor for e in entries]
+                before = [p.detach().clone() for p in params]
+                out = {}
+                for e, p, b in zip(entries, params, before):
+                    out[f"grad_norm/{e.name}"] = p.grad.norm().item()
+                    out[f"grad_max/{e.name}"] = p.grad.abs().max().item()
+                    out[f"weight_norm/{e.name}"] = p.detach().norm().item()
+                    out[f"update_ratio/{e.name}"] = ((p.detach() - b).norm() / b.norm()).item()
+                return out
+
+            return timed(run)
+
+        n = 5 if smoke else 50
+        mine, theirs = alternate(lambda: sum(ours() for _ in range(n)), lambda: sum(naive() for _ in range(n)), repeats)
+        rows.append(Row("3. grad stats time / naive .norm().item() loop", size, mine / theirs, "<= 0.3", "lower is better"))
+    return rows
+
+
+def batch_delivery(repeats: int, smoke: bool) -> list[Row]:
+    """4. the runner's batches over randperm + index_select slicing, and over DataLoader(TensorDataset)."""
+    rows = []
+    for size, overrides in SIZES.items():
+        base = _prepared(overrides)
+        x, y, bs = base.data.train_x, base.data.train_y, base.spec.trainer.batch_size
+        batches = Batches(x, y, bs, 0)
+        epochs = 2 if smoke else 20
+
+        def ours() -> float:
+            return timed(lambda: [xb.shape for e in range(epochs) for xb, _ in batches.epoch(e)])
+
+        def slicing() -> float:
+            def run() -> None:
+                for e in range(epochs):
+                    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(e))
+                    for start in range(0, len(x), bs):
+                        index = order[start : start + bs]
+                        x.index_select(0, index), y.index_select(0, index)
+
+            return timed(run)
+
+        loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True)
+
+        def dataloader() -> float:
+            return timed(lambda: [xb.shape for _ in range(epochs) for xb, _ in loader])
+
+        mine, slices = alternate(ours, slicing, repeats)
+        _, loaded = alternate(ours, dataloader, max(1, repeats // 2))
+        rows.append(Row("4. batches/s: runner / randperm+index_select", size, slices / mine, ">= 0.95", f"DataLoader(TensorDataset): {slices / loaded:.3f} of slicing"))
+    return rows
+
+
+def cold_start(repeats: int, smoke: bool) -> list[Row]:
+    """5. `python -m runner trainer.max_steps=0` wall time over plain scripts that import torch and build the model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = [sys.executable, "-m", "runner", "trainer.max_steps=0", *QUIET, f"hydra.run.dir={tmp}/run"]
+        model = "import torch; from torch import nn; m = nn.Sequential(nn.Linear(64,128), nn.ReLU(), nn.Linear(128,64), nn.ReLU(), nn.Linear(64,10))"
+        plain = [sys.executable, "-c", model]
+        with_optimizer = [sys.executable, "-c", model + "; torch.optim.Adam(m.parameters())"]
+        run = lambda cmd: timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))
+        n = 1 if smoke else max(3, repeats)
+        mine, bare = alternate(lambda: run(ours), lambda: run(plain), n)
+        _, optimized = alternate(lambda: run(ours), lambda: run(with_optimizer), n)
+    return [
+        Row("5. cold start: python -m runner max_steps=0 / import torch + build model", "digits MLP", mine / bare, "<= 1.3", f"{mine:.2f} s vs {bare:.2f} s"),
+        Row("5. cold start / import torch + build model + Adam", "digits MLP", mine / optimized, "<= 1.3", f"{mine:.2f} s vs {optimized:.2f} s"),
+    ]
+
+
+def sweep(repeats: int, smoke: bool) -> list[Row]:
+    """6. a sweep of N tiny jobs: wall over N x one job's own time; joblib 2 x 1 thread vs sequential."""
+    jobs = 2 if smoke else 4
+    steps = 20 if smoke else 600
+    seeds = ",".join(map(str, range(jobs)))
+    with tempfile.TemporaryDirectory() as tmp:
+        def launch(extra: list[str], name: str) -> tuple[float, float]:
+            directory = Path(tmp) / name
+            command = [sys.executable, "-m", "runner", "-m", f"seed={seeds}", f"trainer.max_steps={steps}", "trainer.threads=1", *QUIET, f"hydra.sweep.dir={directory}", *extra]
+            wall = timed(lambda: subprocess.run(command, cwd=REPO, check=True, capture_output=True))
+            inside = sum(json.loads((directory / str(i) / "summary.json").read_text())["wall_seconds"] for i in range(jobs))
+            return wall, inside
+
+        sequential, inside = launch([], "seq")
+        parallel, _ = launch(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "joblib")
+    overhead = (sequential - inside) / jobs
+    return [
+        Row(f"6. sweep wall / sum of {jobs} jobs' own time", f"{jobs} jobs x {steps} steps", sequential / inside, "<= 1 + 0.1 s/job",
+            f"{overhead:.2f} s per job beyond its own time (one process start shared by all)"),
+        Row("6. joblib 2 workers x 1 thread: speed-up over sequential", f"{jobs} jobs x {steps} steps", sequential / parallel, ">= 1.6"),
+    ]
+
+
+def checkpoints(repeats: int, smoke: bool) -> list[Row]:
+    """7. checkpoint save and load over torch.save/torch.load and safetensors save_file/load_file."""
+    from safetensors.torch import load_file, save_file
+
+    rows = []
+    for size, overrides in list(SIZES.items()) + [("tied transformer_lm", ["model=transformer_lm"])]:
+        base = _prepared(overrides)
+        model = base.model
+        optimizer = make_optimizer(model, base.spec.optim)
+        loss_function(base.spec.data.task, "auto")(model(base.data.train_x[:8]), base.data.train_y[:8]).backward()
+        optimizer.step()  # Adam's state (two moments per tensor) is part of what a checkpoint carries
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        unique = checkpoint.saved_tensors(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+
+            def ours() -> float:
+                saved = timed(lambda: checkpoint.save_checkpoint(tmp / "ours" / "checkpoints", model, optimizer, None, Position(1, 0, 0), base.spec.config, 1))
+                latest = checkpoint.latest_checkpoint(tmp / "ours")
+                loaded = timed(lambda: (checkpoint.load_weights(latest, model), checkpoint.read_state(latest)))
+                return saved + loaded
+
+            def torch_pickle() -> float:
+                saved = timed(lambda: torch.save(state, tmp / "state.pt"))
+                return saved + timed(lambda: torch.load(tmp / "state.pt", weights_only=True))
+
+            def safetensors_plain() -> float:
+                flat = {k: v.contiguous() for k, v in unique.items()}
+                saved = timed(lambda: save_file(flat, tmp / "plain.safetensors"))
+                return saved + timed(lambda: load_file(tmp / "plain.safetensors"))
+
+            mine, pickled = alternate(ours, torch_pickle, repeats)
+            _, plain = alternate(ours, safetensors_plain, repeats)
+            real_fsync = checkpoint.os.fsync
+            checkpoint.os.fsync = lambda fd: None  # what the same format costs without durability
+            try:
+                undurable, _ = alternate(ours, safetensors_plain, repeats)
+            finally:
+                checkpoint.os.fsync = real_fsync
+            ours_size = (checkpoint.latest_checkpoint(tmp / "ours") / "model.safetensors").stat().st_size
+            torch.save(model.state_dict(), tmp / "weights.pt")
+            note = f"weights file {ours_size / 1e6:.2f} MB vs torch.save {(tmp / 'weights.pt').stat().st_size / 1e6:.2f} MB; ours fsyncs and hashes, they do not"
+        rows.append(Row("7. checkpoint save+load / faster of torch.save and safetensors", size, mine / min(pickled, plain), "<= 1.2", note))
+        rows.append(Row("7. same, fsync left out (format, hashing, verification only)", size, undurable / min(pickled, plain), "(report)"))
+    return rows
+
+
+def flops(repeats: int, smoke: bool) -> list[Row]:
+    """8. achieved training FLOP/s over a bare loop of the same matrix multiplies, and over a large torch.mm."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    peak_n = 512 if smoke else 2048
+    a, b = torch.randn(peak_n, peak_n), torch.randn(peak_n, peak_n)
+    peak = 2 * peak_n**3 / statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(5))
+    for size, overrides in SIZES.items():
+        base = _prepared(overrides)
+        model, bs = base.model, base.spec.trainer.batch_size
+        x, y = base.data.train_x[:bs], base.data.train_y[:bs]
+        with FlopCounterMode(display=False) as counter:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        per_step = counter.get_total_flops()
+        shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        mats = [(torch.randn(bs, i), torch.randn(o, i), torch.randn(bs, o)) for i, o in shapes]
+
+        def bare() -> float:
+            def step() -> None:
+                for inp, w, grad_out in mats:  # forward, grad of input, grad of weight
+                    inp @ w.t(), grad_out @ w, grad_out.t() @ inp
+
+            n = 20 if smoke else 200
+            return n * sum(6 * bs * i * o for i, o in shapes) / timed(lambda: [step() for _ in range(n)])
+
+        def ours() -> float:
+            return per_step * _steps_per_second(base, {"max_steps": 20 if smoke else None, "log_every": 10})
+
+        achieved, matmuls = alternate(ours, bare, repeats)
+        rows.append(Row("8. training FLOP/s / bare loop of the same matmuls", size, achieved / matmuls, ">= 0.85",
+                        f"{achieved / 1e9:.1f} GFLOP/s; {achieved / peak:.2f} of a {peak_n}^2 torch.mm ({peak / 1e9:.0f} GFLOP/s)"))
+    return rows
+
+
+def compile_speedup(repeats: int, smoke: bool) -> list[Row]:
+    """9. steps/s with trainer.compile=true over eager (compile time excluded from steps/s, shown apart)."""
+    rows = []
+    for size, overrides in SIZES.items():
+        base = _prepared([*overrides, *(["trainer.max_steps=20"] if smoke else [])])
+        started = time.perf_counter()
+        compiled = _steps_per_second(base, {"compile": True})
+        first = time.perf_counter() - started
+        eager, compiled = alternate(lambda: _steps_per_second(base, {"compile": False}), lambda: _steps_per_second(base, {"compile": True}), max(1, repeats // 2))
+        rows.append(Row("9. steps/s, torch.compile / eager", size, compiled / eager, "(report)", f"first compiled run {first:.1f} s incl. compilation"))
+    return rows
+
+
+ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup]
