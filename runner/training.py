@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -79,6 +80,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """Turns torch's deterministic algorithms on for the run and restores the caller's setting."""
     previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
     torch.use_deterministic_algorithms(enabled)
     try:
         yield
@@ -88,12 +91,11 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
-    spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        if trainer.threads > 0:
-            torch.set_num_threads(trainer.threads)
+        if prepared.spec.trainer.threads > 0:
+            torch.set_num_threads(prepared.spec.trainer.threads)
         return _train(prepared, run_dir, resume_from)
     finally:
         torch.set_num_threads(threads)
