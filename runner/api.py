@@ -20,14 +20,16 @@ from runner.rundir import RunLock, write_json
 from runner.spec import RunSpec, validate
 from runner.tensor_table import write_tensor_table
 from runner.tensors import verify_ties
-from runner.training import run_training
+from runner.training import run_training, torch_threads
 
 __all__ = ["compose", "build", "train", "resume", "load"]
 
 
 def build(cfg: DictConfig) -> nn.Module:
     """Returns the model a config declares: validated, built, initialized from the seed and placed."""
-    return prepare(validate(cfg)).model
+    spec = validate(cfg)
+    with torch_threads(spec.trainer.threads):
+        return prepare(spec).model
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -64,6 +66,11 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
 
 
 def _train_spec(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
+    with torch_threads(spec.trainer.threads):
+        return _prepare_and_train(spec, run_dir, resume_from, started)
+
+
+def _prepare_and_train(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
     prepared = prepare(spec)
     main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
     try:

@@ -89,20 +89,26 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Runs with `count` torch threads (0: leave as is), then restores the caller's setting.
+
+    It must cover init as well as training: some kernels (the QR behind orthogonal init, matmul
+    reductions) give other bits with another thread count.
+    """
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None) -> dict:
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        if prepared.spec.trainer.threads > 0:
-            torch.set_num_threads(prepared.spec.trainer.threads)
-        return _train(prepared, run_dir, resume_from)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch

@@ -13,7 +13,7 @@ from runner.spec import validate
 def test_every_problem_is_reported_at_once(compose):
     with pytest.raises(ConfigError) as caught:
         validate(compose("optim.lr=0", "trainer.batch_size=0", "model.layers.fc1.type=Lineer", "trainer.dtype=float8",
-                         "model.layers.fc2.out_feature=3"))
+                         "+model.layers.fc2.out_feature=3"))
     keys = {p.key for p in caught.value.problems}
     assert {"optim.lr", "trainer.batch_size", "model.layers.fc1.type", "trainer.dtype", "model.layers.fc2.out_feature"} <= keys
     assert str(caught.value).startswith(f"config errors ({len(caught.value.problems)}):")
