@@ -48,9 +48,6 @@ class Problems:
     def add(self, key: str, message: str) -> None:
         self.items.append(Problem(key, message))
 
-    def extend(self, other: "Problems") -> None:
-        self.items.extend(other.items)
-
     def __bool__(self) -> bool:
         return bool(self.items)
 
