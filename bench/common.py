@@ -31,9 +31,12 @@ def alternate(a: Callable[[], float], b: Callable[[], float], repeats: int, warm
 
 
 def timed(fn: Callable[[], object]) -> float:
-    """Returns fn's wall time in seconds."""
+    """Returns fn's wall time in seconds (on CUDA, after its queued kernels have finished)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

@@ -36,11 +36,11 @@ def hand_written(model: torch.nn.Module, data, epochs: int, batch_size: int, lr:
                  max_steps: int | None = None) -> tuple[float, int]:
     """A plain PyTorch loop; returns (training seconds, steps)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    x, y = data.train_x, data.train_y
+    x, y = data.train_x, data.train_y  # already on the model's device (see measure)
     steps, seconds = 0, 0.0
     for epoch in range(epochs if max_steps is None else max_steps):
         began = time.perf_counter()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(x.device)
         xs, ys = x[order], y[order]
         for start in range(0, len(x), batch_size):
             loss = F.cross_entropy(model(xs[start : start + batch_size]), ys[start : start + batch_size])
@@ -78,7 +78,7 @@ def measure(overrides: list[str], repeats: int, extra: list[str] | None = None) 
 
     def run_plain() -> float:
         model = copy.deepcopy(initial)
-        seconds, steps = hand_written(model, base.data, spec.trainer.epochs, spec.trainer.batch_size, spec.optim.lr, spec.seed,
+        seconds, steps = hand_written(model, base.data.to(base.device, base.dtype), spec.trainer.epochs, spec.trainer.batch_size, spec.optim.lr, spec.seed,
                                       spec.trainer.max_steps)
         equal.append(all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), run_runner.model.state_dict().values())))
         return steps / seconds
