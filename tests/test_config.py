@@ -55,3 +55,19 @@ def test_build_returns_a_cpu_model_here(compose):
     model = runner.build(compose())
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_its_configs(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path / "dist")], check=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("runner-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=300)
+    probe = "import runner, runner.config as c; print(c.conf_dir()); print(runner.compose(['model=cnn']).model.name)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "site" / "runner" / "conf"), "cnn"]
