@@ -32,13 +32,14 @@ def build(cfg: DictConfig) -> nn.Module:
         return prepare(spec).model
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Trains the configured experiment into run_dir and returns its summary (also in summary.json).
 
-    With `resume` set in the config, continues that run instead (see `resume`).
+    With `resume` set in the config, continues that run in its own directory instead, applying
+    `overrides` to its saved config (see `resume`).
     """
     if cfg.get("resume"):
-        return resume(cfg.resume)
+        return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
     started = time.perf_counter()
     run_dir = Path(run_dir)
     spec = validate(cfg)  # every config problem surfaces here, before any tensor exists
@@ -58,8 +59,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     latest = checkpoint.latest_checkpoint(run_dir)
     if latest.parent.name == "checkpoints":
         run_dir = latest.parent.parent
-    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
-    saved.resume = None
+    saved = _saved_config(latest)
     if overrides:
         saved = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
     return _train_spec(validate(saved), run_dir, latest, started)
@@ -93,7 +93,7 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     layer types only), weights and persistent buffers loaded, ties restored and verified,
     non-persistent buffers rebuilt, on `device`. Nothing is unpickled; file hashes are verified."""
     latest = checkpoint.latest_checkpoint(Path(path))
-    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
+    saved = _saved_config(latest)
     saved.trainer.strategy = "single"  # loading is one process, whatever trained the model
     spec = validate(saved)
     model, ties, _ = build_declared(spec)
@@ -102,3 +102,10 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     verify_ties(model, ties)
     model.eval()
     return model
+
+
+def _saved_config(latest: Path) -> DictConfig:
+    """Returns the config a checkpoint was written with (verified), as a run to continue, not to resume again."""
+    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
+    saved.resume = None
+    return saved

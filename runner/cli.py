@@ -42,19 +42,12 @@ def main(cfg: DictConfig) -> float | None:
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg, run_dir)
-    summary = report_errors(lambda: _run(cfg, run_dir, hydra_cfg))
-    print(f"run directory: {summary.get('run_dir', run_dir)}")
+    from runner.api import train
+
+    # A resumed run continues in its own directory; the other overrides change its saved config.
+    summary = report_errors(lambda: train(cfg, run_dir, hydra_cfg.overrides.task))
+    print(f"run directory: {cfg.resume or run_dir}")
     return summary.get("val_loss")
-
-
-def _run(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:
-    from runner.api import resume, train
-
-    if cfg.get("resume"):
-        # A resumed run continues in its own directory; other overrides change its saved config.
-        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
-        return {**resume(cfg.resume, overrides), "run_dir": cfg.resume}
-    return train(cfg, run_dir)
 
 
 def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:

@@ -33,6 +33,8 @@ class GradStats:
         self.names = [e.name for e in entries]
         self.params = [e.tensor for e in entries]
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
+        # The order after_step lays its values out in; built once, not on every logged step.
+        self.keys = [f"{stat}/{name}" for stat in STATS for name in self.names] + ["grad_norm"]
         self._before: list[torch.Tensor] = []  # one persistent copy of the weights, made on first use
         self._grads: torch.Tensor | None = None
 
@@ -62,13 +64,8 @@ class GradStats:
         return values
 
     def record(self, values: list[float]) -> dict[str, float]:
-        """Returns {"grad_norm": global, "<stat>/<name>": value} from after_step's values, as Python floats."""
-        n = len(self.names)
-        record = {"grad_norm": values[-1]}
-        for index, stat in enumerate(STATS):
-            for name, value in zip(self.names, values[index * n : (index + 1) * n]):
-                record[f"{stat}/{name}"] = value
-        return record
+        """Returns {"<stat>/<name>": value, ..., "grad_norm": global} from after_step's values, as Python floats."""
+        return dict(zip(self.keys, values))
 
     def first_non_finite_grad(self) -> str | None:
         """Returns the name of the first tensor whose gradient holds NaN or Inf (one host sync)."""

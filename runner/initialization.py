@@ -82,7 +82,7 @@ class Rule:
             return False
         if self.regex is not None:
             return self.regex.search(name) is not None
-        return matches([name], self.patterns[0]) if len(self.patterns) == 1 else any(matches([name], p) for p in self.patterns)
+        return any(matches((name,), pattern) for pattern in self.patterns)
 
 
 @dataclass
@@ -252,17 +252,16 @@ def apply_init(model: nn.Module, plan: InitPlan, seed: int, batch: torch.Tensor 
         if rule is None:
             provenance[entry.name] = Provenance("pytorch default" if entry.role != "buffer" else "module buffer")
             continue
-        fn = functions[rule.fn]
-        kwargs = dict(rule.args)
+        fn, kwargs, label = functions[rule.fn], dict(rule.args), rule.label
+        if rule.fn == "lsuv":
+            kwargs = {}  # tol and max_iters drive the rescaling below; the start is plain orthogonal
+            lsuv.append((entry, rule))
         if kwargs.get("gain") == "auto":
             kwargs["gain"] = following_gain(model, entry.name)
+            label += f" (gain {kwargs['gain']:.4g})"
         if "generator" in inspect.signature(fn).parameters:
             kwargs["generator"] = generator
-        if rule.fn == "lsuv":
-            kwargs = {"generator": generator}
-            lsuv.append((entry, rule))
         fn(entry.tensor, **kwargs)
-        label = rule.label + (f" (gain {kwargs['gain']:.4g})" if dict(rule.args).get("gain") == "auto" else "")
         provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, entry.tensor))
     if lsuv:
         if batch is None:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from runner.config import OptimConfig, SchedulerConfig
-from runner.errors import Problems
+from runner.errors import Problems, suggest
+from runner.registry import module_type_names
 from runner.tensors import TensorEntry, matches, tensor_index
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -80,8 +81,6 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def _exempt_from_decay(entry: TensorEntry) -> bool:
-    from runner.registry import module_type_names
-
     return entry.role == "bias" or bool(set(NORM_LAYERS) & module_type_names(entry.module_type))
 
 
@@ -110,8 +109,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total
 def check_scheduler(cfg: SchedulerConfig, problems: Problems) -> None:
     """Adds a problem for each invalid scheduler setting."""
     if cfg.name not in SCHEDULERS:
-        from runner.errors import suggest
-
         problems.add("optim.scheduler.name", f"expected one of {', '.join(SCHEDULERS)}, got {cfg.name!r};{suggest(cfg.name, SCHEDULERS)}".rstrip(";"))
     if cfg.step_size < 1:
         problems.add("optim.scheduler.step_size", f"expected an integer >= 1, got {cfg.step_size}")

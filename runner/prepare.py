@@ -39,11 +39,8 @@ def prepare(spec: RunSpec, data: Dataset | None = None) -> Prepared:
     """Returns the model for a validated spec: built, initialized on the CPU from the seed, placed."""
     data = data if data is not None else load_data(spec.data)
     model, ties, plan = build_declared(spec)
-    _fit_buffers(model, data.train_x)
-    provenance = apply_init(model, plan, spec.seed, batch=data.train_x[:LSUV_BATCH])
-    for name, module in model.named_modules():
-        if isinstance(module, Normalize):
-            provenance[f"{name}.mean"] = provenance[f"{name}.std"] = Provenance("fitted on training data")
+    fitted = _fit_buffers(model, data.train_x)
+    provenance = {**apply_init(model, plan, spec.seed, batch=data.train_x[:LSUV_BATCH]), **fitted}
     device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
     dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
@@ -64,7 +61,11 @@ def build_declared(spec: RunSpec) -> tuple[nn.Module, list[Tie], InitPlan]:
     return model, ties, plan
 
 
-def _fit_buffers(model: nn.Module, features: torch.Tensor) -> None:
-    for module in model.modules():
+def _fit_buffers(model: nn.Module, features: torch.Tensor) -> dict[str, Provenance]:
+    """Fits data-dependent buffers (Normalize's mean and std) on the training features; returns their provenance."""
+    fitted: dict[str, Provenance] = {}
+    for name, module in model.named_modules():
         if isinstance(module, Normalize):
             module.fit(features)
+            fitted[f"{name}.mean"] = fitted[f"{name}.std"] = Provenance("fitted on training data")
+    return fitted

@@ -18,6 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner.config import DataConfig, InitConfig, OptimConfig, RunConfig, TrainerConfig
 from runner.errors import ConfigError, Problem, Problems, suggest
+from runner.optim import check_scheduler
+from runner.placement import check_device
 from runner.registry import CONTAINERS, layer_types
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -239,8 +241,6 @@ def _check_optim(optim: OptimConfig, problems: Problems) -> None:
         problems.add("optim.betas", f"expected two numbers in [0, 1), got {list(optim.betas)}")
     if optim.clip_grad_norm is not None and optim.clip_grad_norm <= 0:
         problems.add("optim.clip_grad_norm", f"expected a number > 0 (or null for no clipping), got {optim.clip_grad_norm}")
-    from runner.optim import check_scheduler
-
     check_scheduler(optim.scheduler, problems)
 
 
@@ -259,6 +259,4 @@ def _check_trainer(trainer: TrainerConfig, problems: Problems) -> None:
     _check_choice(trainer.strategy, ("single", "ddp"), "trainer.strategy", problems)
     if trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:
         problems.add("trainer.strategy", "ddp needs torchrun: torchrun --nproc_per_node=N -m runner trainer.strategy=ddp")
-    from runner.placement import check_device
-
     check_device(trainer.device, "trainer.device", problems)

@@ -169,7 +169,7 @@ class _Loop:
         self.hist_every = trainer.hist_every if board is not None else 0
         self.progress = _progress_mode(trainer.progress)
         entries = trainable(self.model)
-        self.params = [e.tensor for e in entries]
+        self.names, self.params = [e.name for e in entries], [e.tensor for e in entries]
         self.clip = spec.optim.clip_grad_norm
         self.stats = GradStats(entries) if trainer.grad_stats else None
         self.train_seconds, self.steps_timed = 0.0, 0
@@ -230,8 +230,13 @@ class _Loop:
             self.scheduler.step()
         self.epoch_losses.append(loss.detach())
 
+    def _unchecked(self) -> torch.Tensor:
+        """Returns the losses not yet checked for NaN/Inf (averaged over ranks), on the device."""
+        pending = self.epoch_losses[self.checked :]
+        return self.group.mean(torch.stack(pending).float()) if pending else torch.zeros(0)
+
     def log_step(self, step: int, epoch: int) -> None:
-        unchecked = self.group.mean(torch.stack(self.epoch_losses[self.checked :]).float())
+        unchecked = self._unchecked()
         extra = self.stats.after_step() if self.stats is not None else None
         values = torch.cat([unchecked, extra]).tolist() if extra is not None else unchecked.tolist()  # the one sync
         losses = values[: len(unchecked)]
@@ -261,15 +266,15 @@ class _Loop:
         raise RunError(f"step {bad_step}: the training loss is {losses[bad]}{tensor}; stopping (the last checkpoint is intact)")
 
     def _histograms(self, step: int) -> None:
-        for name, param in zip(self.stats.names if self.stats else [], self.params):
+        for name, param in zip(self.names, self.params):
             self.board.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
             if param.grad is not None:
                 self.board.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
 
     def end_epoch(self, step: int, epoch: int) -> None:
         if self.epoch_losses:
-            losses = self.group.mean(torch.stack(self.epoch_losses).double())
-            mean_and_tail = torch.cat([losses.mean().reshape(1), losses[self.checked :]]).tolist()
+            mean = self.group.mean(torch.stack(self.epoch_losses).double().mean().reshape(1)).float()
+            mean_and_tail = torch.cat([mean, self._unchecked()]).tolist()  # one sync
             self._check_losses(step, mean_and_tail[1:])
             self.train_loss = mean_and_tail[0]
         result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
@@ -290,8 +295,8 @@ class _Loop:
 
     def save(self, position: Position) -> None:
         """Writes a checkpoint, refusing to store NaN or Inf."""
-        if self.epoch_losses[self.checked :]:
-            self._check_losses(position.step, self.group.mean(torch.stack(self.epoch_losses[self.checked :])).tolist())
+        if self.checked < len(self.epoch_losses):
+            self._check_losses(position.step, self._unchecked().tolist())
         bad = first_non_finite(self.model)
         if bad is not None:
             raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
