@@ -208,3 +208,20 @@ def test_environment_records_versions_and_the_rerun_command(compose, tmp_path):
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
     assert {"python", "hydra", "omegaconf", "platform", "git_commit"} <= set(env)
     assert env["command"].endswith(f"--config-path {tmp_path.resolve()} --config-name config")
+
+
+def test_grad_stats_off_logs_loss_and_lr_only(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=20", "trainer.grad_stats=false"), tmp_path)
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [set(r) for r in train] == [{"kind", "step", "epoch", "loss", "lr"}] * 2
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(compose, tmp_path):
+    eager = runner.train(compose("trainer.max_steps=10"), tmp_path / "eager")
+    compiled = runner.train(compose("trainer.max_steps=10", "trainer.compile=true"), tmp_path / "compiled")
+    assert compiled["steps"] == 10
+    a, b = runner.load(tmp_path / "eager"), runner.load(tmp_path / "compiled")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
