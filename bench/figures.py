@@ -178,7 +178,7 @@ def checkpoints(repeats: int, smoke: bool) -> list[Row]:
     from safetensors.torch import load_file, save_file
 
     rows = []
-    for size, overrides in list(SIZES.items()) + [("tied transformer_lm", ["model=transformer_lm"])]:
+    for size, overrides in list(SIZES.items()) + [("tied transformer_lm", ["experiment=transformer_lm"])]:
         base = _prepared(overrides)
         model = base.model
         optimizer = make_optimizer(model, base.spec.optim)

@@ -21,6 +21,11 @@ def config_names(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def model_choice(name: str) -> str:
+    """Returns the override that trains model `name` on its data: its experiment preset where it has one."""
+    return f"experiment={name}" if (conf_dir() / "experiment" / f"{name}.yaml").is_file() else f"model={name}"
+
+
 @pytest.fixture
 def compose():
     def _compose(*overrides: str):

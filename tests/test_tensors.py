@@ -17,6 +17,7 @@ from runner.spec import validate
 from runner.tensors import count_parameters
 
 from conftest import run_cli
+from conftest import model_choice
 
 ONE_FEATURE = ["data=synthetic", "data.task=regression", "data.num_features=1", "data.num_outputs=1"]
 
@@ -52,7 +53,7 @@ def test_shared_layer_gradient_is_the_sum_of_its_uses(compose):
 
 
 def test_tensor_tie_makes_one_tensor_and_one_optimizer_entry(compose):
-    prepared = prepare(validate(compose("model=transformer_lm")))
+    prepared = prepare(validate(compose("experiment=transformer_lm")))
     model = prepared.model
     assert model.head.weight is model.embed.weight
     optimizer = make_optimizer(model, prepared.spec.optim)
@@ -62,7 +63,7 @@ def test_tensor_tie_makes_one_tensor_and_one_optimizer_entry(compose):
 
 
 def test_transposed_tie_reads_the_source_transpose(compose):
-    model = runner.build(compose("model=autoencoder"))
+    model = runner.build(compose("experiment=autoencoder"))
     assert model.dec.parametrizations.weight.original is model.enc.weight
     assert torch.equal(model.dec.weight, model.enc.weight.t())
     counts = count_parameters(model)
@@ -70,7 +71,7 @@ def test_transposed_tie_reads_the_source_transpose(compose):
 
 
 def test_transposed_tie_gradient_is_the_sum_of_both_uses(compose):
-    model = runner.build(compose("model=autoencoder"))
+    model = runner.build(compose("experiment=autoencoder"))
     x = torch.rand(4, 64)
     model(x).sum().backward()
     enc_w = model.enc.weight.detach().clone().requires_grad_(True)
@@ -82,7 +83,7 @@ def test_transposed_tie_gradient_is_the_sum_of_both_uses(compose):
 
 @pytest.mark.parametrize("model_name", ["autoencoder", "transformer_lm", "tied_mlp"])
 def test_ties_survive_cast_load_state_dict_and_checkpoints(compose, tmp_path, model_name):
-    cfg = compose(f"model={model_name}", "trainer.max_steps=3")
+    cfg = compose(model_choice(model_name), "trainer.max_steps=3")
     runner.train(cfg, tmp_path)
     prepared = prepare(validate(cfg))
     model = prepared.model
@@ -99,7 +100,7 @@ def test_ties_survive_cast_load_state_dict_and_checkpoints(compose, tmp_path, mo
 
 
 def test_checkpoint_stores_each_tied_tensor_once_with_the_tie_map(compose, tmp_path):
-    runner.train(compose("model=transformer_lm", "trainer.max_steps=2"), tmp_path)
+    runner.train(compose("experiment=transformer_lm", "trainer.max_steps=2"), tmp_path)
     path = checkpoint.latest_checkpoint(tmp_path) / "model.safetensors"
     with safe_open(str(path), "pt") as handle:
         keys = set(handle.keys())
@@ -144,7 +145,7 @@ def test_batchnorm_running_statistics_are_trained_buffers(compose, tmp_path):
 
 
 def test_inspect_table_shows_kinds_and_aliases(tmp_path, compose):
-    runner.train(compose("model=transformer_lm", "trainer.max_steps=1"), tmp_path)
+    runner.train(compose("experiment=transformer_lm", "trainer.max_steps=1"), tmp_path)
     rows = {r["name"]: r for r in json.loads((tmp_path / "tensors.json").read_text())["tensors"]}
     assert rows["embed.weight"]["aliases"] == ["head.weight"]
     assert rows["position.encoding"]["kind"] == "non-persistent buffer"
@@ -170,7 +171,7 @@ def test_dtype_reaches_parameters_buffers_and_batches(compose, tmp_path, dtype):
 ])
 def test_bad_declarations_are_config_errors_naming_the_key(compose, overrides, key, text):
     with pytest.raises(ConfigError) as caught:
-        validate(compose("model=autoencoder", *overrides))
+        validate(compose("experiment=autoencoder", *overrides))
     found = {p.key: p.message for p in caught.value.problems}
     assert key in found, found
     assert text in found[key]
@@ -178,11 +179,11 @@ def test_bad_declarations_are_config_errors_naming_the_key(compose, overrides, k
 
 def test_frozen_glob_reaching_one_alias_of_a_tie_is_an_error(compose):
     with pytest.raises(ConfigError, match="freezes 'embed.weight' but not its tied alias 'head.weight'"):
-        validate(compose("model=transformer_lm", "model.frozen=[embed.weight]"))
+        validate(compose("experiment=transformer_lm", "model.frozen=[embed.weight]"))
 
 
 def test_tie_cycle_is_an_error(compose):
-    cfg = compose("model=autoencoder")
+    cfg = compose("experiment=autoencoder")
     cfg.model.ties = [{"target": "dec.bias", "source": "enc.bias"}, {"target": "enc.bias", "source": "dec.bias"}]
     cfg.model.layers.dec.out_features = 32
     cfg.model.layers.enc.out_features = 32
@@ -198,9 +199,9 @@ def test_cli_unknown_dtype_and_absent_device_exit_2(tmp_path):
 
 
 def test_shipped_tensor_models_train_end_to_end(compose, tmp_path):
-    auto = runner.train(compose("model=autoencoder", "trainer.epochs=10"), tmp_path / "ae")
+    auto = runner.train(compose("experiment=autoencoder", "trainer.epochs=10"), tmp_path / "ae")
     assert auto["val_loss"] < 0.03  # pixel variance is about 0.19: it reconstructs
-    lm = runner.train(compose("model=transformer_lm", "trainer.max_steps=60"), tmp_path / "lm")
+    lm = runner.train(compose("experiment=transformer_lm", "trainer.max_steps=60"), tmp_path / "lm")
     assert lm["val_loss"] < 3.0  # uniform guessing over 28 characters is ln 28 = 3.33
     frozen = runner.train(compose("model=frozen_features"), tmp_path / "ff")
     assert frozen["val_accuracy"] > 0.6
