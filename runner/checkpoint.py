@@ -31,6 +31,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from runner.errors import RunError
+from runner.rundir import writing
 from runner.tensors import tensor_index
 
 PREFIX = "step_"
@@ -59,24 +60,28 @@ def tie_map(model: nn.Module) -> dict[str, str]:
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     position: Position, config: dict, keep_last: int,
                     extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{PREFIX}{position.step:07d}"
-    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
-    for stale in directory.glob(".tmp-*"):  # left by a killed run; the run lock makes us the only writer
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write(tmp, model, optimizer, scheduler, position, config, extra)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves the previous checkpoint the newest
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`.
+
+    `directory` is `<run dir>/checkpoints`; a failed write raises RunDirWriteError naming the file.
+    """
+    with writing(directory.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"{PREFIX}{position.step:07d}"
+        tmp = directory / f".tmp-{final.name}-{os.getpid()}"
+        for stale in directory.glob(".tmp-*"):  # left by a killed run; the run lock makes us the only writer
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            _write(tmp, model, optimizer, scheduler, position, config, extra)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves the previous checkpoint the newest
+            raise
+        _fsync_dir(directory)
+        for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -8,17 +8,41 @@ import os
 import platform
 import shlex
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
+from runner.errors import RunError
+
+
+class RunDirWriteError(RunError):
+    """A write into the run directory failed (read-only, disk full); `path` is the file or folder written."""
+
+    def __init__(self, run_dir: Path, path: Path, reason: str):
+        self.run_dir, self.path = Path(run_dir), Path(path)
+        super().__init__(f"cannot write the run directory {run_dir}: {reason} ({path})")
+
+
+@contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Turns an OSError from the writes inside into RunDirWriteError, so callers can tell it from any other OSError.
+
+    Wrap writes only: an OSError from elsewhere (a gloo connection, a data file) is not the run directory's.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise RunDirWriteError(run_dir, Path(error.filename or run_dir), error.strerror or str(error)) from error
+
 
 def write_json(path: Path, data: Any) -> None:
-    """Writes JSON atomically: a reader never sees half a file."""
+    """Writes JSON atomically into path's folder (the run directory): a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with writing(path.parent):
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
 class MetricsWriter:
@@ -27,22 +51,26 @@ class MetricsWriter:
     def __init__(self, path: Path, truncate_after_step: int | None = None):
         """A fresh run starts the file anew; a resumed one keeps what was logged up to its checkpoint."""
         self.path = path
-        if truncate_after_step is None:
-            path.write_text("", encoding="utf-8")
-        elif path.exists():
-            # A resumed run drops what was logged after its checkpoint, then logs it again.
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self.handle = open(path, "a", encoding="utf-8")
+        with writing(path.parent):
+            if truncate_after_step is None:
+                path.write_text("", encoding="utf-8")
+            elif path.exists():
+                # A resumed run drops what was logged after its checkpoint, then logs it again.
+                kept = [line for line in path.read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self.handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
+        with writing(self.path.parent):
+            self.handle.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
-        self.handle.flush()
+        with writing(self.path.parent):
+            self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        with writing(self.path.parent):
+            self.handle.close()
 
 
 class NullWriter:
@@ -84,10 +112,9 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         import fcntl
 
-        from runner.errors import RunError
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+", encoding="utf-8")
+        with writing(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
