@@ -32,7 +32,6 @@ class GradStats:
     def __init__(self, entries: list[TensorEntry]):
         self.names = [e.name for e in entries]
         self.params = [e.tensor for e in entries]
-        self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         # The order after_step lays its values out in; built once, not on every logged step.
         self.keys = [f"{stat}/{name}" for stat in STATS for name in self.names] + ["grad_norm"]
         self._before: list[torch.Tensor] = []  # one persistent copy of the weights, made on first use

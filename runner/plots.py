@@ -1,10 +1,18 @@
-"""PNG plots in the run directory, drawn from metrics.jsonl: loss curves and per-tensor gradient norms."""
+"""PNG plots in the run directory, drawn from metrics.jsonl: loss curves and per-tensor gradient norms.
+
+Figures are drawn on matplotlib's `Figure` objects, never pyplot: the caller's backend and open
+figures are left alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from runner.rundir import read_metrics
+from runner.rundir import read_metrics, writing
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_plots(run_dir: Path) -> list[Path]:
@@ -14,17 +22,14 @@ def write_plots(run_dir: Path) -> list[Path]:
         return []  # nothing to draw (e.g. trainer.max_steps=0): skip matplotlib's import
     import logging
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
     records = read_metrics(path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
-    written = []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (logged steps)", alpha=0.7)
     ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
     ax.set_xlabel("step")
@@ -32,13 +37,11 @@ def write_plots(run_dir: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(run_dir.name)
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=100)
-    plt.close(fig)
-    written.append(run_dir / "loss.png")
+    written = [_save(fig, run_dir, "loss.png")]
     names = sorted({k.split("/", 1)[1] for r in train for k in r if k.startswith("grad_norm/")})
     if names:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         for name in names:
             ax.plot([r["step"] for r in train], [r[f"grad_norm/{name}"] for r in train], label=name)
         ax.set_xlabel("step")
@@ -46,8 +49,13 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.legend(fontsize=7, ncol=2)
         ax.set_title("per-tensor gradient norm")
-        fig.tight_layout()
-        fig.savefig(run_dir / "grad_norms.png", dpi=100)
-        plt.close(fig)
-        written.append(run_dir / "grad_norms.png")
+        written.append(_save(fig, run_dir, "grad_norms.png"))
     return written
+
+
+def _save(fig: Figure, run_dir: Path, name: str) -> Path:
+    """Returns the path of the PNG written (a Figure needs no close: it is freed with its last reference)."""
+    fig.tight_layout()
+    with writing(run_dir):
+        fig.savefig(run_dir / name, dpi=100)
+    return run_dir / name

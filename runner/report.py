@@ -92,10 +92,20 @@ def _job_order(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, path.name)
 
 
-def write_report(sweep_dir: str | Path) -> list[Path]:
-    """Writes report.md, report.csv and report.png into the sweep directory; returns their paths."""
+def tally(jobs: list[Job]) -> str:
+    """Returns how many jobs failed out of how many, e.g. "2 of 3 jobs failed" (and how many did not finish)."""
+    failed = sum(j.status == "failed" for j in jobs)
+    unfinished = sum(j.status == "unfinished" for j in jobs)
+    return f"{failed} of {len(jobs)} jobs failed" + (f", {unfinished} did not finish" if unfinished else "")
+
+
+def write_report(sweep_dir: str | Path, jobs: list[Job] | None = None) -> list[Path]:
+    """Writes report.md, report.csv and report.png into the sweep directory; returns their paths.
+
+    `jobs` are the sweep's jobs when already read (read_jobs), read from the directory otherwise.
+    """
     sweep_dir = Path(sweep_dir)
-    jobs = read_jobs(sweep_dir)
+    jobs = read_jobs(sweep_dir) if jobs is None else jobs
     rows = [job.row() for job in jobs]
     with open(sweep_dir / "report.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -107,7 +117,7 @@ def write_report(sweep_dir: str | Path) -> list[Path]:
 
 
 def _markdown(jobs: list[Job], rows: list[dict[str, Any]]) -> str:
-    lines = [f"# Sweep report: {len(jobs)} jobs", ""]
+    lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.", ""]
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
     if done:
         best = min(done, key=lambda j: j.summary["val_loss"])
@@ -157,19 +167,16 @@ def _cell(value: Any) -> str:
 def _plot(jobs: list[Job], path: Path) -> None:
     import logging
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it is
 
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5))
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    fig = Figure(figsize=(13, 4.5))
+    curves, bars = fig.subplots(1, 2)
     for job in jobs:
         if job.evals:
             curves.plot([r["step"] for r in job.evals], [r["val_loss"] for r in job.evals], "o-", ms=3, label=job.label)
     curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss")
-    curves.legend(fontsize=7)
     with_stats = [j for j in jobs if j.per_layer(0)]
     names = list(dict.fromkeys(n for j in with_stats for n in j.per_layer(0)))  # model order
     width = 0.8 / max(len(with_stats), 1)
@@ -178,20 +185,36 @@ def _plot(jobs: list[Job], path: Path) -> None:
         bars.bar(np.arange(len(names)) + index * width, values, width, label=job.label)
     bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=7)
     bars.set(yscale="log", ylabel="gradient L2 norm", title="per-tensor gradient norm at the first logged step")
-    bars.legend(fontsize=7)
+    for axes in (curves, bars):
+        if axes.has_data():  # a sweep whose jobs all failed has nothing to label
+            axes.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 class SweepReport(Callback):  # type: ignore[misc,valid-type]
     """Hydra callback: writes the report into the sweep directory when a multirun ends."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Writes the report, says how many jobs failed, and exits 1 when every job failed."""
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            written = write_report(sweep_dir)
-            print(f"sweep report: {written[0]}")
+        if not sweep_dir.is_dir():
+            return
+        jobs = read_jobs(sweep_dir)
+        written = write_report(sweep_dir, jobs)
+        print(f"sweep report: {written[0]}")
+        failed = [j for j in jobs if j.status != "ok"]  # the sweep is over: an unfinished job died
+        if not failed:
+            return
+        message = f"runner: sweep: {tally(jobs)} (see {written[0]})"
+        if len(failed) < len(jobs):
+            print(message, file=sys.stderr)
+            return
+        # Hydra's callback runner swallows Exceptions but not SystemExit, which ends the process once
+        # the sweep is done. A string, not the code 1: Python prints it on stderr and exits 1, and
+        # `runner.__main__` does not read it as Hydra's exit 1 for a bad override (which it turns into 2
+        # when no job ran in this process, as with the joblib and submitit launchers).
+        raise SystemExit(message)
 
 
 def main(argv: list[str]) -> None:

@@ -3,6 +3,8 @@
 The step does only what a step needs: no config lookups, no device op beyond the model's own,
 and no host synchronization. Logged steps add the gradient statistics and one synchronization,
 which also checks every loss since the last check for NaN/Inf, so a bad step is named exactly.
+Histogram steps (every `hist_every`, logged or not) check the losses the same way, then copy
+weights and gradients to the host.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +33,7 @@ from runner.errors import RunError
 from runner.gradstats import GradStats
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
-from runner.rundir import MetricsWriter, NullWriter, environment, weights_sha256, write_json
+from runner.rundir import MetricsWriter, NullWriter, environment, weights_sha256, write_json, writing
 from runner.tensors import count_parameters, verify_ties
 
 log = logging.getLogger("runner")
@@ -38,6 +42,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": F.cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss,
 }
 EVAL_CHUNK = 2048
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -78,15 +83,38 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 
 @contextmanager
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """Turns torch's deterministic algorithms on for the run and restores the caller's setting."""
+    """Turns torch's deterministic algorithms on for the run and restores the caller's setting and environment."""
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_workspace = os.environ.get(CUBLAS_WORKSPACE)
     if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+        os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")  # cuBLAS's condition for determinism
     torch.use_deterministic_algorithms(enabled)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
+        if previous_workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE] = previous_workspace
+
+
+@contextmanager
+def own_rng(device: torch.device) -> Iterator[None]:
+    """Runs with the caller's torch, Python and NumPy RNG states saved, and restores them after.
+
+    Inside, the run seeds the global torch RNG (dropout draws from it) or restores a checkpoint's
+    states, which covers every CUDA device once CUDA is in use.
+    """
+    cuda = device.type == "cuda" or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 @contextmanager
@@ -106,9 +134,19 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None) -> dict:
-    """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary."""
+    """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary.
+
+    The caller's RNG states and environment are as they were when it returns. A failed write into
+    run_dir raises RunDirWriteError; any other OSError (a lost gloo connection) is left as it is.
+    """
+    with own_rng(prepared.device):
+        return _train(prepared, run_dir, resume_from)
+
+
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
@@ -136,7 +174,8 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
     finally:
         metrics.close()
         if board is not None:
-            board.close()
+            with writing(run_dir):
+                board.close()
         if trainer.plots and main:
             from runner.plots import write_plots
 
@@ -148,7 +187,8 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
 def _tensorboard(run_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
 
-    return SummaryWriter(log_dir=str(run_dir))
+    with writing(run_dir):
+        return SummaryWriter(log_dir=str(run_dir))
 
 
 class _Loop:
@@ -172,6 +212,7 @@ class _Loop:
         self.names, self.params = [e.name for e in entries], [e.tensor for e in entries]
         self.clip = spec.optim.clip_grad_norm
         self.stats = GradStats(entries) if trainer.grad_stats else None
+        self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.train_seconds, self.steps_timed = 0.0, 0
         self.last_eval: Evaluation | None = None
         self.train_loss: float | None = None
@@ -181,8 +222,8 @@ class _Loop:
 
     def run(self, position: Position) -> Position:
         self.model.train()
-        if position.step == 0 and self.stats is not None and self.stats.aliases:
-            self.metrics.write({"kind": "aliases", "step": 0, "aliases": self.stats.aliases})
+        if position.step == 0 and self.aliases:
+            self.metrics.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
         bar = _progress_bar(self.progress, self.total_steps, position.step)
         step, epoch, start = position.step, position.epoch, position.batch
         while step < self.total_steps:
@@ -195,6 +236,8 @@ class _Loop:
                 self.step(x, y, logged)
                 if logged:
                     self.log_step(step, epoch)
+                if self.hist_every and step % self.hist_every == 0:
+                    self._histograms(step)  # its own interval: a step need not be logged to get histograms
                 if bar is not None:
                     bar.update(1)
                 if step >= self.total_steps:
@@ -251,8 +294,6 @@ class _Loop:
             for key, value in record.items():
                 if key not in ("kind", "step", "epoch"):
                     self.board.add_scalar(key if "/" in key else f"train/{key}", value, step)
-            if self.hist_every and step % self.hist_every == 0:
-                self._histograms(step)
 
     def _check_losses(self, step: int, losses: list[float]) -> None:
         """Raises RunError naming the first step since the last check whose loss was NaN or Inf."""
@@ -266,6 +307,8 @@ class _Loop:
         raise RunError(f"step {bad_step}: the training loss is {losses[bad]}{tensor}; stopping (the last checkpoint is intact)")
 
     def _histograms(self, step: int) -> None:
+        if self.checked < len(self.epoch_losses):  # NaN weights would fail in TensorBoard, not name their step
+            self._check_losses(step, self._unchecked().tolist())
         for name, param in zip(self.names, self.params):
             self.board.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
             if param.grad is not None:
