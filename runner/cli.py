@@ -51,21 +51,26 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
-    """One job of a multirun: a failure is recorded in the job's directory and the sweep goes on."""
+    """One job of a multirun: a failure is recorded in the job's directory and the sweep goes on.
+
+    error.json holds `error`, the message; for an unexpected exception (a bug) also `traceback`.
+    """
     import json
     import logging
+    import traceback
 
     from runner.api import train
 
     try:
         return train(cfg, run_dir)["val_loss"]
     except (ConfigError, RunError) as error:
-        message = str(error)
+        record = {"error": str(error)}
     except Exception as error:  # a bug in a job must not take the whole sweep down; the report shows it
-        message = f"{type(error).__name__}: {error}"
+        headline = f"{type(error).__name__}: {error}".splitlines()[0]  # one line for the report; the traceback has the rest
+        record = {"error": headline, "traceback": traceback.format_exc()}
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.json").write_text(json.dumps({"error": message}), encoding="utf-8")
-    logging.getLogger("runner").error("job failed: %s", message)
+    (run_dir / "error.json").write_text(json.dumps(record), encoding="utf-8")
+    logging.getLogger("runner").error("job failed: %s", record["error"])
     return float("inf")  # a sweeper that minimizes the return value ranks it last
 
 
