@@ -25,7 +25,7 @@ from runner.data import Batches
 from runner.gradstats import GradStats
 from runner.optim import make_optimizer, trainable
 from runner.prepare import prepare
-from runner.spec import validate
+from runner.plan import validate
 from runner.training import loss_function, run_training
 
 from bench.common import Row, alternate, timed
@@ -181,7 +181,7 @@ def checkpoints(repeats: int, smoke: bool) -> list[Row]:
     for size, overrides in list(SIZES.items()) + [("tied transformer_lm", ["experiment=transformer_lm"])]:
         base = _prepared(overrides)
         model = base.model
-        optimizer = make_optimizer(model, base.spec.optim)
+        optimizer = make_optimizer(model, base.spec.optim, base.plan.groups)
         data = base.data.to(base.device, base.dtype)
         loss_function(base.spec.data.task, "auto")(model(data.train_x[:8]), data.train_y[:8]).backward()
         optimizer.step()  # Adam's state (two moments per tensor) is part of what a checkpoint carries

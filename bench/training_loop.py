@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import runner
 from runner.prepare import prepare
-from runner.spec import validate
+from runner.plan import validate
 from runner.training import run_training
 
 from bench.common import Row, alternate

@@ -7,6 +7,6 @@
 
 from runner.api import build, compose, load, resume, train
 from runner.errors import ConfigError, RunError
-from runner.initialization import register_init
+from runner.init_functions import register_init
 
 __all__ = ["compose", "build", "train", "resume", "load", "register_init", "ConfigError", "RunError"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -11,13 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner import checkpoint
-from runner.config import compose
+from runner.config import compose, resume_config_dir
+from runner.data import Dataset
 from runner.distributed import current_rank
-from runner.errors import ConfigError, Problem, RunError
+from runner.errors import ConfigError, Problem, Problems
+from runner.initialization import apply_init
+from runner.machine import check_device, check_machine
 from runner.placement import DTYPES, place, resolve_device
-from runner.prepare import build_declared, prepare
-from runner.rundir import RunLock, write_json
-from runner.spec import RunSpec, validate
+from runner.plan import Plan, make_plan
+from runner.prepare import prepare
+from runner.rundir import RunLock, write_json, writing
+from runner.spec import parse
 from runner.tensor_table import write_tensor_table
 from runner.tensors import verify_ties
 from runner.training import run_training, torch_threads
@@ -25,87 +30,128 @@ from runner.training import run_training, torch_threads
 __all__ = ["compose", "build", "train", "resume", "load"]
 
 
+def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset | None]:
+    """Returns the plan of a config (and its data, when `machine`), or raises one ConfigError listing
+    every problem: schema, spec, plan (shapes, ties, rules, groups) and, when `machine`, this
+    machine's (device, torchrun, the data file)."""
+    problems = Problems()
+    spec = parse(cfg, problems)
+    plan = make_plan(spec, problems) if spec is not None else None
+    data = check_machine(spec, problems) if spec is not None and machine else None
+    problems.raise_if_any()
+    assert plan is not None  # no problem was found, so the layers were built
+    return plan, data
+
+
 def build(cfg: DictConfig) -> nn.Module:
     """Returns the model a config declares: validated, built, initialized from the seed and placed."""
-    spec = validate(cfg)
-    with torch_threads(spec.trainer.threads):
-        return prepare(spec).model
+    plan, data = check(cfg)
+    with torch_threads(plan.spec.trainer.threads):
+        return prepare(plan, data).model
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Trains the configured experiment into run_dir and returns its summary (also in summary.json).
 
-    With `resume` set in the config, continues that run in its own directory instead, applying
-    `overrides` to its saved config (see `resume`).
+    With `resume` set in the config, continues that run in its own directory instead, composing
+    its saved config with `overrides` (see `resume`).
     """
     if cfg.get("resume"):
         return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    spec = validate(cfg)  # every config problem surfaces here, before any tensor exists
-    return _train_spec(spec, run_dir, None, started)
+    plan, data = check(cfg)  # every config and machine problem surfaces here, before any tensor exists
+    return _train_plan(plan, data, Path(run_dir), None, started)
 
 
 def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Continues a run from its latest checkpoint, in its own directory, with its saved config.
 
-    `overrides` (dotted `key=value`, e.g. trainer.epochs=40) change the saved config; on the CPU,
-    a resumed run without overrides ends with weights bit-identical to an uninterrupted one.
+    `overrides` take the grammar of a new run (trainer.epochs=40, model=cnn, +optim.eps=1e-8),
+    applied to the saved config. On the CPU, a resumed run without overrides ends with weights
+    bit-identical to an uninterrupted one.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise ConfigError([Problem("resume", f"no such run directory: {run_dir}")])
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest.parent.name == "checkpoints":
-        run_dir = latest.parent.parent
-    saved = _saved_config(latest)
-    if overrides:
-        saved = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
-    return _train_spec(validate(saved), run_dir, latest, started)
+    latest, run_dir = locate_run(run_dir)
+    cfg = compose_resumed(latest, run_dir, overrides)
+    return continue_run(cfg, run_dir, latest, started)
 
 
-def _train_spec(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
-    with torch_threads(spec.trainer.threads):
-        return _prepare_and_train(spec, run_dir, resume_from, started)
+def locate_run(path: str | Path) -> tuple[Path, Path]:
+    """Returns (latest checkpoint, run directory) for a run directory or one of its checkpoints."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([Problem("resume", f"no such run directory: {path}")])
+    latest = checkpoint.latest_checkpoint(path)
+    return latest, latest.parent.parent if latest.parent.name == "checkpoints" else path
 
 
-def _prepare_and_train(spec: RunSpec, run_dir: Path, resume_from: Path | None, started: float) -> dict:
-    prepared = prepare(spec)
-    main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """Returns the config of a resumed run: its saved config as the primary config, with `overrides`."""
+    with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
+        config_dir = resume_config_dir(saved_config(latest), run_dir, Path(tmp))
+        cfg = compose([*overrides, f"resume={run_dir}"], config_dir=config_dir)
+    return cfg
+
+
+def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | None = None) -> dict:
+    """Trains on from `latest` with a config composed by `compose_resumed` (or the CLI's resume)."""
+    started = time.perf_counter() if started is None else started
+    plan, data = check(cfg)
+    return _train_plan(plan, data, run_dir, latest, started)
+
+
+def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float) -> dict:
+    with torch_threads(plan.spec.trainer.threads):
+        prepared = prepare(plan, data)
+        main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(run_dir) if main else nullcontext():
             if main:
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(spec.config), encoding="utf-8")
-                write_tensor_table(prepared, run_dir)
+                with writing(run_dir):
+                    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(_saved(plan)), encoding="utf-8")
+                    write_tensor_table(prepared, run_dir)
             summary = run_training(prepared, run_dir, resume_from)
             summary["wall_seconds"] = time.perf_counter() - started
             if main:
-                write_json(run_dir / "summary.json", summary)
-    except OSError as error:  # read-only directory, disk full: a clear stop, never a half-reported save
-        raise RunError(f"cannot write the run directory {run_dir}: {error.strerror or error} ({error.filename or run_dir})") from None
+                with writing(run_dir):
+                    write_json(run_dir / "summary.json", summary)
     return summary
 
 
+def _saved(plan: Plan) -> dict:
+    """Returns the config as it is saved: resolved, and never a run to resume again."""
+    return {**plan.spec.config, "resume": None}
+
+
 def load(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Returns the model of a run directory or checkpoint: rebuilt from its saved config (registered
-    layer types only), weights and persistent buffers loaded, ties restored and verified,
-    non-persistent buffers rebuilt, on `device`. Nothing is unpickled; file hashes are verified."""
+    """Returns the model of a run directory or checkpoint, computing what training computed.
+
+    Rebuilt from its saved config (registered layer types only); every init rule is replayed from
+    the saved seed, so non-persistent buffers hold the values they had in training; then weights
+    and persistent buffers are loaded (file hashes verified, nothing unpickled), ties restored and
+    verified, and the model placed on `device`. Neither the training data nor the training device
+    is needed: a run trained on a GPU loads on a CPU.
+    """
+    problems = Problems()
+    check_device(device, "load(device=...)", problems)
+    problems.raise_if_any()
     latest = checkpoint.latest_checkpoint(Path(path))
-    saved = _saved_config(latest)
-    saved.trainer.strategy = "single"  # loading is one process, whatever trained the model
-    spec = validate(saved)
-    model, ties, _ = build_declared(spec)
+    saved = saved_config(latest)
+    saved["trainer"]["strategy"] = "single"  # loading is one process, whatever trained the model
+    saved["trainer"]["device"] = "auto"  # the training device is a machine fact, not needed here
+    plan, _ = check(saved, machine=False)
+    model = plan.materialize()
+    apply_init(model, plan.init, plan.spec.seed)  # no batch: LSUV's scaling comes with the weights
     checkpoint.load_weights(latest, model)
-    place(model, resolve_device(device), DTYPES[spec.trainer.dtype])
-    verify_ties(model, ties)
+    place(model, resolve_device(device), DTYPES[plan.spec.trainer.dtype])
+    verify_ties(model, plan.declarations.ties)
     model.eval()
     return model
 
 
-def _saved_config(latest: Path) -> DictConfig:
+def saved_config(latest: Path) -> dict:
     """Returns the config a checkpoint was written with (verified), as a run to continue, not to resume again."""
-    saved = OmegaConf.create(checkpoint.read_state(latest)["config"])
-    saved.resume = None
+    saved = dict(checkpoint.read_state(latest)["config"])
+    saved["resume"] = None
     return saved

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config import conf_dir
-from runner.errors import ConfigError, RunError
+from runner.errors import ConfigError, Problem, RunError
 
 T = TypeVar("T")
 
@@ -30,24 +30,77 @@ def report_errors(work: Callable[[], T]) -> T:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: {error}", file=sys.stderr)
+        global task_started
+        task_started = True  # our own report: its exit status stands
         sys.exit(error.exit_code)
 
 
-@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def task(cfg: DictConfig) -> float | None:
+    """The work of one composed config: a run, a sweep's job, or a resumed run (see `main`)."""
     global task_started
     task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
+    report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg))
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return _sweep_job(cfg, run_dir)
-    from runner.api import train
+    from runner import api
 
-    # A resumed run continues in its own directory; the other overrides change its saved config.
-    summary = report_errors(lambda: train(cfg, run_dir, hydra_cfg.overrides.task))
-    print(f"run directory: {cfg.resume or run_dir}")
+    if resuming is not None:  # the run continues in its own directory, whatever hydra.run.dir says
+        latest, run_dir = resuming
+        summary = report_errors(lambda: api.continue_run(cfg, run_dir, latest))
+    else:
+        summary = report_errors(lambda: api.train(cfg, run_dir))
+    print(f"run directory: {run_dir}")
     return summary.get("val_loss")
+
+
+# (latest checkpoint, run directory) while `python -m runner resume=<dir> ...` runs.
+resuming: tuple[Path, Path] | None = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m runner [overrides]`. With `resume=<run dir>`, the run's saved config is the primary
+    config (the same override grammar as a new run) and the run continues in its own directory."""
+    global resuming
+    argv = sys.argv[1:] if argv is None else argv
+    target = _resume_target(argv)
+    if target is None:
+        hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
+        return
+    import tempfile
+
+    from runner import api
+
+    if {"-m", "--multirun"} & set(argv):
+        report_errors(lambda: _refuse("resume", "a resumed run is one run; it cannot be part of a multirun (-m)"))
+    resuming = report_errors(lambda: api.locate_run(target))
+    latest, run_dir = resuming
+    with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
+        from runner.config import resume_config_dir
+
+        saved = report_errors(lambda: api.saved_config(latest))
+        config_dir = resume_config_dir(saved, run_dir, Path(tmp))
+        sys.argv = [sys.argv[0], *[a for a in argv if not a.startswith("resume=")], f"resume={run_dir}"]
+        hydra.main(config_path=str(config_dir), config_name="config", version_base="1.3")(task)()
+
+
+def _resume_target(argv: list[str]) -> str | None:
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    return values[-1] if values and values[-1] not in ("", "null") else None
+
+
+def _refuse(key: str, message: str) -> None:
+    raise ConfigError([Problem(key, message)])
+
+
+def _check_overrides(overrides: list[str], cfg: DictConfig) -> None:
+    from runner.config import merged_overrides
+
+    problems = merged_overrides(list(overrides), cfg)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:

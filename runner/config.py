@@ -43,8 +43,9 @@ class ModelConfig:
 @dataclass
 class InitConfig:
     name: str = "default"
-    # Every trainable tensor must be reached by some rule.
-    strict: bool = False
+    # Every trainable tensor must be reached by some rule. (Booleans are typed Any in this schema so
+    # that the spec can refuse `3` where OmegaConf would coerce it to True.)
+    strict: Any = False
     # Ordered rules; later rules override earlier ones for the same tensor.
     rules: List[Any] = field(default_factory=list)
 
@@ -78,16 +79,19 @@ class SchedulerConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # sgd | adam | adamw
+    name: str = "adam"  # a torch.optim class, lower-cased: sgd | adam | adamw | rmsprop | ...
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    # [{match: glob or [globs], lr: ..., weight_decay: ..., momentum: ..., betas: ...}]; a group
-    # without `match` takes every tensor no other group names. Each tensor in exactly one group.
+    # The most used constructor arguments; null means the optimizer's own default. Any other
+    # argument the class takes is set with `+optim.<arg>=...` (e.g. +optim.eps=1e-6) and checked
+    # against the class's signature.
+    weight_decay: Optional[float] = None
+    momentum: Optional[float] = None
+    betas: Optional[List[float]] = None
+    # [{name: ..., match: glob or [globs], <any constructor argument>...}]; a group without `match`
+    # takes every tensor no other group names. Each tensor in exactly one group.
     param_groups: List[Any] = field(default_factory=list)
     # Biases and normalization-layer weights get weight_decay 0.
-    no_decay_bias_and_norm: bool = False
+    no_decay_bias_and_norm: Any = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Clip the global gradient L2 norm to this value (null: no clipping).
     clip_grad_norm: Optional[float] = None
@@ -101,20 +105,20 @@ class TrainerConfig:
     batch_size: int = 64
     log_every: int = 10
     # Per-tensor gradient statistics on logged steps (grad_norm/<name>, ... in metrics.jsonl).
-    grad_stats: bool = True
+    grad_stats: Any = True
     # Weight and gradient histograms to TensorBoard every N steps (0: never).
     hist_every: int = 100
-    tensorboard: bool = True
-    plots: bool = True
+    tensorboard: Any = True
+    plots: Any = True
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
     ckpt_every: int = 0
     keep_last: int = 3
     loss: str = "auto"  # auto | cross_entropy | mse | l1 | smooth_l1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16
-    deterministic: bool = True
+    deterministic: Any = True
     # Wrap the model in torch.compile for training (see the README's benchmarks for when it pays).
-    compile: bool = False
+    compile: Any = False
     # single | ddp (launch with torchrun --nproc_per_node=N -m runner trainer.strategy=ddp)
     strategy: str = "single"
     # torch threads (0: torch's default; under the joblib launcher, the cores shared among its jobs).
@@ -142,10 +146,76 @@ def register_schema() -> None:
 register_schema()
 
 
-def compose(overrides: Optional[List[str]] = None) -> DictConfig:
-    """Returns the composed config for these overrides, exactly as `python -m runner` sees it."""
+def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = None) -> DictConfig:
+    """Returns the composed config for these overrides, exactly as `python -m runner` sees it.
+
+    `config_dir` names another primary config directory (a resumed run's, see `resume_config_dir`).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+    from runner.errors import ConfigError
+
+    overrides = list(overrides or [])
+    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    problems = merged_overrides(overrides, cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+GROUPS = ("data", "model", "init", "optim")
+
+
+def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
+    """Returns a problem for each mapping override that Hydra merged into a mapping the config
+    already had instead of putting it in its place (`+model.layers={a: ...}` on the default model
+    keeps fc1, fc2, ... beside `a`). A mapping given on the command line must be the whole mapping."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from runner.errors import Problem
+
+    problems = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_delete() or override.is_sweep_override() or not isinstance(override.value(), dict):
+            continue
+        key = override.key_or_group
+        composed = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(composed, DictConfig):
+            continue
+        kept = [str(k) for k in composed if k not in override.value()]
+        if not kept:
+            continue
+        how = ("declare a model's layers from the command line on the empty model: model=custom '+model.layers={...}'"
+               if key == "model.layers" else f"remove the others with ~{key}.<name>, or set the keys one by one")
+        problems.append(Problem(key, f"the override was merged into the existing mapping, which keeps {', '.join(kept)} beside it; {how}"))
+    return problems
+
+
+def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> Path:
+    """Writes a primary config directory in which the saved config of a run is the default.
+
+    Each group's saved values become that group's option `saved`, so a resumed run takes exactly
+    the override grammar of a new one: `trainer.epochs=40`, `model=cnn` (a new choice replaces the
+    saved model), `+optim.eps=1e-8`. conf/ stays on the search path for the other options.
+    """
+    from omegaconf import OmegaConf
+
+    for group in GROUPS:
+        (into / group).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(saved.get(group, {})), into / group / "saved.yaml")
+    rest = {k: v for k, v in saved.items() if k not in GROUPS}
+    primary = {
+        "defaults": ["runner_schema", "_self_", *({g: "saved"} for g in GROUPS), {"experiment": None}],
+        **rest,
+        "hydra": {
+            "searchpath": [f"file://{conf_dir()}"],
+            "run": {"dir": str(run_dir)},
+            "output_subdir": None,  # the run directory already holds its config; Hydra adds nothing
+            "job": {"chdir": False},
+        },
+    }
+    OmegaConf.save(OmegaConf.create(primary), into / "config.yaml")
+    return into

@@ -99,6 +99,8 @@ def _text(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(str(cfg.path))
+    if not path.is_file():
+        raise ConfigError([Problem("data.path", f"no such file: {path}")])
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:

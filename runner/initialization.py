@@ -1,182 +1,38 @@
-"""Init is data: ordered rules select tensors by name, module type and kind, and name a function.
+"""Init is data: ordered rules (parsed in spec.py) select tensors by name, module type and kind.
 
-Every function of torch.nn.init, the project's own (`piecewise`, `lsuv`) and functions registered
-through `register_init` may be named; nothing else. Rules draw from one CPU torch.Generator seeded
-from the run's seed, before the model moves, so a seed gives the same weights on every device.
+`assign_rules` decides, once, which rule sets each tensor (the plan keeps the answer);
+`apply_init` carries that out. Rules draw from one CPU torch.Generator seeded from the run's
+seed, before the model moves, so a seed gives the same weights on every device.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from runner.errors import Problems, suggest
+from runner.errors import Problems
+from runner.init_functions import dims_problem, init_functions
 from runner.registry import module_type_names
-from runner.tensors import TensorEntry, matches, tensor_index
+from runner.spec import InitSpec, Rule
+from runner.tensors import TensorEntry, tensor_index
 
-TORCH_INIT = (
-    "uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
-    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "orthogonal_", "sparse_",
-)
-SELECTOR_KEYS = ("match", "regex", "module", "kind", "fn", "optional")
-KINDS = ("weight", "bias", "buffer", "any")
-
-
-def piecewise_(tensor: torch.Tensor, low: float = 5.0, high: float = 10.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The source notes' custom law: U(low, high) w.p. 1/4, 0 w.p. 1/2, U(-high, -low) w.p. 1/4 (for low = high / 2)."""
-    with torch.no_grad():
-        tensor.uniform_(-high, high, generator=generator)
-        tensor.mul_(tensor.abs() >= low)
-    return tensor
-
-
-def lsuv_(tensor: torch.Tensor, tol: float = 0.1, max_iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Orthogonal start for LSUV; the data-dependent rescaling runs after all rules (see `_lsuv_rescale`)."""
-    return nn.init.orthogonal_(tensor, generator=generator)
-
-
-_REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_}
-
-
-def register_init(name: str, fn: Callable[..., Any]) -> None:
-    """Makes `fn(tensor, **args)` nameable as `fn: <name>` in init rules (it may take `generator=`)."""
-    if name in TORCH_INIT:
-        raise ValueError(f"{name!r} is a torch.nn.init function and cannot be replaced")
-    _REGISTERED[name] = fn
-
-
-def init_functions() -> dict[str, Callable[..., Any]]:
-    """Returns every function an init rule may name."""
-    return {**{name: getattr(nn.init, name) for name in TORCH_INIT}, **_REGISTERED}
-
-
-@dataclass(frozen=True)
-class Rule:
-    index: int
-    fn: str
-    args: tuple[tuple[str, Any], ...]
-    patterns: tuple[str, ...] = ("*",)
-    regex: re.Pattern | None = None
-    modules: tuple[str, ...] = ()
-    kind: str | None = None
-    optional: bool = False
-
-    @property
-    def label(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.args)
-        return f"rule[{self.index}] {self.fn}({args})"
-
-    def selects(self, entry: TensorEntry, name: str) -> bool:
-        if self.kind is None:
-            if entry.role == "buffer":  # buffers are reached only on purpose
-                return False
-        elif self.kind != "any" and entry.role != self.kind:
-            return False
-        if self.modules and not set(self.modules) & module_type_names(entry.module_type):
-            return False
-        if self.regex is not None:
-            return self.regex.search(name) is not None
-        return any(matches((name,), pattern) for pattern in self.patterns)
-
-
-@dataclass
-class InitPlan:
-    """Which rule sets which tensor (by canonical name), and the rules themselves."""
-
-    rules: list[Rule]
-    assignment: dict[str, Rule] = field(default_factory=dict)
-
-
-def parse_rules(declared: list[Any], problems: Problems) -> list[Rule]:
-    """Returns the rules declared under init.rules, each checked for a known function and valid args."""
-    functions = init_functions()
-    rules = []
-    for index, body in enumerate(declared):
-        key = f"init.rules[{index}]"
-        if not isinstance(body, dict):
-            problems.add(key, f"expected a mapping like {{match: '*.weight', fn: xavier_uniform_}}, got {body!r}")
-            continue
-        fn = body.get("fn")
-        if not isinstance(fn, str):
-            problems.add(f"{key}.fn", f"missing: name an init function ({', '.join(sorted(functions))})")
-            continue
-        if fn not in functions:
-            problems.add(f"{key}.fn", f"unknown init function {fn!r};{suggest(fn, functions) or ' available: ' + ', '.join(sorted(functions))}")
-            continue
-        args = {k: v for k, v in body.items() if k not in SELECTOR_KEYS}
-        args = _resolve_gain(args, f"{key}.gain", problems)
-        _check_args(functions[fn], fn, args, key, problems)
-        rule = _selector(index, fn, args, body, key, problems)
-        if rule is not None:
-            rules.append(rule)
-    return rules
-
-
-def _resolve_gain(args: dict, key: str, problems: Problems) -> dict:
-    # `gain: relu` or `gain: {nonlinearity: leaky_relu, param: 0.2}` -> a number via calculate_gain.
-    gain = args.get("gain")
-    if isinstance(gain, (int, float)) or gain is None or gain == "auto":
-        return args
-    name, param = (gain.get("nonlinearity"), gain.get("param")) if isinstance(gain, dict) else (gain, None)
-    try:
-        return {**args, "gain": nn.init.calculate_gain(name, param)}
-    except (ValueError, TypeError) as error:
-        known = ["linear", "conv1d", "conv2d", "conv3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
-        problems.add(key, f"{error};{suggest(str(name), known) or ' known: ' + ', '.join(known)}")
-        return args
-
-
-def _check_args(fn: Callable, name: str, args: dict, key: str, problems: Problems) -> None:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    accepted = [p for p in signature.parameters if p not in ("tensor", "generator")]
-    for arg in args:
-        if arg not in signature.parameters or arg in ("tensor", "generator"):
-            problems.add(f"{key}.{arg}", f"{name} takes no argument {arg!r};{suggest(arg, accepted) or ' it takes: ' + (', '.join(accepted) or 'none')}")
-    for param in list(signature.parameters.values())[1:]:
-        if param.default is param.empty and param.kind == param.POSITIONAL_OR_KEYWORD and param.name not in args:
-            problems.add(f"{key}.{param.name}", f"missing: {name} requires `{param.name}`")
-
-
-def _selector(index: int, fn: str, args: dict, body: dict, key: str, problems: Problems) -> Rule | None:
-    match = body.get("match", "*")
-    patterns = tuple(match) if isinstance(match, list) else (str(match),)
-    regex = None
-    if body.get("regex") is not None:
-        try:
-            regex = re.compile(str(body["regex"]))
-        except re.error as error:
-            problems.add(f"{key}.regex", f"invalid regular expression {body['regex']!r}: {error}")
-            return None
-    modules = body.get("module") or ()
-    modules = (modules,) if isinstance(modules, str) else tuple(modules)
-    kind = body.get("kind")
-    if kind is not None and kind not in KINDS:
-        problems.add(f"{key}.kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
-        return None
-    return Rule(index, fn, tuple(args.items()), patterns, regex, modules, kind, bool(body.get("optional", False)))
-
-
-def plan_init(model: nn.Module, init_cfg: Any, problems: Problems) -> InitPlan:
-    """Returns which rule sets each tensor. Later rules win; a tied tensor must get one answer."""
-    rules = parse_rules(list(init_cfg.rules), problems)
-    plan = InitPlan(rules)
-    used: set[int] = set()
-    for entry in tensor_index(model):
-        per_alias = {name: _last_rule(rules, entry, name) for name in entry.names}
+def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems) -> dict[str, Rule]:
+    """Returns which rule sets each tensor (by canonical name). Later rules win; a tied tensor must
+    get one answer; a rule must reach some tensor it can initialize and win at least one."""
+    assignment: dict[str, Rule] = {}
+    reached: dict[int, list[str]] = {rule.index: [] for rule in spec.rules}
+    wrong_dims: dict[int, list[str]] = {}
+    for entry in entries:
+        type_names = module_type_names(entry.module_type)
+        per_alias = {name: _last_rule(spec.rules, name, entry.role, type_names, reached) for name in entry.names}
         chosen = {name: rule for name, rule in per_alias.items() if rule is not None}
-        for rule in chosen.values():
-            used.add(rule.index)
         if not chosen:
-            if init_cfg.strict and entry.kind == "parameter":
+            if spec.strict and entry.kind == "parameter":
                 problems.add("init.rules", f"strict: no rule sets trainable tensor {entry.name!r}")
             continue
         conflict = _conflicting_aliases(chosen)
@@ -188,20 +44,45 @@ def plan_init(model: nn.Module, init_cfg: Any, problems: Problems) -> InitPlan:
                 f"{b.label} reaches {b_name!r}; give every alias the same rule",
             )
             continue
-        plan.assignment[entry.name] = max(chosen.values(), key=lambda r: r.index)
-    for rule in rules:
-        if rule.index not in used and not rule.optional:
-            what = rule.regex.pattern if rule.regex else ", ".join(rule.patterns)
-            problems.add(f"init.rules[{rule.index}]", f"selects no tensor ({what}); fix the selector or mark it `optional: true`")
-    return plan
+        rule = max(chosen.values(), key=lambda r: r.index)
+        if dims_problem(rule.fn, len(entry.tensor.shape)):
+            wrong_dims.setdefault(rule.index, []).append(f"{entry.name!r} {tuple(entry.tensor.shape)}")
+        assignment[entry.name] = rule
+    for index, reached_names in wrong_dims.items():
+        rule = spec.rules[[r.index for r in spec.rules].index(index)]
+        shown = ", ".join(reached_names[:3]) + (f" and {len(reached_names) - 3} more" if len(reached_names) > 3 else "")
+        problems.add(f"init.rules[{index}]", f"{dims_problem(rule.fn, -1).split(' needs')[0]} needs {_dims_need(rule.fn)}; it reaches {shown} (narrow `match`, or set `kind: weight`)")
+    _check_unused(spec.rules, assignment, reached, problems)
+    return assignment
 
 
-def _last_rule(rules: list[Rule], entry: TensorEntry, name: str) -> Rule | None:
+def _dims_need(fn: str) -> str:
+    return (dims_problem(fn, -1) or "").split(" needs ", 1)[-1]
+
+
+def _last_rule(rules: tuple[Rule, ...], name: str, role: str, type_names: set[str], reached: dict[int, list[str]]) -> Rule | None:
     winner = None
     for rule in rules:
-        if rule.selects(entry, name):
+        if rule.selects(name, role, type_names):
+            reached[rule.index].append(name)
             winner = rule
     return winner
+
+
+def _check_unused(rules: tuple[Rule, ...], assignment: dict[str, Rule], reached: dict[int, list[str]], problems: Problems) -> None:
+    winners = {rule.index for rule in assignment.values()}
+    for rule in rules:
+        if rule.index in winners or rule.optional:
+            continue
+        names = reached[rule.index]
+        if not names:
+            problems.add(f"init.rules[{rule.index}]", f"selects no tensor ({rule.selector}); fix the selector or mark it `optional: true`")
+            continue
+        later = sorted({assignment[n].index for n in names if n in assignment and assignment[n].index > rule.index})
+        if later:
+            shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            by = ", ".join(f"init.rules[{i}]" for i in later)
+            problems.add(f"init.rules[{rule.index}]", f"selects {shown}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
 
 
 def _conflicting_aliases(chosen: dict[str, Rule]) -> tuple[tuple[str, Rule], tuple[str, Rule]] | None:
@@ -241,14 +122,17 @@ def following_gain(model: nn.Module, tensor_name: str) -> float:
 
 
 @torch.no_grad()
-def apply_init(model: nn.Module, plan: InitPlan, seed: int, batch: torch.Tensor | None = None) -> dict[str, Provenance]:
-    """Applies the plan on the model's current (CPU) device; returns tensor name -> provenance."""
+def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: torch.Tensor | None = None) -> dict[str, Provenance]:
+    """Applies the planned rules on the model's current (CPU) device; returns tensor name -> provenance.
+
+    Without a batch, LSUV's data-dependent rescaling is skipped (loading a run: its weights come
+    from the checkpoint; every draw from the generator still happens, so other tensors match)."""
     generator = torch.Generator().manual_seed(seed)
     functions = init_functions()
     provenance: dict[str, Provenance] = {}
     lsuv: list[tuple[TensorEntry, Rule]] = []
     for entry in tensor_index(model):
-        rule = plan.assignment.get(entry.name)
+        rule = assignment.get(entry.name)
         if rule is None:
             provenance[entry.name] = Provenance("pytorch default" if entry.role != "buffer" else "module buffer")
             continue
@@ -263,9 +147,7 @@ def apply_init(model: nn.Module, plan: InitPlan, seed: int, batch: torch.Tensor 
             kwargs["generator"] = generator
         fn(entry.tensor, **kwargs)
         provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, entry.tensor))
-    if lsuv:
-        if batch is None:
-            raise ValueError("lsuv needs a batch of training data")
+    if lsuv and batch is not None:
         _lsuv_rescale(model, lsuv, batch)
     return provenance
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from runner.api import check
 from runner.cli import report_errors
 from runner.config import compose
 from runner.prepare import prepare
-from runner.spec import validate
 from runner.tensor_table import render_markdown, tensor_rows
 from runner.tensors import count_parameters
 
 
 def main(argv: list[str]) -> None:
     def show() -> None:
-        prepared = prepare(validate(compose(argv)))
+        prepared = prepare(*check(compose(argv)))
         print(render_markdown(tensor_rows(prepared), count_parameters(prepared.model)))
 
     report_errors(show)

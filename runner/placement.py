@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.errors import Problems
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -18,19 +17,6 @@ def available_devices() -> list[str]:
     if torch.backends.mps.is_available():
         devices.append("mps")
     return devices
-
-
-def check_device(name: str, key: str, problems: Problems) -> None:
-    """Adds a problem when `name` is not `auto` or a device this machine has."""
-    if name == "auto":
-        return
-    try:
-        torch.device(name)
-    except (RuntimeError, ValueError):
-        problems.add(key, f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
-        return
-    if name not in available_devices():
-        problems.add(key, f"device {name!r} is not available here; available: {', '.join(available_devices())} (or auto)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,5 @@
-"""Spec -> a model ready to train: build on CPU, declare tensors, fit data-dependent buffers,
-initialize from the seed, then place on the device and re-verify the ties."""
+"""Plan -> a model ready to train: materialize on the CPU, fit data-dependent buffers, initialize
+from the seed, then place on the device and re-verify the ties."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from runner.build import build_model
 from runner.data import Dataset, load_data
 from runner.distributed import ddp_device
-from runner.errors import Problems
-from runner.initialization import InitPlan, Provenance, apply_init, plan_init
+from runner.initialization import Provenance, apply_init
 from runner.layers import Normalize
 from runner.placement import DTYPES, place, resolve_device
-from runner.spec import RunSpec
-from runner.tensors import Tie, declare_tensors, verify_ties
+from runner.plan import Plan
+from runner.spec import RunSpec, TieSpec
+from runner.tensors import verify_ties
 
 LSUV_BATCH = 256
 
@@ -25,40 +24,34 @@ LSUV_BATCH = 256
 class Prepared:
     """A built, initialized and placed model with everything that describes how it got there."""
 
-    spec: RunSpec
+    plan: Plan
     model: nn.Module
     data: Dataset  # on the CPU, float32
-    ties: list[Tie]
-    plan: InitPlan
     provenance: dict[str, Provenance]
     device: torch.device
     dtype: torch.dtype
 
+    @property
+    def spec(self) -> RunSpec:
+        return self.plan.spec
 
-def prepare(spec: RunSpec, data: Dataset | None = None) -> Prepared:
-    """Returns the model for a validated spec: built, initialized on the CPU from the seed, placed."""
+    @property
+    def ties(self) -> tuple[TieSpec, ...]:
+        return self.plan.declarations.ties
+
+
+def prepare(plan: Plan, data: Dataset | None = None) -> Prepared:
+    """Returns the model for a plan: materialized, initialized on the CPU from the seed, placed."""
+    spec = plan.spec
     data = data if data is not None else load_data(spec.data)
-    model, ties, plan = build_declared(spec)
+    model = plan.materialize()
     fitted = _fit_buffers(model, data.train_x)
-    provenance = {**apply_init(model, plan, spec.seed, batch=data.train_x[:LSUV_BATCH]), **fitted}
+    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH]), **fitted}
     device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
     dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
-    verify_ties(model, ties)
-    return Prepared(spec, model, data, ties, plan, provenance, device, dtype)
-
-
-def build_declared(spec: RunSpec) -> tuple[nn.Module, list[Tie], InitPlan]:
-    """Returns the CPU model with PyTorch's default init (drawn from the seed), its ties and init plan."""
-    problems = Problems()
-    # Constructors draw their default init from the global RNG: seed it, without disturbing the caller's.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = build_model(spec.layers, problems)
-    ties = declare_tensors(model, spec.model, problems)
-    plan = plan_init(model, spec.init, problems)
-    problems.raise_if_any()  # validate() already passed on meta; this guards direct callers
-    return model, ties, plan
+    verify_ties(model, plan.declarations.ties)
+    return Prepared(plan, model, data, provenance, device, dtype)
 
 
 def _fit_buffers(model: nn.Module, features: torch.Tensor) -> dict[str, Provenance]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from runner.errors import Problems, RunError, suggest
+from runner.spec import BufferSpec, ModelSpec, TieSpec
 
 TRANSPOSED_SUFFIX = ".parametrizations.{}.original"
 
@@ -26,13 +27,6 @@ class Transpose(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.t()
-
-
-@dataclass(frozen=True)
-class Tie:
-    target: str
-    source: str
-    transpose: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,36 +117,42 @@ def matches(names: Iterable[str], pattern: str) -> bool:
 # ---------------------------------------------------------------- declarations
 
 
-def declare_tensors(model: nn.Module, model_cfg: Any, problems: Problems) -> list[Tie]:
-    """Applies the model config's ties, frozen globs and buffer declarations; returns the ties."""
-    ties = _parse_ties(model_cfg.ties, problems)
-    if problems:
-        return ties
-    _check_ties(model, ties, problems)
-    if problems:
-        return ties
-    for tie in ties:
+@dataclass(frozen=True)
+class Declarations:
+    """The model config's tensor declarations resolved to tensor names: what the plan decided."""
+
+    ties: tuple[TieSpec, ...]
+    buffers: tuple[tuple[str, bool], ...]  # (parameter name, persistent)
+    frozen: tuple[str, ...]
+
+
+def declare_tensors(model: nn.Module, spec: ModelSpec, problems: Problems) -> Declarations:
+    """Checks the model spec's ties, buffers and frozen globs against `model`, applies them, and
+    returns them resolved to names (so the real model gets them without matching again)."""
+    before = len(problems.items)
+    _check_ties(model, spec.ties, problems)
+    if len(problems.items) > before:
+        return Declarations(spec.ties, (), ())
+    for tie in spec.ties:
         _apply_tie(model, tie)
-    _declare_buffers(model, model_cfg.buffers, problems)
-    _freeze(model, model_cfg.frozen, problems)
-    return ties
+    buffers = _resolve_buffers(model, spec.buffers, problems)
+    for name, persistent in buffers:
+        _make_buffer(model, name, persistent)
+    frozen = _resolve_frozen(model, spec.frozen, problems)
+    _freeze(model, frozen)
+    return Declarations(spec.ties, buffers, frozen)
 
 
-def _parse_ties(declared: Iterable[Any], problems: Problems) -> list[Tie]:
-    ties = []
-    for index, entry in enumerate(declared):
-        key = f"model.ties[{index}]"
-        if not isinstance(entry, dict) or not {"target", "source"} <= set(entry):
-            problems.add(key, "expected {target: <tensor name>, source: <tensor name>, transpose: false}")
-            continue
-        unknown = set(entry) - {"target", "source", "transpose"}
-        for name in sorted(unknown):
-            problems.add(f"{key}.{name}", f"unknown key;{suggest(name, ['target', 'source', 'transpose']) or ' a tie takes target, source, transpose'}")
-        ties.append(Tie(str(entry["target"]), str(entry["source"]), bool(entry.get("transpose", False))))
-    return ties
+def apply_declarations(model: nn.Module, declared: Declarations) -> None:
+    """Applies resolved declarations to a freshly built model, in the order the plan applied them."""
+    for tie in declared.ties:
+        _apply_tie(model, tie)
+    for name, persistent in declared.buffers:
+        _make_buffer(model, name, persistent)
+    _freeze(model, declared.frozen)
 
 
-def _check_ties(model: nn.Module, ties: list[Tie], problems: Problems) -> None:
+def _check_ties(model: nn.Module, ties: tuple[TieSpec, ...], problems: Problems) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
     targets: dict[str, int] = {}
@@ -172,7 +172,7 @@ def _check_ties(model: nn.Module, ties: list[Tie], problems: Problems) -> None:
     _check_tie_cycles(ties, problems)
 
 
-def _check_tie_shapes(key: str, tie: Tie, target: torch.Tensor, source: torch.Tensor, problems: Problems) -> None:
+def _check_tie_shapes(key: str, tie: TieSpec, target: torch.Tensor, source: torch.Tensor, problems: Problems) -> None:
     if tie.transpose and source.dim() != 2:
         problems.add(f"{key}.transpose", f"only 2-D tensors can be tied transposed; source {tie.source!r} has shape {tuple(source.shape)}")
         return
@@ -185,7 +185,7 @@ def _check_tie_shapes(key: str, tie: Tie, target: torch.Tensor, source: torch.Te
         )
 
 
-def _check_tie_cycles(ties: list[Tie], problems: Problems) -> None:
+def _check_tie_cycles(ties: tuple[TieSpec, ...], problems: Problems) -> None:
     source_of = {tie.target: tie.source for tie in ties}
     for index, tie in enumerate(ties):
         seen = [tie.target]
@@ -200,7 +200,7 @@ def _check_tie_cycles(ties: list[Tie], problems: Problems) -> None:
             problems.add(f"model.ties[{index}].source", f"{tie.source!r} is itself tied to {source_of[tie.source]!r}; tie to that tensor directly")
 
 
-def _apply_tie(model: nn.Module, tie: Tie) -> None:
+def _apply_tie(model: nn.Module, tie: TieSpec) -> None:
     owner_name, _, attr = tie.target.rpartition(".")
     owner = model.get_submodule(owner_name)
     source = model.get_parameter(tie.source)
@@ -212,30 +212,31 @@ def _apply_tie(model: nn.Module, tie: Tie) -> None:
         setattr(owner, attr, source)
 
 
-def _declare_buffers(model: nn.Module, declared: Iterable[Any], problems: Problems) -> None:
-    entries = tensor_index(model)
+def _resolve_buffers(model: nn.Module, declared: tuple[BufferSpec, ...], problems: Problems) -> tuple[tuple[str, bool], ...]:
+    entries = [e for e in tensor_index(model) if e.kind in ("parameter", "frozen")]
+    resolved: list[tuple[str, bool]] = []
     for index, entry in enumerate(declared):
-        key = f"model.buffers[{index}]"
-        if isinstance(entry, str):
-            entry = {"match": entry}
-        if not isinstance(entry, dict) or "match" not in entry or set(entry) - {"match", "persistent"}:
-            problems.add(key, "expected {match: <glob>, persistent: true}")
-            continue
-        hits = [e for e in entries if e.kind in ("parameter", "frozen") and matches(e.names, entry["match"])]
+        key = f"model.buffers[{index}].match"
+        hits = [e for e in entries if matches(e.names, entry.match)]
         if not hits:
-            problems.add(f"{key}.match", f"{entry['match']!r} matches no parameter")
+            problems.add(key, f"{entry.match!r} matches no parameter")
         for hit in hits:
             if hit.aliases:
-                problems.add(f"{key}.match", f"{hit.name!r} is tied ({', '.join(hit.aliases)}); a tied tensor cannot become a buffer")
-                continue
-            owner_name, _, attr = hit.name.rpartition(".")
-            owner = model.get_submodule(owner_name)
-            data = owner._parameters.pop(attr).detach()
-            owner.register_buffer(attr, data, persistent=bool(entry.get("persistent", True)))
+                problems.add(key, f"{hit.name!r} is tied ({', '.join(hit.aliases)}); a tied tensor cannot become a buffer")
+            elif hit.name not in dict(resolved):
+                resolved.append((hit.name, entry.persistent))
+    return tuple(resolved)
 
 
-def _freeze(model: nn.Module, globs: Iterable[str], problems: Problems) -> None:
+def _make_buffer(model: nn.Module, name: str, persistent: bool) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    owner.register_buffer(attr, owner._parameters.pop(attr).detach(), persistent=persistent)
+
+
+def _resolve_frozen(model: nn.Module, globs: tuple[str, ...], problems: Problems) -> tuple[str, ...]:
     entries = [e for e in tensor_index(model) if e.kind == "parameter"]
+    frozen: list[str] = []
     for index, pattern in enumerate(globs):
         key = f"model.frozen[{index}]"
         hits = [e for e in entries if matches(e.names, pattern)]
@@ -245,11 +246,18 @@ def _freeze(model: nn.Module, globs: Iterable[str], problems: Problems) -> None:
             missed = [alias for alias in hit.names if not fnmatch.fnmatchcase(alias, pattern)]
             if missed and len(missed) < len(hit.names):
                 problems.add(key, f"{pattern!r} freezes {hit.name!r} but not its tied alias {missed[0]!r}: a tied tensor is one tensor; freeze all its names or none")
-                continue
-            hit.tensor.requires_grad_(False)
+            elif hit.name not in frozen:
+                frozen.append(hit.name)
+    return tuple(frozen)
 
 
-def verify_ties(model: nn.Module, ties: Iterable[Tie]) -> None:
+def _freeze(model: nn.Module, names: tuple[str, ...]) -> None:
+    by_name = {e.name: e.tensor for e in tensor_index(model)}
+    for name in names:
+        by_name[name].requires_grad_(False)
+
+
+def verify_ties(model: nn.Module, ties: Iterable[TieSpec]) -> None:
     """Raises RunError unless every tie is still one tensor (checked by identity, not value)."""
     for tie in ties:
         source = model.get_parameter(tie.source)

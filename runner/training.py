@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from runner import checkpoint
@@ -33,24 +32,21 @@ from runner.errors import RunError
 from runner.gradstats import GradStats
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
+from runner.registry import LOSSES, TASKS
 from runner.rundir import MetricsWriter, NullWriter, environment, weights_sha256, write_json, writing
 from runner.tensors import count_parameters, verify_ties
 
 log = logging.getLogger("runner")
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "cross_entropy": F.cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss,
-}
 EVAL_CHUNK = 2048
 CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Returns the loss for the task (cross-entropy for classes and tokens, mse otherwise) unless named."""
-    if name == "auto":
-        name = "mse" if task in ("regression", "reconstruction") else "cross_entropy"
-    base = LOSSES[name]
-    if task == "language_model":
+    """Returns the loss for the task (its own default unless `name` says otherwise)."""
+    kind = TASKS[task]
+    base = LOSSES[kind.loss if name == "auto" else name]
+    if kind.per_token:
         return lambda out, y: base(out, y.reshape(-1))
     return base
 
@@ -150,7 +146,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
-    optimizer = make_optimizer(model, spec.optim)
+    optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
     position, epoch_losses = Position(0, 0, 0), []
     if resume_from is not None:
@@ -204,7 +200,7 @@ class _Loop:
         if trainer.compile:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
-        self.classify = spec.data.task in ("classification", "language_model")
+        self.classify = TASKS[spec.data.task].classifies
         self.log_every, self.ckpt_every, self.keep_last = trainer.log_every, trainer.ckpt_every, trainer.keep_last
         self.hist_every = trainer.hist_every if board is not None else 0
         self.progress = _progress_mode(trainer.progress)

@@ -7,7 +7,7 @@ import pytest
 
 import runner
 from runner.errors import ConfigError
-from runner.spec import validate
+from runner.plan import validate
 
 
 def test_every_problem_is_reported_at_once(compose):

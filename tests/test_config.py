@@ -8,9 +8,9 @@ from hydra.errors import ConfigCompositionException
 
 import runner
 from runner.config import conf_dir
-from runner.spec import validate
+from runner.plan import validate
 
-from conftest import config_names
+from conftest import config_names, model_choice
 
 
 def test_conf_dir_is_found_and_holds_every_group():
@@ -20,7 +20,8 @@ def test_conf_dir_is_found_and_holds_every_group():
 
 @pytest.mark.parametrize("model", config_names("model"))
 def test_every_model_config_composes_and_builds(compose, model):
-    cfg = compose(f"model={model}")
+    layers = ["+model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}"] if model == "custom" else []
+    cfg = compose(model_choice(model), *layers)
     built = runner.build(cfg)
     assert sum(p.numel() for p in built.parameters()) > 0
 
@@ -37,7 +38,13 @@ def test_every_optim_config_trains_a_few_steps(compose, optim, tmp_path):
 
 @pytest.mark.parametrize("data", [d for d in config_names("data") if d != "file"])
 def test_every_data_config_validates(compose, data):
-    validate(compose(f"data={data}"))
+    model = {"text": ["model=transformer_lm"], "digits_reconstruction": ["model=autoencoder"]}.get(data, [])
+    validate(compose(f"data={data}", *model))
+
+
+@pytest.mark.parametrize("experiment", config_names("experiment"))
+def test_every_experiment_preset_trains_a_step(compose, experiment, tmp_path):
+    assert runner.train(compose(f"experiment={experiment}", "trainer.max_steps=1"), tmp_path)["steps"] == 1
 
 
 def test_a_misspelt_key_fails_at_compose_time_naming_it(compose):

@@ -7,7 +7,7 @@ import torch
 
 import runner
 from runner.prepare import prepare
-from runner.spec import validate
+from runner.plan import validate
 from runner.tensors import verify_ties
 from conftest import model_choice
 

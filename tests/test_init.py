@@ -10,7 +10,7 @@ import torch
 import runner
 from runner.errors import ConfigError
 from runner.prepare import prepare
-from runner.spec import validate
+from runner.plan import validate
 
 from conftest import config_names, run_cli
 

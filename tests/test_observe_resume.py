@@ -18,7 +18,7 @@ from runner.errors import ConfigError, RunError
 from runner.optim import make_optimizer
 from runner.prepare import prepare
 from runner.rundir import read_metrics
-from runner.spec import validate
+from runner.plan import validate
 from runner.training import _Loop
 
 from conftest import run_cli
@@ -75,13 +75,14 @@ def test_cli_resume_continues_in_the_run_directory(tmp_path):
     first = run_cli("trainer.max_steps=20", "trainer.ckpt_every=10", "trainer.progress=off", f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr
     shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_0000020")
-    again = run_cli(f"resume={tmp_path / 'a'}", "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'log'}")
+    again = run_cli(f"resume={tmp_path / 'a'}", "trainer.max_steps=30", "trainer.progress=off", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # a resume writes nowhere else
 
 
 def test_runner_load_restores_ties_buffers_and_leaves_non_persistent_ones_out(compose, tmp_path):
-    runner.train(compose("model=transformer_lm", "trainer.max_steps=3"), tmp_path / "lm")
+    runner.train(compose("experiment=transformer_lm", "trainer.max_steps=3"), tmp_path / "lm")
     model = runner.load(tmp_path / "lm")
     assert model.head.weight is model.embed.weight
     assert torch.count_nonzero(model.position.encoding) > 0  # rebuilt, not loaded
@@ -145,7 +146,7 @@ def test_param_groups_give_each_tensor_its_own_settings(compose):
     cfg = compose("optim=sgd")
     cfg.optim.param_groups = [{"match": "head.*", "lr": 0.5}, {"weight_decay": 0.1}]
     prepared = prepare(validate(cfg))
-    groups = make_optimizer(prepared.model, cfg.optim).param_groups
+    groups = make_optimizer(prepared.model, prepared.spec.optim, prepared.plan.groups).param_groups
     assert [(g["names"], g["lr"], g["weight_decay"]) for g in groups] == [
         (["head.weight", "head.bias"], 0.5, 0.0),
         (["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"], 0.05, 0.1),
@@ -153,7 +154,7 @@ def test_param_groups_give_each_tensor_its_own_settings(compose):
 
 
 @pytest.mark.parametrize(("groups", "text"), [
-    ([{"match": "head.*"}, {"match": "*.bias"}], "'head.bias' is in groups [0, 1]"),
+    ([{"match": "head.*"}, {"match": "*.bias"}], "'head.bias' is in groups group0, group1"),
     ([{"match": "head.*"}], "'fc1.weight' is in no group"),
     ([{"match": "nothing.*"}, {}], "matches no trainable tensor"),
 ])
@@ -166,7 +167,8 @@ def test_param_group_overlap_gap_and_typo_are_config_errors(compose, groups, tex
 
 def test_no_decay_option_exempts_biases_and_norm_weights(compose):
     cfg = compose("model=cnn", "optim=adamw_no_decay")
-    groups = make_optimizer(runner.build(cfg), cfg.optim).param_groups
+    prepared = prepare(validate(cfg))
+    groups = make_optimizer(prepared.model, prepared.spec.optim, prepared.plan.groups).param_groups
     decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
     exempt = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
     assert decayed == {"conv1.weight", "conv2.weight", "head.weight"}

@@ -13,7 +13,7 @@ from runner import checkpoint
 from runner.errors import ConfigError
 from runner.optim import make_optimizer
 from runner.prepare import prepare
-from runner.spec import validate
+from runner.plan import validate
 from runner.tensors import count_parameters
 
 from conftest import run_cli
@@ -56,7 +56,7 @@ def test_tensor_tie_makes_one_tensor_and_one_optimizer_entry(compose):
     prepared = prepare(validate(compose("experiment=transformer_lm")))
     model = prepared.model
     assert model.head.weight is model.embed.weight
-    optimizer = make_optimizer(model, prepared.spec.optim)
+    optimizer = make_optimizer(model, prepared.spec.optim, prepared.plan.groups)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     assert sum(p is model.embed.weight for p in params) == 1
     assert len(params) == len({id(p) for p in params}) == len(list(model.parameters()))

@@ -1,0 +1,139 @@
+"""Spec -> plan: the spec resolved once against the module tree, on the meta device (no memory).
+
+The plan holds the tensor index (canonical names, aliases, shapes, kinds), the resolved tensor
+declarations (ties, buffers, frozen), which init rule sets each tensor and each optimizer group's
+members. Building the real model materializes exactly this: nothing downstream matches a glob or
+parses a config again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from runner.build import build_model, materialize
+from runner.errors import Problems
+from runner.initialization import assign_rules
+from runner.optim import Membership, assign_groups, trainable
+from runner.registry import TASKS
+from runner.spec import Rule, RunSpec, parse
+from runner.tensors import Declarations, declare_tensors, tensor_index
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One unique tensor as the plan sees it: names, shape, kind, the rule that sets it, its group."""
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...]
+    kind: str
+    rule: Rule | None
+    group: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: RunSpec
+    declarations: Declarations
+    init: dict[str, Rule]  # canonical tensor name -> the rule that sets it
+    groups: Membership
+    tensors: tuple[PlannedTensor, ...]
+
+    def materialize(self) -> nn.Module:
+        """Returns the real CPU model this plan describes, with PyTorch's default init drawn from the seed."""
+        return materialize(self.spec.model.layers, self.declarations, self.spec.seed)
+
+
+def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
+    """Returns the plan for a spec, adding every shape, tie, rule and group problem to `problems`.
+
+    Returns None when the layers themselves could not be built (nothing else can be checked then).
+    """
+    if not spec.model.layers or any(p.key.startswith("model.layers") for p in problems.items):
+        return None
+    before = len(problems.items)
+    with torch.device("meta"):
+        model = build_model(spec.model.layers, problems)
+    if len(problems.items) > before:
+        return None
+    declarations = declare_tensors(model, spec.model, problems)
+    entries = tensor_index(model)
+    init = assign_rules(entries, spec.init, problems)
+    groups = assign_groups(trainable(model), spec.optim, problems)
+    group_of = {name: group.label for group, names in groups for name in names}
+    tensors = tuple(
+        PlannedTensor(e.name, e.aliases, tuple(e.tensor.shape), e.kind, init.get(e.name), group_of.get(e.name))
+        for e in entries
+    )
+    if not any(p.key.startswith("data.") for p in problems.items):
+        _check_forward(model, spec, problems)
+    return Plan(spec, declarations, init, groups, tensors)
+
+
+def validate(cfg: DictConfig | dict) -> Plan:
+    """Returns the plan of a config, or raises one ConfigError listing every spec and plan problem."""
+    problems = Problems()
+    spec = parse(cfg, problems)
+    plan = make_plan(spec, problems) if spec is not None else None
+    problems.raise_if_any()
+    assert plan is not None  # no problem was found, so the layers were built
+    return plan
+
+
+def example_input(spec: RunSpec, batch: int, device: torch.device | str) -> torch.Tensor:
+    """Returns a zero batch shaped and typed like the data the model will see."""
+    return torch.zeros(batch, spec.data.num_features, dtype=TASKS[spec.data.task].input_dtype, device=device)
+
+
+def expected_output_shape(spec: RunSpec, batch: int) -> tuple[int, ...]:
+    """Returns the output shape the task's loss needs for a batch of this size."""
+    rows = batch * spec.data.num_features if TASKS[spec.data.task].per_token else batch
+    return (rows, spec.data.num_outputs)
+
+
+def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
+    """Runs a batch of 2 through the model, in eval mode, to check that layer shapes chain.
+
+    The meta model gets uninitialized CPU storage (to_empty): an eval forward only reads it, so
+    the pages are never committed. (A forward on meta would do, but its `linear` kernel imports
+    torch._dynamo: 2 s of start-up.) This replaces the model's tensors: it must run last.
+    """
+    model.to_empty(device="cpu").eval()
+    running: list[tuple[str, tuple]] = []  # (layer, shape of its input), in call order
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, args, name=name: running.append((name, _shape(args))))
+        for name, module in model.named_modules()
+        if name
+    ]
+    batch = 2
+    x = example_input(spec, batch, "cpu")
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as error:  # any layer's own complaint about its input is the config's problem
+        if running:
+            name, shape = running[-1]
+            where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on its input of shape {shape}"
+        else:
+            where = f"the model failed on input of shape {tuple(x.shape)}"
+        hint = " (is this model meant for other data? see the experiment presets: experiment=...)"
+        problems.add("model.layers", f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}{hint}")
+        return
+    finally:
+        for hook in hooks:
+            hook.remove()
+    want = expected_output_shape(spec, batch)
+    if tuple(out.shape) != want:
+        problems.add(
+            "model.layers",
+            f"the model's output has shape {tuple(out.shape)} for input {tuple(x.shape)}; the {spec.data.task} "
+            f"task needs {want} (data.num_outputs={spec.data.num_outputs})",
+        )
+
+
+def _shape(args: tuple) -> tuple:
+    return tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
