@@ -14,7 +14,7 @@ from runner import checkpoint, cli, training
 from runner.errors import RunError
 from runner.prepare import prepare
 from runner.rundir import RunDirWriteError
-from runner.spec import validate
+from runner.plan import validate
 
 from conftest import run_cli
 
