@@ -88,8 +88,8 @@ def locate_run(path: str | Path) -> tuple[Path, Path]:
 def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """Returns the config of a resumed run: its saved config as the primary config, with `overrides`."""
     with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
-        config_dir = resume_config_dir(saved_config(latest), run_dir, Path(tmp))
-        cfg = compose([*overrides, f"resume={run_dir}"], config_dir=config_dir)
+        config_dir, restored = resume_config_dir(saved_config(latest), run_dir, Path(tmp))
+        cfg = compose([*restored, *overrides, f"resume={run_dir}"], config_dir=config_dir)
     return cfg
 
 

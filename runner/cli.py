@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         from runner.config import resume_config_dir
 
         saved = report_errors(lambda: api.saved_config(latest))
-        config_dir = resume_config_dir(saved, run_dir, Path(tmp))
-        sys.argv = [sys.argv[0], *[a for a in argv if not a.startswith("resume=")], f"resume={run_dir}"]
+        config_dir, restored = resume_config_dir(saved, run_dir, Path(tmp))
+        sys.argv = [sys.argv[0], *restored, *[a for a in argv if not a.startswith("resume=")], f"resume={run_dir}"]
         hydra.main(config_path=str(config_dir), config_name="config", version_base="1.3")(task)()
 
 

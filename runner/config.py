@@ -194,15 +194,23 @@ def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     return problems
 
 
-def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> Path:
+def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> tuple[Path, List[str]]:
     """Writes a primary config directory in which the saved config of a run is the default.
 
     Each group's saved values become that group's option `saved`, so a resumed run takes exactly
     the override grammar of a new one: `trainer.epochs=40`, `model=cnn` (a new choice replaces the
     saved model), `+optim.eps=1e-8`. conf/ stays on the search path for the other options.
+    Returns the directory and the overrides that restore the optimizer arguments the schema has no
+    field for (they were given with `+optim.<arg>=`; a schema file cannot hold them).
     """
+    import json
+
     from omegaconf import OmegaConf
 
+    optim_fields = {f.name for f in __import__("dataclasses").fields(OptimConfig)}
+    saved_optim = dict(saved.get("optim", {}))
+    extras = [f"++optim.{k}={json.dumps(saved_optim.pop(k))}" for k in list(saved_optim) if k not in optim_fields]
+    saved = {**saved, "optim": saved_optim}
     for group in GROUPS:
         (into / group).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(saved.get(group, {})), into / group / "saved.yaml")
@@ -218,4 +226,4 @@ def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> Path:
         },
     }
     OmegaConf.save(OmegaConf.create(primary), into / "config.yaml")
-    return into
+    return into, extras

@@ -490,7 +490,7 @@ def _parse_optim(optim: dict, scheduler: SchedulerConfig, problems: Problems) ->
         patterns = None if match is None else tuple(str(m) for m in match) if isinstance(match, list) else (str(match),)
         group_args = {k: v for k, v in group.items() if k not in ("name", "match")}
         if name is not None:
-            group_args = _check_optimizer_args(name, group_args, key, problems)
+            group_args = _check_optimizer_args(name, group_args, key, problems, inherited=args)
         groups.append(GroupSpec(index, group_name, patterns, tuple(group_args.items())))
     _check_groups(groups, problems)
     clip = optim.get("clip_grad_norm")
@@ -524,7 +524,7 @@ _OPTIM_DOMAINS = {
 }
 
 
-def _check_optimizer_args(name: str, args: dict, key: str, problems: Problems) -> dict:
+def _check_optimizer_args(name: str, args: dict, key: str, problems: Problems, inherited: dict | None = None) -> dict:
     """Returns the arguments the optimizer takes (as its constructor wants them); adds a problem for the rest."""
     accepted = optimizer_arguments(name)
     checked = {}
@@ -538,7 +538,8 @@ def _check_optimizer_args(name: str, args: dict, key: str, problems: Problems) -
             problems.add(where, f"expected {message}, got {value!r}")
             continue
         checked[arg] = tuple(value) if isinstance(value, list) else value
-    if checked.get("nesterov") and (checked.get("momentum", 0) <= 0 or checked.get("dampening", 0) != 0):
+    effective = {**(inherited or {}), **checked}
+    if effective.get("nesterov") and (effective.get("momentum", 0) <= 0 or effective.get("dampening", 0) != 0):
         problems.add(f"{key}.nesterov", "Nesterov momentum needs momentum > 0 and dampening 0")
     return checked
 
