@@ -137,6 +137,21 @@ TABLE = [
     (["resume={bad}"], 1, "no checkpoint found"),
     (["model.layers.fc1.in_features=${data.nope}"], 2, "model.layers.fc1.in_features"),
     (["model.layers.fc1.in_features=${eval:'1+1'}"], 2, "model.layers.fc1.in_features"),
+    # Configs mean what they say: unknown keys with or without `+`, values inside lists, arguments per optimizer.
+    (["+trainer.frobnicate=1"], 2, "trainer.frobnicate: unknown key"),
+    (["+optim.epz=1e-8"], 2, "optim.epz: adam takes no argument 'epz'; did you mean 'eps'"),
+    (["trainer.grad_stats=3"], 2, "trainer.grad_stats: expected true or false, got 3"),
+    (["+model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}"], 2, "model.layers: the override was merged into the existing mapping"),
+    (["init.rules=[{fn: normal_, std: -1}]"], 2, "init.rules[0].std: expected a number > 0, got -1"),
+    (["init.rules=[{fn: kaiming_uniform_, mode: fan_inn}]"], 2, "init.rules[0].mode: expected one of fan_in, fan_out, got 'fan_inn'; did you mean 'fan_in'"),
+    (["init.rules=[{fn: orthogonal_}]"], 2, "init.rules[0]: orthogonal_ needs a tensor with at least 2 dims; it reaches 'fc1.bias' (128,)"),
+    (["init.rules=[{fn: zeros_}, {fn: ones_}]"], 2, "init.rules[0]: selects 'fc1.weight', 'fc1.bias', 'fc2.weight' and 3 more, but later rules set all of them (init.rules[1])"),
+    (["optim.momentum=0.9"], 2, "optim.momentum: adam takes no argument 'momentum'"),
+    (["optim=sgd", "optim.param_groups=[{match: 'head.*', nesterov: true, momentum: 0}, {}]"], 2, "optim.param_groups[0].nesterov: Nesterov momentum needs momentum > 0 and dampening 0"),
+    (["optim.param_groups=[{name: a, match: 'head.*'}, {name: a}]"], 2, "optim.param_groups[1].name: 'a' already names optim.param_groups[0]"),
+    (["model.frozen=['*']"], 2, "model: the model has no trainable tensor"),
+    (["model=transformer_lm"], 2, "is this model meant for other data? see the experiment presets"),
+    (["trainer.batch_size=0", "data=file", "data.path={bad}/absent.npz", "data.num_features=4", "data.num_outputs=2"], 2, "config errors (2)"),
 ]
 
 
