@@ -6,6 +6,7 @@ Each returns Rows of ratios measured in this process (or its subprocesses) on th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -45,8 +46,7 @@ def _steps_per_second(base, overrides_extra: dict) -> float:
     trainer = copy.copy(base.spec.trainer)
     for key, value in overrides_extra.items():
         setattr(trainer, key, value)
-    prepared.spec = copy.copy(base.spec)
-    object.__setattr__(prepared.spec, "trainer", trainer)
+    prepared.plan = dataclasses.replace(base.plan, spec=dataclasses.replace(base.spec, trainer=trainer))
     with tempfile.TemporaryDirectory() as tmp:
         return run_training(prepared, Path(tmp))["steps_per_second"]
 

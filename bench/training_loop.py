@@ -63,8 +63,8 @@ def hand_written(model: torch.nn.Module, data, epochs: int, batch_size: int, lr:
 def measure(overrides: list[str], repeats: int, extra: list[str] | None = None) -> tuple[float, bool]:
     """Returns (runner steps/s over hand-written steps/s, final weights bitwise equal)."""
     cfg = runner.compose(["trainer.progress=off", "trainer.log_every=1000000", *overrides, *(extra or [])])
-    spec = validate(cfg)
-    base = prepare(spec)
+    base = prepare(validate(cfg))
+    spec = base.spec
     initial = copy.deepcopy(base.model)
     equal = []
 
@@ -78,7 +78,7 @@ def measure(overrides: list[str], repeats: int, extra: list[str] | None = None) 
 
     def run_plain() -> float:
         model = copy.deepcopy(initial)
-        seconds, steps = hand_written(model, base.data.to(base.device, base.dtype), spec.trainer.epochs, spec.trainer.batch_size, spec.optim.lr, spec.seed,
+        seconds, steps = hand_written(model, base.data.to(base.device, base.dtype), spec.trainer.epochs, spec.trainer.batch_size, dict(spec.optim.args)["lr"], spec.seed,
                                       spec.trainer.max_steps)
         equal.append(all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), run_runner.model.state_dict().values())))
         return steps / seconds

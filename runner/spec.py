@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -393,6 +393,15 @@ def _parse_globs(declared: list, key: str, problems: Problems) -> tuple[str, ...
     return tuple(globs)
 
 
+def _mappings(declared: list, key: str, example: str, problems: Problems) -> Iterator[tuple[int, str, dict]]:
+    """Yields (index, key path, entry) for each mapping of a declared list; adds a problem for the rest."""
+    for index, body in enumerate(declared):
+        if isinstance(body, dict):
+            yield index, f"{key}[{index}]", body
+        else:
+            problems.add(f"{key}[{index}]", f"expected a mapping like {example}, got {body!r}")
+
+
 # ---------------------------------------------------------------- init rules
 
 
@@ -400,11 +409,7 @@ def parse_rules(declared: list[Any], problems: Problems) -> tuple[Rule, ...]:
     """Returns the rules declared under init.rules, each checked for a known function and valid arguments."""
     functions = init_functions()
     rules = []
-    for index, body in enumerate(declared):
-        key = f"init.rules[{index}]"
-        if not isinstance(body, dict):
-            problems.add(key, f"expected a mapping like {{match: '*.weight', fn: xavier_uniform_}}, got {body!r}")
-            continue
+    for index, key, body in _mappings(declared, "init.rules", "{match: '*.weight', fn: xavier_uniform_}", problems):
         fn = body.get("fn")
         if not isinstance(fn, str):
             problems.add(f"{key}.fn", f"missing: name an init function ({', '.join(sorted(functions))})")
@@ -478,11 +483,7 @@ def _parse_optim(optim: dict, scheduler: SchedulerConfig, problems: Problems) ->
         args = _check_optimizer_args(name, args, "optim", problems)
     groups = []
     declared = optim.get("param_groups") or []
-    for index, group in enumerate(declared):
-        key = f"optim.param_groups[{index}]"
-        if not isinstance(group, dict):
-            problems.add(key, f"expected a mapping like {{name: head, match: 'head.*', lr: 0.01}}, got {group!r}")
-            continue
+    for index, key, group in _mappings(declared, "optim.param_groups", "{name: head, match: 'head.*', lr: 0.01}", problems):
         group_name = group.get("name")
         if group_name is not None and not isinstance(group_name, str):
             problems.add(f"{key}.name", f"expected a string, got {group_name!r}")
