@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner import checkpoint
-from runner.config import compose, resume_config_dir
+from runner.config import compose, resume_config_dir, without_restated
 from runner.data import Dataset
 from runner.distributed import current_rank
 from runner.errors import ConfigError, Problem, Problems
@@ -89,6 +89,7 @@ def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> Di
     """Returns the config of a resumed run: its saved config as the primary config, with `overrides`."""
     with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
         config_dir, restored = resume_config_dir(saved_config(latest), run_dir, Path(tmp))
+        restored = without_restated(restored, list(overrides))
         cfg = compose([*restored, *overrides, f"resume={run_dir}"], config_dir=config_dir)
     return cfg
 

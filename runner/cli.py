@@ -78,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     resuming = report_errors(lambda: api.locate_run(target))
     latest, run_dir = resuming
     with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
-        from runner.config import resume_config_dir
+        from runner.config import resume_config_dir, without_restated
 
         saved = report_errors(lambda: api.saved_config(latest))
         config_dir, restored = resume_config_dir(saved, run_dir, Path(tmp))
-        sys.argv = [sys.argv[0], *restored, *[a for a in argv if not a.startswith("resume=")], f"resume={run_dir}"]
+        given = [a for a in argv if not a.startswith("resume=")]
+        sys.argv = [sys.argv[0], *without_restated(restored, given), *given, f"resume={run_dir}"]
         hydra.main(config_path=str(config_dir), config_name="config", version_base="1.3")(task)()
 
 

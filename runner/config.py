@@ -168,6 +168,12 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
 GROUPS = ("data", "model", "init", "optim")
 
 
+def without_restated(restored: List[str], overrides: List[str]) -> List[str]:
+    """Returns the restoring overrides whose key the user's overrides do not set again."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [r for r in restored if r.split("=", 1)[0].lstrip("+") not in given]
+
+
 def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     """Returns a problem for each mapping override that Hydra merged into a mapping the config
     already had instead of putting it in its place (`+model.layers={a: ...}` on the default model
@@ -201,7 +207,8 @@ def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> tuple[Path, Lis
     the override grammar of a new one: `trainer.epochs=40`, `model=cnn` (a new choice replaces the
     saved model), `+optim.eps=1e-8`. conf/ stays on the search path for the other options.
     Returns the directory and the overrides that restore the optimizer arguments the schema has no
-    field for (they were given with `+optim.<arg>=`; a schema file cannot hold them).
+    field for (they were given with `+optim.<arg>=`; a schema file cannot hold them). Put the
+    user's overrides through `without_restated` so that theirs replace these.
     """
     import json
 

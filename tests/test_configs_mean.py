@@ -160,6 +160,8 @@ def test_resume_takes_the_grammar_of_a_run(compose, tmp_path):
     assert summary["steps"] == 12
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "eps: 1.0e-06" in config and "progress: 'off'" in config
+    again = runner.resume(tmp_path / "run", ["trainer.max_steps=14", "+optim.eps=1e-7"])  # a saved +optim arg, given anew
+    assert again["steps"] == 14 and "eps: 1.0e-07" in (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="trainer.frobnicate: unknown key"):
         runner.resume(tmp_path / "run", ["+trainer.frobnicate=1"])
 
