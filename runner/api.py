@@ -56,7 +56,9 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
     With `resume` set in the config, continues that run in its own directory instead, composing
     its saved config with `overrides` (see `resume`).
     """
-    if cfg.get("resume"):
+    if cfg.get("resume") is not None:
+        if not isinstance(cfg.resume, str) or not cfg.resume:
+            raise ConfigError([Problem("resume", f"expected the path of a run directory or checkpoint, got {cfg.resume!r}")])
         return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
     started = time.perf_counter()
     plan, data = check(cfg)  # every config and machine problem surfaces here, before any tensor exists

@@ -164,9 +164,16 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec | None:
     wrong type for a typed key); every other problem leaves a spec for the plan to check further.
     """
     container = to_container(cfg)
+    wrong = [Problem(name, f"expected a mapping of {name} settings, got {_at(container, name, None)!r}")
+             for name in (*_SECTIONS, "optim.scheduler") if not isinstance(_at(container, name, {}), dict)]
+    if wrong:  # nothing inside can be read
+        raise ConfigError(wrong)
     optim_extras = _check_unknown_keys(container, problems)
     _check_booleans(container, problems)
-    typed: RunConfig = OmegaConf.to_object(with_schema(container))  # type: ignore[assignment]
+    try:
+        typed: RunConfig = OmegaConf.to_object(with_schema(container))  # type: ignore[assignment]
+    except OmegaConfBaseException as error:  # a required key left out (model.name: ???)
+        raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
     data, trainer = typed.data, typed.trainer
     _check_data(data, problems)
@@ -180,6 +187,15 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec | None:
         seed=typed.seed,
         config=container,
     )
+
+
+def _at(container: dict, dotted: str, default: Any) -> Any:
+    node: Any = container
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def to_container(cfg: DictConfig | dict) -> dict:

@@ -19,19 +19,35 @@ from runner.errors import ConfigError, RunError
 
 from conftest import QUIET
 
-BASE = OmegaConf.to_container(runner.compose([*QUIET, "trainer.max_steps=2"]), resolve=False)
-SECTIONS = ["trainer", "optim", "data", "init", "model", "optim.scheduler"]
+# A config with something in every list, so mutations reach values inside them: init rules with
+# arguments, named optimizer groups, a transposed tie and a frozen glob.
+BASE = OmegaConf.to_container(runner.compose([
+    *QUIET, "trainer.max_steps=2", "experiment=autoencoder", "model.frozen=[act.*]",
+    "init.rules=[{match: '*.weight', fn: xavier_uniform_, gain: 1.0}, {match: '*.bias', fn: normal_, std: 0.01}]",
+    "optim.param_groups=[{name: enc, match: 'enc.*', lr: 0.01, betas: [0.8, 0.9]}, {name: rest}]",
+]), resolve=False)
+BASE["model"]["frozen"] = []  # (the glob above only proves the list composes; Tanh has no tensor to freeze)
+SECTIONS = ["trainer", "optim", "data", "init", "model", "optim.scheduler", "init.rules.0", "init.rules.1",
+            "optim.param_groups.0", "optim.param_groups.1", "model.ties.0"]
 FIXED = {"trainer.max_steps"}  # keeps every case to two steps
 
 
 def paths(node, prefix=""):
-    """Yields the dotted path of every leaf and container of the config."""
+    """Yields the dotted path (list items by index) of every leaf and container of the config."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path not in FIXED:
+            yield path
+            yield from paths(value, path)
+
+
+def child(node, key: str):
     if isinstance(node, dict):
-        for key, value in node.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if path not in FIXED:
-                yield path
-                yield from paths(value, path)
+        return node.get(key)
+    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        return node[int(key)]
+    return None
 
 
 PATHS = sorted(set(paths(BASE)))
@@ -54,9 +70,15 @@ def mutate(config: dict, mutation) -> bool:
     *parents, leaf = path.split(".")
     node = config
     for key in parents:
-        node = node.get(key) if isinstance(node, dict) else None
+        node = child(node, key)
         if node is None:
             return False
+    if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+        if action == "set":
+            node[int(leaf)] = value
+        elif action == "delete":
+            del node[int(leaf)]
+        return False
     if not isinstance(node, dict):
         return False
     if action == "set":
@@ -64,7 +86,7 @@ def mutate(config: dict, mutation) -> bool:
     elif action == "delete":
         node.pop(leaf, None)
     else:
-        section = node.get(leaf)
+        section = child(node, leaf)
         if not isinstance(section, dict) or value in section:
             return False
         section[value] = 1
