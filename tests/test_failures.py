@@ -243,23 +243,25 @@ def _safetensors(header: dict, payload: bytes) -> bytes:
     ("model.safetensors", struct.pack("<Q", 8) + b"not json"),  # damaged header
     ("model.safetensors", _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)),  # overlapping
-    ("optimizer.safetensors", pickle.dumps(Payload("/tmp/runner-payload-should-not-exist"))),
+    ("optimizer.safetensors", "a pickle that creates a marker file"),
 ])
 def test_hostile_tensor_files_are_refused_and_run_nothing(compose, tmp_path, name, data):
+    marker = tmp_path.parent / f"{tmp_path.name}-payload-ran"
     latest = _trained(compose, tmp_path)
-    _replace(latest, name, data)
+    _replace(latest, name, pickle.dumps(Payload(str(marker))) if isinstance(data, str) else data)
     with pytest.raises(RunError, match="not a valid safetensors file|does not fit the model"):
         if name == "model.safetensors":
             runner.load(tmp_path)
         else:
             runner.resume(tmp_path)
-    assert not os.path.exists("/tmp/runner-payload-should-not-exist")
+    assert not marker.exists()
 
 
 def test_a_saved_config_cannot_build_anything_outside_the_registry(compose, tmp_path):
+    marker = tmp_path.parent / f"{tmp_path.name}-pwned"
     latest = _trained(compose, tmp_path)
     state = json.loads((latest / "state.json").read_text())
-    state["config"]["model"]["layers"]["fc1"] = {"_target_": "os.system", "command": "touch /tmp/runner-pwned"}
+    state["config"]["model"]["layers"]["fc1"] = {"_target_": "os.system", "command": f"touch {marker}"}
     _replace(latest, "state.json", json.dumps(state).encode())
     with pytest.raises(ConfigError, match="model.layers.fc1.type: missing"):
         runner.load(tmp_path)
@@ -267,7 +269,7 @@ def test_a_saved_config_cannot_build_anything_outside_the_registry(compose, tmp_
     _replace(latest, "state.json", json.dumps(state).encode())
     with pytest.raises(ConfigError, match="unknown layer type 'os.system'"):
         runner.load(tmp_path)
-    assert not os.path.exists("/tmp/runner-pwned")
+    assert not marker.exists()
 
 
 def test_a_damaged_checkpoint_is_named_on_resume(compose, tmp_path):
