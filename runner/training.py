@@ -304,7 +304,14 @@ class _Loop:
 
     def _histograms(self, step: int) -> None:
         if self.checked < len(self.epoch_losses):  # NaN weights would fail in TensorBoard, not name their step
-            self._check_losses(step, self._unchecked().tolist())
+            if self.group.active:
+                # Rank 0 alone writes histograms: no collective here (the other ranks would never join it),
+                # and `checked` must stay the same on every rank, so this looks at the local losses only.
+                checked = self.checked
+                self._check_losses(step, torch.stack(self.epoch_losses[checked:]).float().tolist())
+                self.checked = checked
+            else:
+                self._check_losses(step, self._unchecked().tolist())
         for name, param in zip(self.names, self.params):
             self.board.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
             if param.grad is not None:

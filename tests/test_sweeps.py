@@ -119,3 +119,20 @@ def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
     assert [p.name for p in written] == ["report.md", "report.csv", "report.png"]
     assert json.loads((sequential_sweep / "0" / "summary.json").read_text())["weights_sha256"] == rows(sequential_sweep)[0]["weights_sha256"]
+
+
+def test_ddp_histograms_on_steps_that_are_not_logged_do_not_stall_the_ranks(tmp_path):
+    # Rank 0 alone writes histograms; a collective there would wait for ranks that never join it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
+         "trainer.strategy=ddp", *[t for t in TINY if "tensorboard" not in t], "trainer.log_every=7", "trainer.hist_every=5",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert ddp.returncode == 0, ddp.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+    assert [e.step for e in events.Histograms("weights/fc1.weight")] == [5, 10]
