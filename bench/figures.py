@@ -43,9 +43,7 @@ def _prepared(overrides: list[str]):
 def _steps_per_second(base, overrides_extra: dict) -> float:
     prepared = copy.copy(base)
     prepared.model = copy.deepcopy(base.model)
-    trainer = copy.copy(base.spec.trainer)
-    for key, value in overrides_extra.items():
-        setattr(trainer, key, value)
+    trainer = dataclasses.replace(base.spec.trainer, **overrides_extra)
     prepared.plan = dataclasses.replace(base.plan, spec=dataclasses.replace(base.spec, trainer=trainer))
     with tempfile.TemporaryDirectory() as tmp:
         return run_training(prepared, Path(tmp))["steps_per_second"]

@@ -35,6 +35,26 @@ _BOOLEANS = {"init.strict", "optim.no_decay_bias_and_norm", "trainer.grad_stats"
              "trainer.plots", "trainer.deterministic", "trainer.compile"}
 
 
+def _frozen(schema: type) -> type:
+    """Returns a frozen dataclass with the schema's fields: the spec's read-only view of a group.
+
+    (The schema classes themselves cannot be frozen: OmegaConf would make the whole config read-only.)
+    """
+    fields = [(f.name, f.type) for f in dataclasses.fields(schema)]
+    frozen = dataclasses.make_dataclass(schema.__name__.replace("Config", "Spec"), fields, frozen=True)
+    frozen.__module__ = __name__
+    return frozen
+
+
+DataSpec = _frozen(DataConfig)
+TrainerSpec = _frozen(TrainerConfig)
+SchedulerSpec = _frozen(SchedulerConfig)
+
+
+def _freeze(value: Any, spec_type: type) -> Any:
+    return spec_type(**{f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One declared layer: a registered type with constructor args, a container, or a shared reuse."""
@@ -175,14 +195,14 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec | None:
     except OmegaConfBaseException as error:  # a required key left out (model.name: ???)
         raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
-    data, trainer = typed.data, typed.trainer
+    data, trainer = _freeze(typed.data, DataSpec), _freeze(typed.trainer, TrainerSpec)
     _check_data(data, problems)
     _check_trainer(trainer, problems)
     return RunSpec(
         model=_parse_model(container["model"], problems),
         init=InitSpec(typed.init.name, bool(typed.init.strict), parse_rules(list(container["init"]["rules"]), problems)),
         data=data,
-        optim=_parse_optim(container["optim"], typed.optim.scheduler, problems),
+        optim=_parse_optim(container["optim"], _freeze(typed.optim.scheduler, SchedulerSpec), problems),
         trainer=trainer,
         seed=typed.seed,
         config=container,
