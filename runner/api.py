@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,35 +11,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner import checkpoint
-from runner.config import compose, resume_config_dir, without_restated
+from runner.config import compose, resume_composition
 from runner.data import Dataset
 from runner.distributed import current_rank
 from runner.errors import ConfigError, Problem, Problems
 from runner.initialization import apply_init
-from runner.machine import check_device, check_machine
+from runner.machine import check_device
 from runner.placement import DTYPES, place, resolve_device
-from runner.plan import Plan, make_plan
+from runner.plan import Plan, check
 from runner.prepare import prepare
 from runner.rundir import RunLock, write_json, writing
-from runner.spec import parse
 from runner.tensor_table import write_tensor_table
 from runner.tensors import verify_ties
 from runner.training import run_training, torch_threads
 
 __all__ = ["compose", "build", "train", "resume", "load"]
-
-
-def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset | None]:
-    """Returns the plan of a config (and its data, when `machine`), or raises one ConfigError listing
-    every problem: schema, spec, plan (shapes, ties, rules, groups) and, when `machine`, this
-    machine's (device, torchrun, the data file)."""
-    problems = Problems()
-    spec = parse(cfg, problems)
-    plan = make_plan(spec, problems) if spec is not None else None
-    data = check_machine(spec, problems) if spec is not None and machine else None
-    problems.raise_if_any()
-    assert plan is not None  # no problem was found, so the layers were built
-    return plan, data
 
 
 def build(cfg: DictConfig) -> nn.Module:
@@ -89,11 +74,8 @@ def locate_run(path: str | Path) -> tuple[Path, Path]:
 
 def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """Returns the config of a resumed run: its saved config as the primary config, with `overrides`."""
-    with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
-        config_dir, restored = resume_config_dir(saved_config(latest), run_dir, Path(tmp))
-        restored = without_restated(restored, list(overrides))
-        cfg = compose([*restored, *overrides, f"resume={run_dir}"], config_dir=config_dir)
-    return cfg
+    with resume_composition(saved_config(latest), run_dir, list(overrides)) as (config_dir, composed):
+        return compose(composed, config_dir=config_dir)
 
 
 def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | None = None) -> dict:
@@ -140,10 +122,7 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     check_device(device, "load(device=...)", problems)
     problems.raise_if_any()
     latest = checkpoint.latest_checkpoint(Path(path))
-    saved = saved_config(latest)
-    saved["trainer"]["strategy"] = "single"  # loading is one process, whatever trained the model
-    saved["trainer"]["device"] = "auto"  # the training device is a machine fact, not needed here
-    plan, _ = check(saved, machine=False)
+    plan, _ = check(saved_config(latest), machine=False)  # the training device and data are not needed
     model = plan.materialize()
     apply_init(model, plan.init, plan.spec.seed)  # no batch: LSUV's scaling comes with the weights
     checkpoint.load_weights(latest, model)

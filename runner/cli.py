@@ -69,21 +69,17 @@ def main(argv: list[str] | None = None) -> None:
     if target is None:
         hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
         return
-    import tempfile
-
     from runner import api
+    from runner.config import resume_composition
 
     if {"-m", "--multirun"} & set(argv):
         report_errors(lambda: _refuse("resume", "a resumed run is one run; it cannot be part of a multirun (-m)"))
     resuming = report_errors(lambda: api.locate_run(target))
     latest, run_dir = resuming
-    with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
-        from runner.config import resume_config_dir, without_restated
-
-        saved = report_errors(lambda: api.saved_config(latest))
-        config_dir, restored = resume_config_dir(saved, run_dir, Path(tmp))
-        given = [a for a in argv if not a.startswith("resume=")]
-        sys.argv = [sys.argv[0], *without_restated(restored, given), *given, f"resume={run_dir}"]
+    saved = report_errors(lambda: api.saved_config(latest))
+    given = [a for a in argv if not a.startswith("resume=")]
+    with resume_composition(saved, run_dir, given) as (config_dir, overrides):
+        sys.argv = [sys.argv[0], *overrides]
         hydra.main(config_path=str(config_dir), config_name="config", version_base="1.3")(task)()
 
 

@@ -6,12 +6,15 @@ wrong type fails at compose time with the key named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 def conf_dir() -> Path:
@@ -149,7 +152,7 @@ register_schema()
 def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = None) -> DictConfig:
     """Returns the composed config for these overrides, exactly as `python -m runner` sees it.
 
-    `config_dir` names another primary config directory (a resumed run's, see `resume_config_dir`).
+    `config_dir` names another primary config directory (a resumed run's, see `resume_composition`).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -168,18 +171,11 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
 GROUPS = ("data", "model", "init", "optim")
 
 
-def without_restated(restored: List[str], overrides: List[str]) -> List[str]:
-    """Returns the restoring overrides whose key the user's overrides do not set again."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-    return [r for r in restored if r.split("=", 1)[0].lstrip("+") not in given]
-
-
 def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     """Returns a problem for each mapping override that Hydra merged into a mapping the config
     already had instead of putting it in its place (`+model.layers={a: ...}` on the default model
     keeps fc1, fc2, ... beside `a`). A mapping given on the command line must be the whole mapping."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     from runner.errors import Problem
 
@@ -200,37 +196,37 @@ def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     return problems
 
 
-def resume_config_dir(saved: dict, run_dir: Path, into: Path) -> tuple[Path, List[str]]:
-    """Writes a primary config directory in which the saved config of a run is the default.
+@contextmanager
+def resume_composition(saved: dict, run_dir: Path, overrides: List[str]) -> Iterator[tuple[Path, List[str]]]:
+    """Yields (primary config directory, overrides) that compose a resumed run; the directory is
+    temporary and gone afterwards.
 
     Each group's saved values become that group's option `saved`, so a resumed run takes exactly
     the override grammar of a new one: `trainer.epochs=40`, `model=cnn` (a new choice replaces the
     saved model), `+optim.eps=1e-8`. conf/ stays on the search path for the other options.
-    Returns the directory and the overrides that restore the optimizer arguments the schema has no
-    field for (they were given with `+optim.<arg>=`; a schema file cannot hold them). Put the
-    user's overrides through `without_restated` so that theirs replace these.
+    Optimizer arguments the schema has no field for (given with `+optim.<arg>=`) cannot live in a
+    schema file: they come back as `++optim.<arg>=` overrides, unless `overrides` sets them anew.
     """
-    import json
-
-    from omegaconf import OmegaConf
-
-    optim_fields = {f.name for f in __import__("dataclasses").fields(OptimConfig)}
     saved_optim = dict(saved.get("optim", {}))
-    extras = [f"++optim.{k}={json.dumps(saved_optim.pop(k))}" for k in list(saved_optim) if k not in optim_fields]
+    optim_fields = {f.name for f in fields(OptimConfig)}
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    extras = {k: saved_optim.pop(k) for k in list(saved_optim) if k not in optim_fields}
+    restored = [f"++optim.{k}={json.dumps(v)}" for k, v in extras.items() if f"optim.{k}" not in given]
     saved = {**saved, "optim": saved_optim}
-    for group in GROUPS:
-        (into / group).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(saved.get(group, {})), into / group / "saved.yaml")
-    rest = {k: v for k, v in saved.items() if k not in GROUPS}
-    primary = {
-        "defaults": ["runner_schema", "_self_", *({g: "saved"} for g in GROUPS), {"experiment": None}],
-        **rest,
-        "hydra": {
-            "searchpath": [f"file://{conf_dir()}"],
-            "run": {"dir": str(run_dir)},
-            "output_subdir": None,  # the run directory already holds its config; Hydra adds nothing
-            "job": {"chdir": False},
-        },
-    }
-    OmegaConf.save(OmegaConf.create(primary), into / "config.yaml")
-    return into, extras
+    with tempfile.TemporaryDirectory(prefix="runner-resume-") as tmp:
+        into = Path(tmp)
+        for group in GROUPS:
+            (into / group).mkdir()
+            OmegaConf.save(OmegaConf.create(saved.get(group, {})), into / group / "saved.yaml")
+        primary = {
+            "defaults": ["runner_schema", "_self_", *({g: "saved"} for g in GROUPS), {"experiment": None}],
+            **{k: v for k, v in saved.items() if k not in GROUPS},
+            "hydra": {
+                "searchpath": [f"file://{conf_dir()}"],
+                "run": {"dir": str(run_dir)},
+                "output_subdir": None,  # the run directory already holds its config; Hydra adds nothing
+                "job": {"chdir": False},
+            },
+        }
+        OmegaConf.save(OmegaConf.create(primary), into / "config.yaml")
+        yield into, [*restored, *overrides, f"resume={run_dir}"]

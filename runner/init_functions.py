@@ -60,13 +60,18 @@ DIMS: dict[str, tuple[int, int]] = {
 }
 
 
-def dims_problem(fn: str, ndim: int) -> str | None:
-    """Returns why `fn` cannot initialize a tensor of `ndim` dims, or None when it can."""
+def dims_needed(fn: str) -> str:
+    """Returns the dimensionality `fn` needs, in words ('at least 2 dims'), or '' when any will do."""
     low, high = DIMS.get(fn, (0, 99))
-    if low <= ndim <= high:
-        return None
-    need = f"exactly {low}" if low == high else f"{low} to {high}" if high < 99 else f"at least {low}"
-    return f"{fn} needs a tensor with {need} dims"
+    if (low, high) == (0, 99):
+        return ""
+    return f"exactly {low} dims" if low == high else f"{low} to {high} dims" if high < 99 else f"at least {low} dims"
+
+
+def fits_dims(fn: str, ndim: int) -> bool:
+    """True when `fn` can initialize a tensor of `ndim` dims."""
+    low, high = DIMS.get(fn, (0, 99))
+    return low <= ndim <= high
 
 
 def argument_problems(fn: str, args: dict[str, Any]) -> list[tuple[str, str]]:

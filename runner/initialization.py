@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from runner.errors import Problems
-from runner.init_functions import dims_problem, init_functions
+from runner.init_functions import dims_needed, fits_dims, init_functions
 from runner.registry import module_type_names
 from runner.spec import InitSpec, Rule
 from runner.tensors import TensorEntry, tensor_index
@@ -26,7 +26,7 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
     get one answer; a rule must reach some tensor it can initialize and win at least one."""
     assignment: dict[str, Rule] = {}
     reached: dict[int, list[str]] = {rule.index: [] for rule in spec.rules}
-    wrong_dims: dict[int, list[str]] = {}
+    wrong_dims: dict[int, tuple[Rule, list[str]]] = {}  # rule index -> (rule, the tensors it cannot set)
     for entry in entries:
         type_names = module_type_names(entry.module_type)
         per_alias = {name: _last_rule(spec.rules, name, entry.role, type_names, reached) for name in entry.names}
@@ -45,19 +45,19 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
             )
             continue
         rule = max(chosen.values(), key=lambda r: r.index)
-        if dims_problem(rule.fn, len(entry.tensor.shape)):
-            wrong_dims.setdefault(rule.index, []).append(f"{entry.name!r} {tuple(entry.tensor.shape)}")
+        if not fits_dims(rule.fn, entry.tensor.dim()):
+            wrong_dims.setdefault(rule.index, (rule, []))[1].append(f"{entry.name!r} {tuple(entry.tensor.shape)}")
         assignment[entry.name] = rule
-    for index, reached_names in wrong_dims.items():
-        rule = spec.rules[[r.index for r in spec.rules].index(index)]
-        shown = ", ".join(reached_names[:3]) + (f" and {len(reached_names) - 3} more" if len(reached_names) > 3 else "")
-        problems.add(f"init.rules[{index}]", f"{dims_problem(rule.fn, -1).split(' needs')[0]} needs {_dims_need(rule.fn)}; it reaches {shown} (narrow `match`, or set `kind: weight`)")
+    for rule, reached_names in wrong_dims.values():
+        problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {dims_needed(rule.fn)}; it reaches "
+                                                  f"{_some(reached_names)} (narrow `match`, or set `kind: weight`)")
     _check_unused(spec.rules, assignment, reached, problems)
     return assignment
 
 
-def _dims_need(fn: str) -> str:
-    return (dims_problem(fn, -1) or "").split(" needs ", 1)[-1]
+def _some(names: list[str]) -> str:
+    """Returns up to three names, and how many more there are."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _last_rule(rules: tuple[Rule, ...], name: str, role: str, type_names: set[str], reached: dict[int, list[str]]) -> Rule | None:
@@ -80,9 +80,8 @@ def _check_unused(rules: tuple[Rule, ...], assignment: dict[str, Rule], reached:
             continue
         later = sorted({assignment[n].index for n in names if n in assignment and assignment[n].index > rule.index})
         if later:
-            shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             by = ", ".join(f"init.rules[{i}]" for i in later)
-            problems.add(f"init.rules[{rule.index}]", f"selects {shown}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
+            problems.add(f"init.rules[{rule.index}]", f"selects {_some([repr(n) for n in names])}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
 
 
 def _conflicting_aliases(chosen: dict[str, Rule]) -> tuple[tuple[str, Rule], tuple[str, Rule]] | None:

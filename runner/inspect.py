@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from runner.api import check
+from runner.plan import check
 from runner.cli import report_errors
 from runner.config import compose
 from runner.prepare import prepare

@@ -15,8 +15,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from runner.build import build_model, materialize
+from runner.data import Dataset
 from runner.errors import Problems
 from runner.initialization import assign_rules
+from runner.machine import check_machine
 from runner.optim import Membership, assign_groups, trainable
 from runner.registry import TASKS
 from runner.spec import Rule, RunSpec, parse
@@ -74,14 +76,22 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
     return Plan(spec, declarations, init, groups, tensors)
 
 
-def validate(cfg: DictConfig | dict) -> Plan:
-    """Returns the plan of a config, or raises one ConfigError listing every spec and plan problem."""
+def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset | None]:
+    """Returns the plan of a config (and its data, when `machine`), or raises one ConfigError listing
+    every problem: spec, plan (shapes, ties, rules, groups) and, when `machine`, this machine's
+    (device, torchrun, the data file and its contents)."""
     problems = Problems()
     spec = parse(cfg, problems)
-    plan = make_plan(spec, problems) if spec is not None else None
+    plan = make_plan(spec, problems)
+    data = check_machine(spec, problems) if machine else None
     problems.raise_if_any()
     assert plan is not None  # no problem was found, so the layers were built
-    return plan
+    return plan, data
+
+
+def validate(cfg: DictConfig | dict) -> Plan:
+    """Returns the plan of a config (config validity only), or raises one ConfigError listing every problem."""
+    return check(cfg, machine=False)[0]
 
 
 def example_input(spec: RunSpec, batch: int, device: torch.device | str) -> torch.Tensor:

@@ -60,11 +60,12 @@ def optimizers() -> dict[str, type[torch.optim.Optimizer]]:
 
 
 @lru_cache(maxsize=None)
-def optimizer_arguments(name: str) -> dict[str, Any]:
-    """Returns argument -> default for every hyperparameter the optimizer's constructor takes."""
+def optimizer_arguments(name: str) -> dict[str, inspect.Parameter]:
+    """Returns argument -> its signature entry (default and annotation) for every hyperparameter the
+    optimizer's constructor takes."""
     signature = inspect.signature(optimizers()[name].__init__)
     return {
-        p.name: p.default
+        p.name: p
         for p in signature.parameters.values()
         if p.name not in ("self", "params") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import inspect
 import re
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -116,8 +117,6 @@ class Rule:
 
     def selects(self, name: str, role: str, type_names: set[str]) -> bool:
         """True when this rule reaches the tensor called `name` (role: weight | bias | buffer)."""
-        from fnmatch import fnmatchcase
-
         if self.kind is None:
             if role == "buffer":  # buffers are reached only on purpose
                 return False
@@ -157,7 +156,7 @@ class OptimSpec:
     args: tuple[tuple[str, Any], ...]  # constructor arguments, lr included; absent ones take torch's default
     groups: tuple[GroupSpec, ...]
     no_decay_bias_and_norm: bool
-    scheduler: SchedulerConfig
+    scheduler: SchedulerSpec  # type: ignore[valid-type]
     clip_grad_norm: float | None
 
 
@@ -167,9 +166,9 @@ class RunSpec:
 
     model: ModelSpec
     init: InitSpec
-    data: DataConfig
+    data: DataSpec  # type: ignore[valid-type]
     optim: OptimSpec
-    trainer: TrainerConfig
+    trainer: TrainerSpec  # type: ignore[valid-type]
     seed: int
     config: dict = field(default_factory=dict)  # the resolved config, as plain containers
 
@@ -177,15 +176,16 @@ class RunSpec:
 # ---------------------------------------------------------------- entry point
 
 
-def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec | None:
+def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     """Returns the spec of a composed (or saved) config, adding every problem found to `problems`.
 
-    Returns None only when the config cannot be read against the schema at all (a value of the
-    wrong type for a typed key); every other problem leaves a spec for the plan to check further.
+    Raises ConfigError at once only when the config cannot be read against the schema at all (a
+    section that is not a mapping, a wrong type for a typed key, a required key left out); every
+    other problem leaves a spec for the plan to check further.
     """
     container = to_container(cfg)
     wrong = [Problem(name, f"expected a mapping of {name} settings, got {_at(container, name, None)!r}")
-             for name in (*_SECTIONS, "optim.scheduler") if not isinstance(_at(container, name, {}), dict)]
+             for name in _SECTIONS if name and not isinstance(_at(container, name, {}), dict)]
     if wrong:  # nothing inside can be read
         raise ConfigError(wrong)
     optim_extras = _check_unknown_keys(container, problems)
@@ -247,7 +247,9 @@ def _omegaconf_problem(key: str, error: Exception) -> Problem:
 
 # ---------------------------------------------------------------- schema-level checks
 
-_SECTIONS = {"model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig}
+# Each mapping of the schema, by its dotted path ("" is the top level).
+_SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
+             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig}
 
 
 def _names(schema: type) -> list[str]:
@@ -257,21 +259,17 @@ def _names(schema: type) -> list[str]:
 def _check_unknown_keys(container: dict, problems: Problems) -> dict:
     """Removes and reports every key the schema does not have (Hydra's `+key=` adds keys past struct
     mode); returns the optimizer's extra keys, which are constructor arguments checked later."""
-    for key in [k for k in container if k not in _names(RunConfig)]:
-        problems.add(str(key), f"unknown key;{suggest(str(key), _names(RunConfig)) or ' the top level takes: ' + ', '.join(_names(RunConfig))}")
-        del container[key]
-    sections = [(name, container.get(name), schema) for name, schema in _SECTIONS.items()]
-    scheduler = container.get("optim", {}).get("scheduler") if isinstance(container.get("optim"), dict) else None
-    sections.append(("optim.scheduler", scheduler, SchedulerConfig))
     extras: dict = {}
-    for name, node, schema in sections:
+    for name, schema in _SECTIONS.items():
+        node = _at(container, name, None) if name else container
         if not isinstance(node, dict):
             continue
-        for key in [k for k in node if k not in _names(schema)]:
+        known = _names(schema)
+        for key in [k for k in node if k not in known]:
             if schema is OptimConfig:
                 extras[key] = node.pop(key)
                 continue
-            problems.add(f"{name}.{key}", f"unknown key;{suggest(str(key), _names(schema)) or ' it takes: ' + ', '.join(_names(schema))}")
+            problems.add(f"{name}.{key}" if name else str(key), f"unknown key;{suggest(str(key), known) or ' it takes: ' + ', '.join(known)}")
             del node[key]
     return extras
 
@@ -507,7 +505,7 @@ def _selector(index: int, fn: str, args: dict, body: dict, key: str, problems: P
 # ---------------------------------------------------------------- optimizer
 
 
-def _parse_optim(optim: dict, scheduler: SchedulerConfig, problems: Problems) -> OptimSpec:
+def _parse_optim(optim: dict, scheduler: SchedulerSpec, problems: Problems) -> OptimSpec:
     name = optim.get("name")
     known = optimizers()
     if name not in known:
@@ -581,12 +579,15 @@ def _check_optimizer_args(name: str, args: dict, key: str, problems: Problems, i
     return checked
 
 
-def _optimizer_value_problem(arg: str, value: Any, default: Any) -> str | None:
+def _optimizer_value_problem(arg: str, value: Any, parameter: inspect.Parameter) -> str | None:
+    """Returns what `arg` expects when `value` is outside it: the common hyperparameters' domains,
+    else what the signature says (a bool, an optional bool, a tuple of numbers, a number)."""
+    default = parameter.default
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if arg in _OPTIM_DOMAINS:
         test, expected = _OPTIM_DOMAINS[arg]
         return None if number and test(value) else expected
-    if isinstance(default, bool) or (default is None and arg in ("foreach", "fused", "capturable", "differentiable", "maximize")):
+    if isinstance(default, bool) or "bool" in str(parameter.annotation):
         return None if isinstance(value, bool) or (default is None and value is None) else "true or false"
     if isinstance(default, tuple):
         ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
@@ -598,7 +599,7 @@ def _optimizer_value_problem(arg: str, value: Any, default: Any) -> str | None:
     return None
 
 
-def _check_scheduler(cfg: SchedulerConfig, problems: Problems) -> None:
+def _check_scheduler(cfg: SchedulerSpec, problems: Problems) -> None:
     _check_choice(cfg.name, SCHEDULERS, "optim.scheduler.name", problems)
     if cfg.step_size < 1:
         problems.add("optim.scheduler.step_size", f"expected an integer >= 1, got {cfg.step_size}")
@@ -625,7 +626,7 @@ def _check_positive(value: Any, key: str, problems: Problems, allow_zero: bool =
         problems.add(key, f"expected a number {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def _check_data(data: DataConfig, problems: Problems) -> None:
+def _check_data(data: DataSpec, problems: Problems) -> None:
     _check_choice(data.name, DATASETS, "data.name", problems)
     _check_choice(data.task, TASKS, "data.task", problems)
     _check_positive(data.num_features, "data.num_features", problems)
@@ -640,7 +641,7 @@ def _check_data(data: DataConfig, problems: Problems) -> None:
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
 
 
-def _check_trainer(trainer: TrainerConfig, problems: Problems) -> None:
+def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.epochs, "trainer.epochs", problems)
     _check_positive(trainer.max_steps, "trainer.max_steps", problems, allow_zero=True)
     _check_positive(trainer.batch_size, "trainer.batch_size", problems)

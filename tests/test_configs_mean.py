@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from runner.api import check
+from runner.plan import check
 from runner.data import split
 from runner.errors import ConfigError
 from runner.optim import make_optimizer
