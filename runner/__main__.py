@@ -7,7 +7,7 @@ def run() -> None:
     try:
         cli.main()
     except SystemExit as leaving:
-        if leaving.code == 1 and not cli.task_started:
+        if leaving.code == 1 and not cli.ours:
             sys.exit(2)  # Hydra rejected an override before any work: a config error
         raise
 

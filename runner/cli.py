@@ -17,9 +17,10 @@ from runner.errors import ConfigError, Problem, RunError
 
 T = TypeVar("T")
 
-# Set once Hydra has composed the config and handed it to us: an exit 1 before that is Hydra's
-# own report of a bad override (unknown key, wrong type), which is a config error: exit 2.
-task_started = False
+# Set once our own code has the run in hand (Hydra composed the config and called `task`, or we
+# reported an error ourselves): an exit 1 before that is Hydra's own report of a bad override
+# (unknown key, wrong type), which is a config error: exit 2.
+ours = False
 
 
 def report_errors(work: Callable[[], T]) -> T:
@@ -30,15 +31,15 @@ def report_errors(work: Callable[[], T]) -> T:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: {error}", file=sys.stderr)
-        global task_started
-        task_started = True  # our own report: its exit status stands
+        global ours
+        ours = True  # our own report: its exit status stands
         sys.exit(error.exit_code)
 
 
 def task(cfg: DictConfig) -> float | None:
     """The work of one composed config: a run, a sweep's job, or a resumed run (see `main`)."""
-    global task_started
-    task_started = True
+    global ours
+    ours = True
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
