@@ -566,7 +566,10 @@ def _check_optimizer_args(name: str, args: dict, key: str, problems: Problems, i
     for arg, value in args.items():
         where = f"{key}.{arg}"
         if arg not in accepted:
-            problems.add(where, f"{name} takes no argument {arg!r};{suggest(arg, accepted) or ' it takes: ' + ', '.join(accepted)}")
+            hint = suggest(arg, accepted) or " it takes: " + ", ".join(accepted)
+            if key == "optim" and arg in _names(OptimConfig):  # set by the optim option chosen, e.g. adam's betas
+                hint += f" (leave it out with {where}=null)"
+            problems.add(where, f"{name} takes no argument {arg!r};{hint}")
             continue
         message = _optimizer_value_problem(arg, value, accepted[arg])
         if message:

@@ -195,3 +195,11 @@ def test_residual_adds_its_input(compose):
     x = torch.randn(5, 64)
     weight, bias = model.res.fc.weight.detach(), model.res.fc.bias.detach()
     torch.testing.assert_close(model.res(x), x + x @ weight.T + bias)
+
+
+def test_any_torch_optimizer_by_name_with_its_own_defaults(compose):
+    assert "leave it out with optim.betas=null" in problems_of(compose("optim.name=rmsprop"))["optim.betas"]
+    optimizer = optimizer_of(compose("optim.name=rmsprop", "optim.betas=null", "+optim.centered=true"))
+    assert type(optimizer) is torch.optim.RMSprop
+    group = optimizer.param_groups[0]
+    assert group["centered"] is True and group["alpha"] == torch.optim.RMSprop([torch.zeros(1, requires_grad=True)]).defaults["alpha"]

@@ -147,6 +147,7 @@ TABLE = [
     (["init.rules=[{fn: orthogonal_}]"], 2, "init.rules[0]: orthogonal_ needs a tensor with at least 2 dims; it reaches 'fc1.bias' (128,)"),
     (["init.rules=[{fn: zeros_}, {fn: ones_}]"], 2, "init.rules[0]: selects 'fc1.weight', 'fc1.bias', 'fc2.weight' and 3 more, but later rules set all of them (init.rules[1])"),
     (["optim.momentum=0.9"], 2, "optim.momentum: adam takes no argument 'momentum'"),
+    (["optim.name=rmsprop"], 2, "optim.betas: rmsprop takes no argument 'betas'; it takes: lr, alpha, eps"),
     (["optim=sgd", "optim.param_groups=[{match: 'head.*', nesterov: true, momentum: 0}, {}]"], 2, "optim.param_groups[0].nesterov: Nesterov momentum needs momentum > 0 and dampening 0"),
     (["optim.param_groups=[{name: a, match: 'head.*'}, {name: a}]"], 2, "optim.param_groups[1].name: 'a' already names optim.param_groups[0]"),
     (["model.frozen=['*']"], 2, "model: the model has no trainable tensor"),
