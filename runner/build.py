@@ -12,35 +12,62 @@ import torch
 from torch import nn
 
 from runner.errors import Problems, suggest
+from runner.layers import Graph, Residual
 from runner.registry import layer_types
-from runner.spec import LayerSpec
+from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec
 from runner.tensors import Declarations, apply_declarations
 
 
-def build_model(layers: tuple[LayerSpec, ...], problems: Problems | None = None) -> nn.Sequential:
-    """Returns the module tree for these layers on the current default device.
+def build_model(model: ModelSpec, problems: Problems | None = None) -> nn.Module:
+    """Returns the module tree of a model spec on the current default device: an nn.Sequential
+    for a chain, a Graph when layers are wired by name or the model owns tensors.
 
     Problems (a constructor that refuses its arguments, a `shared` path that names no earlier
     layer) are added to `problems` when given, else raised as one ConfigError.
     """
     collected = problems if problems is not None else Problems()
-    built: dict[str, nn.Module] = {}
-    root = nn.Sequential()
-    for layer in layers:
-        root.add_module(layer.name, _build_layer(layer, layer.name, built, collected))
+    root = _container(model.layers, model.tensors, model.output, "", {}, collected, residual=False)
     if problems is None:
         collected.raise_if_any()
     return root
 
 
-def materialize(layers: tuple[LayerSpec, ...], declarations: Declarations, seed: int) -> nn.Module:
+def _container(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, path: str,
+               built: dict[str, nn.Module], problems: Problems, residual: bool) -> nn.Module:
+    prefix = f"{path}." if path else ""
+    if not (tensors or output is not None or any(layer.inputs is not None for layer in layers)):
+        chain = Residual() if residual else nn.Sequential()  # the fast path: no name lookups per step
+        for layer in layers:
+            chain.add_module(layer.name, _build_layer(layer, prefix + layer.name, built, problems))
+        return chain
+    graph = Graph(output if output is not None else layers[-1].name, residual)
+    for tensor in tensors:
+        _register_tensor(graph, tensor)
+    previous = INPUT
+    for layer in layers:
+        inputs = layer.inputs if layer.inputs is not None else (previous,)
+        graph.add_step(layer.name, _build_layer(layer, prefix + layer.name, built, problems), inputs)
+        previous = layer.name
+    return graph
+
+
+def _register_tensor(owner: nn.Module, tensor: TensorSpec) -> None:
+    # Zeros until an init rule sets it: a declared tensor has no constructor default.
+    value = torch.zeros(tensor.shape)
+    if tensor.kind == "buffer":
+        owner.register_buffer(tensor.name, value, persistent=tensor.persistent)
+    else:
+        owner.register_parameter(tensor.name, nn.Parameter(value, requires_grad=tensor.kind == "parameter"))
+
+
+def materialize(model_spec: ModelSpec, declarations: Declarations, seed: int) -> nn.Module:
     """Returns the real CPU model: constructors' default init drawn from `seed`, declarations applied.
 
     The global RNG is seeded for the constructors and then restored: the caller's stream is untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(layers)
+        model = build_model(model_spec)
     apply_declarations(model, declarations)
     return model
 
@@ -67,10 +94,7 @@ def _build_layer(layer: LayerSpec, path: str, built: dict[str, nn.Module], probl
 def _construct(layer: LayerSpec, path: str, built: dict[str, nn.Module], problems: Problems) -> nn.Module:
     cls = layer_types()[layer.type]  # type: ignore[index]
     if layer.children:
-        module = cls()
-        for child in layer.children:
-            module.add_module(child.name, _build_layer(child, f"{path}.{child.name}", built, problems))
-        return module
+        return _container(layer.children, layer.tensors, layer.output, path, built, problems, residual=cls is Residual)
     try:
         return cls(**dict(layer.args))
     except Exception as error:  # a constructor's own check, e.g. nhead not dividing d_model

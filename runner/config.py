@@ -35,12 +35,18 @@ class ModelConfig:
     name: str = MISSING
     # Layer name -> {type: <registered class>, <constructor args>...}, in forward order.
     layers: Dict[str, Any] = MISSING
-    # Tensor-level ties: [{target: dec.weight, source: enc.weight, transpose: false}].
+    # Tensor-level ties: [{target: dec.weight, source: enc.weight, transpose: false | true | [i, j]}].
     ties: List[Any] = field(default_factory=list)
     # Globs of tensors whose requires_grad is False (never optimized, never changed).
     frozen: List[str] = field(default_factory=list)
     # Globs of parameters turned into buffers: [{match: glob, persistent: true}].
     buffers: List[Any] = field(default_factory=list)
+    # Tensors the model owns itself: name -> {shape: [...], kind: parameter | frozen | buffer, persistent: true}.
+    tensors: Dict[str, Any] = field(default_factory=dict)
+    # The layer (or tensor) whose value the model returns; null: the last layer.
+    output: Optional[str] = None
+    # Globs of module names kept in eval mode while training (frozen BatchNorm statistics).
+    eval_modules: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,8 +1,13 @@
-"""The project's own layer types, usable in model YAML beside every torch.nn layer."""
+"""The project's own layer types, usable in model YAML beside every torch.nn layer.
+
+Graph is what a container (or the model) becomes when its layers are wired by name; the merge
+layers (Add, Mul, Concat, MatMul) take several inputs; Permute and Select reshape one.
+"""
 
 from __future__ import annotations
 
 import math
+from functools import reduce
 
 import torch
 from torch import nn
@@ -13,6 +18,107 @@ class Residual(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + super().forward(x)
+
+
+class Graph(nn.Module):
+    """Layers wired by name: each step calls its layer on the named values, in declaration order.
+
+    A name in a step's inputs is `input` (this graph's input), an earlier step's output, or a
+    tensor registered on this graph (a parameter or buffer it owns). Layers are submodules under
+    their declared names, so tensor names are the same as in a chain (`f.weight`).
+    """
+
+    def __init__(self, output: str, residual: bool = False):
+        super().__init__()
+        self.steps: list[tuple[str, tuple[str, ...]]] = []
+        self.output = output
+        self.residual = residual  # x + graph(x), as Residual is for a chain
+
+    def add_step(self, name: str, module: nn.Module, inputs: tuple[str, ...]) -> None:
+        self.add_module(name, module)
+        self.steps.append((name, inputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {"input": x}
+        modules = self._modules
+        for name, inputs in self.steps:
+            values[name] = modules[name](*[values[i] if i in values else getattr(self, i) for i in inputs])  # type: ignore[misc]
+        out = values[self.output] if self.output in values else getattr(self, self.output)
+        return x + out if self.residual else out
+
+    def extra_repr(self) -> str:
+        wiring = "; ".join(f"{name}({', '.join(inputs)})" for name, inputs in self.steps)
+        return f"{wiring} -> {self.output}" + (" + input" if self.residual else "")
+
+
+class Add(nn.Module):
+    """The sum of its inputs, broadcast together as torch's `+` broadcasts."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return reduce(torch.add, xs)
+
+
+class Mul(nn.Module):
+    """The elementwise product of its inputs, broadcast together as torch's `*` broadcasts."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return reduce(torch.mul, xs)
+
+
+class MatMul(nn.Module):
+    """a @ b (torch.matmul: batched, broadcasting the batch dims)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class Concat(nn.Module):
+    """Its inputs joined along `dim`; every other dim is broadcast first, so a declared (1, 1, d)
+    token joins a (batch, n, d) sequence as (batch, n + 1, d)."""
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        ndim = max(x.dim() for x in xs)
+        dim = self.dim % ndim
+        shapes = [[1] * (ndim - x.dim()) + list(x.shape) for x in xs]
+        if all(s[:dim] + s[dim + 1:] == shapes[0][:dim] + shapes[0][dim + 1:] for s in shapes):
+            return torch.cat([x.reshape(s) for x, s in zip(xs, shapes)], dim)
+        common = list(torch.broadcast_shapes(*[tuple(s[:dim] + [1] + s[dim + 1:]) for s in shapes]))
+        return torch.cat([x.reshape(s).expand(*common[:dim], s[dim], *common[dim + 1:]) for x, s in zip(xs, shapes)], dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Permute(nn.Module):
+    """Its input with dims reordered (torch.permute)."""
+
+    def __init__(self, dims: tuple[int, ...]):
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+class Select(nn.Module):
+    """One index along `dim`, that dim removed (torch.select): ViT's class token is Select(1, 0)."""
+
+    def __init__(self, dim: int, index: int):
+        super().__init__()
+        self.dim, self.index = dim, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.select(self.dim, self.index)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, index={self.index}"
 
 
 class Normalize(nn.Module):
@@ -97,6 +203,12 @@ class TokensToRows(nn.Module):
 
 PROJECT_LAYERS: dict[str, type[nn.Module]] = {
     "Residual": Residual,
+    "Add": Add,
+    "Mul": Mul,
+    "MatMul": MatMul,
+    "Concat": Concat,
+    "Permute": Permute,
+    "Select": Select,
     "Normalize": Normalize,
     "PositionalEncoding": PositionalEncoding,
     "LearnedPositionalEmbedding": LearnedPositionalEmbedding,

@@ -18,10 +18,11 @@ from runner.build import build_model, materialize
 from runner.data import Dataset
 from runner.errors import Problems
 from runner.initialization import assign_rules
+from runner.layers import Graph
 from runner.machine import check_machine
 from runner.optim import Membership, assign_groups, trainable
 from runner.registry import TASKS
-from runner.spec import Rule, RunSpec, parse
+from runner.spec import INPUT, Rule, RunSpec, parse
 from runner.tensors import Declarations, declare_tensors, tensor_index
 
 
@@ -47,7 +48,7 @@ class Plan:
 
     def materialize(self) -> nn.Module:
         """Returns the real CPU model this plan describes, with PyTorch's default init drawn from the seed."""
-        return materialize(self.spec.model.layers, self.declarations, self.spec.seed)
+        return materialize(self.spec.model, self.declarations, self.spec.seed)
 
 
 def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
@@ -59,7 +60,7 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
         return None
     before = len(problems.items)
     with torch.device("meta"):
-        model = build_model(spec.model.layers, problems)
+        model = build_model(spec.model, problems)
     if len(problems.items) > before:
         return None
     declarations = declare_tensors(model, spec.model, problems)
@@ -113,9 +114,9 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
     torch._dynamo: 2 s of start-up.) This replaces the model's tensors: it must run last.
     """
     model.to_empty(device="cpu").eval()
-    running: list[tuple[str, tuple]] = []  # (layer, shape of its input), in call order
+    running: list[tuple[str, tuple]] = []  # (layer, shapes of its inputs), in call order
     hooks = [
-        module.register_forward_pre_hook(lambda _m, args, name=name: running.append((name, _shape(args))))
+        module.register_forward_pre_hook(lambda _m, args, name=name: running.append((name, _shapes(args))))
         for name, module in model.named_modules()
         if name
     ]
@@ -126,8 +127,8 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
             out = model(x)
     except Exception as error:  # any layer's own complaint about its input is the config's problem
         if running:
-            name, shape = running[-1]
-            where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on its input of shape {shape}"
+            name, shapes = running[-1]
+            where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on {_describe_inputs(model, name, shapes)}"
         else:
             where = f"the model failed on input of shape {tuple(x.shape)}"
         hint = " (is this model meant for other data? see the experiment presets: experiment=...)"
@@ -145,5 +146,17 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
         )
 
 
-def _shape(args: tuple) -> tuple:
-    return tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else ()
+def _shapes(args: tuple) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+
+
+def _describe_inputs(model: nn.Module, name: str, shapes: tuple) -> str:
+    """`its input of shape (2, 8)`, or for a layer of a graph `inputs f (2, 8), alpha (3,)`."""
+    parent_name, _, local = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    wiring = dict(parent.steps) if isinstance(parent, Graph) else {}
+    if local in wiring and len(wiring[local]) == len(shapes) and (len(shapes) > 1 or wiring[local][0] not in (INPUT,)):
+        return "inputs " + ", ".join(f"{n} {s}" for n, s in zip(wiring[local], shapes))
+    if len(shapes) == 1:
+        return f"its input of shape {shapes[0]}"
+    return "inputs of shapes " + ", ".join(str(s) for s in shapes)

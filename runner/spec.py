@@ -28,7 +28,10 @@ DATASETS = ("digits", "synthetic", "file", "text")
 DTYPES = ("float32", "float64", "bfloat16")
 PROGRESS = ("auto", "bar", "log", "off")
 DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_LAYER_KEYS = ("type", "shared", "repeat", "layers")
+_LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "output")
+_CONTAINER_KEYS = ("type", "repeat", "layers", "inputs", "tensors", "output")
+INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) own input
+TENSOR_KINDS = ("parameter", "frozen", "buffer")
 _RULE_SELECTORS = ("match", "regex", "module", "kind", "fn", "optional")
 KINDS = ("weight", "bias", "buffer", "any")
 # Schema fields whose value is a free-form mapping or list, parsed (and key-checked) below.
@@ -57,8 +60,24 @@ def _freeze(value: Any, spec_type: type) -> Any:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """A tensor the model (or a container) owns itself, registered under `name`."""
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    kind: str = "parameter"  # parameter | frozen | buffer
+    persistent: bool = True  # buffers only: saved in the state_dict
+
+
+@dataclass(frozen=True)
 class LayerSpec:
-    """One declared layer: a registered type with constructor args, a container, or a shared reuse."""
+    """One declared layer: a registered type with constructor args, a container, or a shared reuse.
+
+    `inputs` None means the previous layer's output (a chain); otherwise the names, in order, of
+    earlier layers, tensors of the same container, or `input`. A container with `tensors`, an
+    `output` or any child with `inputs` is a graph; without them it is a plain chain.
+    """
 
     name: str
     key: str  # the config key path, for error messages
@@ -67,15 +86,34 @@ class LayerSpec:
     children: tuple["LayerSpec", ...] = ()
     repeat: int = 1
     shared: str | None = None
+    inputs: tuple[str, ...] | None = None
+    tensors: tuple[TensorSpec, ...] = ()
+    output: str | None = None
+
+    @property
+    def is_graph(self) -> bool:
+        return is_graph(self.children, self.tensors, self.output)
+
+
+def is_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None) -> bool:
+    """True when a container's layers are wired by name rather than run as a chain."""
+    return bool(tensors) or output is not None or any(layer.inputs is not None for layer in layers)
 
 
 @dataclass(frozen=True)
 class TieSpec:
-    """`target` becomes the same tensor as `source` (read transposed when `transpose`)."""
+    """`target` becomes the same tensor as `source`, read with dims `transpose` swapped when given."""
 
     target: str
     source: str
-    transpose: bool = False
+    transpose: bool | tuple[int, int] = False  # true: a 2-D transpose; [i, j]: swap dims i and j
+
+    @property
+    def dims(self) -> tuple[int, int] | None:
+        """The two dims swapped, or None for a plain tie."""
+        if self.transpose is False:
+            return None
+        return (0, 1) if self.transpose is True else self.transpose  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -91,6 +129,13 @@ class ModelSpec:
     ties: tuple[TieSpec, ...] = ()
     buffers: tuple[BufferSpec, ...] = ()
     frozen: tuple[str, ...] = ()
+    tensors: tuple[TensorSpec, ...] = ()
+    output: str | None = None
+    eval_modules: tuple[str, ...] = ()
+
+    @property
+    def is_graph(self) -> bool:
+        return is_graph(self.layers, self.tensors, self.output)
 
 
 @dataclass(frozen=True)
@@ -287,12 +332,19 @@ def _check_booleans(container: dict, problems: Problems) -> None:
 
 
 def _parse_model(model: dict, problems: Problems) -> ModelSpec:
+    tensors = parse_tensors(model.get("tensors") or {}, "model.tensors", problems)
+    layers = parse_layers(model.get("layers") or {}, "model.layers", problems)
+    output = _parse_output(model.get("output"), "model.output", problems)
+    check_graph(layers, tensors, output, "model", problems)
     return ModelSpec(
         name=str(model.get("name")),
-        layers=parse_layers(model.get("layers") or {}, "model.layers", problems),
+        layers=layers,
         ties=_parse_ties(model.get("ties") or [], problems),
         buffers=_parse_buffers(model.get("buffers") or [], problems),
         frozen=_parse_globs(model.get("frozen") or [], "model.frozen", problems),
+        tensors=tensors,
+        output=output,
+        eval_modules=_parse_globs(model.get("eval_modules") or [], "model.eval_modules", problems),
     )
 
 
@@ -312,6 +364,9 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     if not name.isidentifier():
         problems.add(key, f"layer name {name!r} must be an identifier (letters, digits, '_'; no dots)")
         return None
+    if name == INPUT:
+        problems.add(key, f"{INPUT!r} is reserved: in `inputs:` it names the model's (or the container's) input")
+        return None
     if not isinstance(body, dict):
         problems.add(key, f"expected a mapping like {{type: Linear, in_features: 4, out_features: 8}}, got {body!r}")
         return None
@@ -319,39 +374,144 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         problems.add(f"{key}.repeat", f"expected a positive integer, got {repeat!r}")
         repeat = 1
+    inputs = _parse_inputs(body.get("inputs"), f"{key}.inputs", problems)
+    if repeat > 1 and inputs is not None and len(inputs) > 1:
+        problems.add(f"{key}.repeat", f"a repeated layer passes one value from copy to copy; it cannot take {len(inputs)} inputs")
     if "shared" in body:
-        return _parse_shared(name, body, key, repeat, problems)
+        return _parse_shared(name, body, key, repeat, inputs, problems)
     type_name = body.get("type")
     types = layer_types()
     if not isinstance(type_name, str):
         problems.add(f"{key}.type", "missing: every layer needs `type: <layer class>` or `shared: <earlier layer>`")
         return None
     if type_name not in types:
-        problems.add(f"{key}.type", f"unknown layer type {type_name!r};{suggest(type_name, types) or ' see the README for the registry'}")
+        hint = suggest(type_name, types) or " see the README for the registry; a class of your own needs runner.register_layer or a `runner.layers` entry point"
+        problems.add(f"{key}.type", f"unknown layer type {type_name!r};{hint}")
         return None
     if type_name in CONTAINERS:
+        for arg in sorted(set(body) - set(_CONTAINER_KEYS)):
+            problems.add(f"{key}.{arg}", f"{type_name} takes only {', '.join(f'`{k}`' for k in _CONTAINER_KEYS[1:])}")
+        if inputs is not None and len(inputs) != 1:
+            problems.add(f"{key}.inputs", f"a container takes one input, got {len(inputs)}")
+        tensors = parse_tensors(body.get("tensors") or {}, f"{key}.tensors", problems)
         children = parse_layers(body.get("layers"), f"{key}.layers", problems)
-        for arg in sorted(set(body) - set(_LAYER_KEYS)):
-            problems.add(f"{key}.{arg}", f"{type_name} takes only `layers` and `repeat`")
-        return LayerSpec(name, key, type_name, (), children, repeat)
-    if "layers" in body:
-        problems.add(f"{key}.layers", f"only {' and '.join(CONTAINERS)} have child layers; {type_name} does not")
+        output = _parse_output(body.get("output"), f"{key}.output", problems)
+        check_graph(children, tensors, output, key, problems)
+        return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output)
+    for arg in ("layers", "tensors", "output"):
+        if arg in body:
+            problems.add(f"{key}.{arg}", f"only the containers {' and '.join(CONTAINERS)} have `{arg}`; {type_name} does not")
     args = {k: _plain(v) for k, v in body.items() if k not in _LAYER_KEYS}
     _check_constructor_args(types[type_name], args, key, problems)
-    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat)
+    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs)
 
 
-def _parse_shared(name: str, body: dict, key: str, repeat: int, problems: Problems) -> LayerSpec | None:
+def _parse_inputs(declared: Any, key: str, problems: Problems) -> tuple[str, ...] | None:
+    if declared is None:
+        return None
+    if isinstance(declared, str):
+        declared = [declared]
+    if not isinstance(declared, list) or not declared or not all(isinstance(n, str) and n for n in declared):
+        problems.add(key, f"expected a non-empty list of names (earlier layers, tensors, or `input`), got {declared!r}")
+        return None
+    return tuple(declared)
+
+
+def _parse_output(declared: Any, key: str, problems: Problems) -> str | None:
+    if declared is not None and (not isinstance(declared, str) or not declared):
+        problems.add(key, f"expected the name of a layer or tensor, got {declared!r}")
+        return None
+    return declared
+
+
+def parse_tensors(declared: Any, key: str, problems: Problems) -> tuple[TensorSpec, ...]:
+    """Returns the tensors declared under `key`: name -> {shape: [...], kind: ..., persistent: ...}."""
+    if not isinstance(declared, dict):
+        problems.add(key, f"expected a mapping of tensor name -> {{shape: [1], kind: parameter}}, got {declared!r}")
+        return ()
+    tensors = []
+    for name, body in declared.items():
+        where = f"{key}.{name}"
+        name = str(name)
+        if not name.isidentifier() or name == INPUT:
+            problems.add(where, f"tensor name {name!r} must be an identifier other than {INPUT!r}")
+            continue
+        if not isinstance(body, dict):
+            problems.add(where, f"expected a mapping like {{shape: [1, 16], kind: parameter}}, got {body!r}")
+            continue
+        for extra in sorted(set(body) - {"shape", "kind", "persistent"}):
+            problems.add(f"{where}.{extra}", f"unknown key;{suggest(str(extra), ['shape', 'kind', 'persistent']) or ' a tensor takes shape, kind, persistent'}")
+        shape = body.get("shape")
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = [shape]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            problems.add(f"{where}.shape", f"expected a list of sizes >= 1 (e.g. [1, 65, 32]), got {shape!r}")
+            continue
+        kind = body.get("kind", "parameter")
+        if kind not in TENSOR_KINDS:
+            problems.add(f"{where}.kind", f"expected one of {', '.join(TENSOR_KINDS)}, got {kind!r};{suggest(str(kind), TENSOR_KINDS)}".rstrip(";"))
+            continue
+        persistent = body.get("persistent", True)
+        if not isinstance(persistent, bool):
+            problems.add(f"{where}.persistent", f"expected true or false, got {persistent!r}")
+        elif "persistent" in body and kind != "buffer":
+            problems.add(f"{where}.persistent", f"only buffers can be left out of the state_dict; this tensor is a {kind}")
+        tensors.append(TensorSpec(name, where, tuple(shape), kind, persistent is not False))
+    return tuple(tensors)
+
+
+def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, key: str, problems: Problems) -> None:
+    """Checks the wiring of one container (or the model): every input names `input`, an earlier layer
+    or a tensor of this container; nothing is read before it is made (so there is no cycle); every
+    layer and tensor is read by something or is the output."""
+    where = "model.layers" if key == "model" else f"{key}.layers"
+    names = [layer.name for layer in layers]
+    tensor_names = {t.name: t for t in tensors}
+    for clash in sorted(set(names) & set(tensor_names)):
+        problems.add(f"{key}.tensors.{clash}", f"{clash!r} names both a layer and a tensor")
+    position = {name: index for index, name in enumerate(names)}
+    read: set[str] = set()
+    for index, layer in enumerate(layers):
+        if layer.inputs is None:
+            read.add(names[index - 1] if index else INPUT)
+            continue
+        for slot, name in enumerate(layer.inputs):
+            at = f"{layer.key}.inputs[{slot}]"
+            read.add(name)
+            if name == INPUT or name in tensor_names:
+                continue
+            if name == layer.name:
+                problems.add(at, f"{layer.name!r} cannot read its own output (that would be a cycle)")
+            elif name in position and position[name] > index:
+                problems.add(at, f"{name!r} is declared after {layer.name!r}; a layer reads only layers declared before it (so the graph has no cycle)")
+            elif name not in position:
+                known = [INPUT, *names[:index], *tensor_names]
+                problems.add(at, f"no layer or tensor {name!r} here;{suggest(name, known) or ' it can read: ' + ', '.join(known)}")
+    last = names[-1] if names else None
+    if output is not None and output != INPUT and output not in position and output not in tensor_names:
+        known = [*names, *tensor_names]
+        problems.add(f"{key}.output", f"no layer or tensor {output!r};{suggest(output, known) or ' it can name: ' + ', '.join(known)}")
+    result = output if output is not None else last
+    read.add(result or "")
+    for layer in layers:
+        if layer.name not in read:
+            problems.add(layer.key, f"nothing reads the output of {layer.name!r} and it is not the output ({key}.output: {result})")
+    for tensor in tensors:
+        if tensor.name not in read and tensor.kind != "buffer":
+            problems.add(tensor.key, f"nothing reads {tensor.name!r}: name it in some layer's `inputs` (only a buffer may be kept without being read)")
+
+
+def _parse_shared(name: str, body: dict, key: str, repeat: int, inputs: tuple[str, ...] | None, problems: Problems) -> LayerSpec | None:
     target = body["shared"]
-    extra = sorted(set(body) - {"shared"})
+    extra = sorted(set(body) - {"shared", "inputs"})
     if extra:
-        problems.add(f"{key}.{extra[0]}", "a `shared` layer reuses an earlier module as it is; it takes no other keys")
+        problems.add(f"{key}.{extra[0]}", "a `shared` layer reuses an earlier module as it is; it takes only `inputs`")
     if repeat != 1:
         problems.add(f"{key}.repeat", "a `shared` layer cannot repeat")
     if not isinstance(target, str) or not target:
         problems.add(f"{key}.shared", f"expected the dotted path of an earlier layer, got {target!r}")
         return None
-    return LayerSpec(name, key, None, shared=target)
+    return LayerSpec(name, key, None, shared=target, inputs=inputs)
 
 
 def _check_constructor_args(cls: type, args: dict, key: str, problems: Problems) -> None:
@@ -390,14 +550,17 @@ def _parse_ties(declared: list, problems: Problems) -> tuple[TieSpec, ...]:
     for index, entry in enumerate(declared):
         key = f"model.ties[{index}]"
         if not isinstance(entry, dict) or not {"target", "source"} <= set(entry):
-            problems.add(key, "expected {target: <tensor name>, source: <tensor name>, transpose: false}")
+            problems.add(key, "expected {target: <tensor name>, source: <tensor name>, transpose: false | true | [i, j]}")
             continue
         for name in sorted(set(entry) - {"target", "source", "transpose"}):
             problems.add(f"{key}.{name}", f"unknown key;{suggest(name, ['target', 'source', 'transpose']) or ' a tie takes target, source, transpose'}")
         transpose = entry.get("transpose", False)
-        if not isinstance(transpose, bool):
-            problems.add(f"{key}.transpose", f"expected true or false, got {transpose!r}")
-        ties.append(TieSpec(str(entry["target"]), str(entry["source"]), transpose is True))
+        if isinstance(transpose, list) and len(transpose) == 2 and all(isinstance(d, int) and not isinstance(d, bool) for d in transpose) and transpose[0] != transpose[1]:
+            transpose = (transpose[0], transpose[1])
+        elif not isinstance(transpose, bool):
+            problems.add(f"{key}.transpose", f"expected true (a 2-D transpose), false, or two different dims to swap such as [2, 3]; got {transpose!r}")
+            transpose = False
+        ties.append(TieSpec(str(entry["target"]), str(entry["source"]), transpose))
     return tuple(ties)
 
 

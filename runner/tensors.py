@@ -23,10 +23,17 @@ TRANSPOSED_SUFFIX = ".parametrizations.{}.original"
 
 
 class Transpose(nn.Module):
-    """The parametrization behind `transpose: true` ties: the target reads the source's transpose."""
+    """The parametrization behind transposed ties: the target reads the source with two dims swapped."""
+
+    def __init__(self, dims: tuple[int, int] = (0, 1)):
+        super().__init__()
+        self.dims = dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.t()
+        return x.transpose(*self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
 
 
 @dataclass(frozen=True)
@@ -173,12 +180,16 @@ def _check_ties(model: nn.Module, ties: tuple[TieSpec, ...], problems: Problems)
 
 
 def _check_tie_shapes(key: str, tie: TieSpec, target: torch.Tensor, source: torch.Tensor, problems: Problems) -> None:
-    if tie.transpose and source.dim() != 2:
-        problems.add(f"{key}.transpose", f"only 2-D tensors can be tied transposed; source {tie.source!r} has shape {tuple(source.shape)}")
+    dims = tie.dims
+    if tie.transpose is True and source.dim() != 2:
+        problems.add(f"{key}.transpose", f"`true` transposes a 2-D tensor; source {tie.source!r} has shape {tuple(source.shape)}: name the two dims to swap, e.g. transpose: [{source.dim() - 2}, {source.dim() - 1}]")
         return
-    source_shape = tuple(source.shape[::-1]) if tie.transpose else tuple(source.shape)
+    if dims is not None and not all(-source.dim() <= d < source.dim() for d in dims):
+        problems.add(f"{key}.transpose", f"dims {list(dims)} are out of range for source {tie.source!r} of shape {tuple(source.shape)} ({source.dim()} dims)")
+        return
+    source_shape = tuple(source.transpose(*dims).shape) if dims is not None else tuple(source.shape)
     if source_shape != tuple(target.shape):
-        how = "transposed source" if tie.transpose else "source"
+        how = f"source transposed on dims {list(dims)}" if dims is not None else "source"
         problems.add(
             key,
             f"shape mismatch: target {tie.target!r} is {tuple(target.shape)} but {how} {tie.source!r} gives {source_shape}",
@@ -204,9 +215,9 @@ def _apply_tie(model: nn.Module, tie: TieSpec) -> None:
     owner_name, _, attr = tie.target.rpartition(".")
     owner = model.get_submodule(owner_name)
     source = model.get_parameter(tie.source)
-    if tie.transpose:
+    if tie.dims is not None:
         # unsafe: the parametrization changes the stored tensor's shape (source is the transpose).
-        parametrize.register_parametrization(owner, attr, Transpose(), unsafe=True)
+        parametrize.register_parametrization(owner, attr, Transpose(tie.dims), unsafe=True)
         owner.parametrizations[attr].original = source
     else:
         setattr(owner, attr, source)
@@ -263,7 +274,7 @@ def verify_ties(model: nn.Module, ties: Iterable[TieSpec]) -> None:
         source = model.get_parameter(tie.source)
         owner_name, _, attr = tie.target.rpartition(".")
         owner = model.get_submodule(owner_name)
-        if tie.transpose:
+        if tie.dims is not None:
             target = owner.parametrizations[attr].original
         else:
             target = owner._parameters.get(attr)

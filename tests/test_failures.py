@@ -80,7 +80,7 @@ TABLE = [
     (["init.rules=[{fn: xavier_uniform_, gain: rellu}]"], 2, "init.rules[0].gain"),
     (["experiment=autoencoder", "model.ties=[{target: dec.weight, source: enc.wieght}]"], 2, "model.ties[0].source: no parameter 'enc.wieght'; did you mean 'enc.weight'"),
     (["experiment=autoencoder", "model.ties=[{target: dec.weight, source: enc.weight}]"], 2, "model.ties[0]: shape mismatch"),
-    (["experiment=autoencoder", "model.ties=[{target: dec.bias, source: enc.bias, transpose: true}]"], 2, "model.ties[0].transpose: only 2-D tensors"),
+    (["experiment=autoencoder", "model.ties=[{target: dec.bias, source: enc.bias, transpose: true}]"], 2, "model.ties[0].transpose: `true` transposes a 2-D tensor"),
     (["experiment=transformer_lm", "model.frozen=[embed.weight]"], 2, "model.frozen[0]: 'embed.weight' freezes"),
     (["trainer.device=cuda:7"], 2, "trainer.device: device 'cuda:7' is not available here; available: cpu"),
     (["trainer.device=tpu"], 2, "trainer.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),

@@ -164,7 +164,7 @@ def test_dtype_reaches_parameters_buffers_and_batches(compose, tmp_path, dtype):
 @pytest.mark.parametrize(("overrides", "key", "text"), [
     (["model.ties=[{target: dec.weight, source: enc.wieght}]"], "model.ties[0].source", "did you mean 'enc.weight'"),
     (["model.ties=[{target: dec.weight, source: enc.weight}]"], "model.ties[0]", "shape mismatch: target 'dec.weight' is (64, 32) but source 'enc.weight' gives (32, 64)"),
-    (["model.ties=[{target: dec.bias, source: enc.bias, transpose: true}]"], "model.ties[0].transpose", "only 2-D tensors"),
+    (["model.ties=[{target: dec.bias, source: enc.bias, transpose: true}]"], "model.ties[0].transpose", "`true` transposes a 2-D tensor"),
     (["model.layers.act.type=BatchNorm1d", "+model.layers.act.num_features=32", "model.ties=[{target: act.running_mean, source: enc.bias}]"], "model.ties[0].target", "is a buffer"),
     (["model.frozen=[dec.weight]", "model.ties=[{target: dec.weight, source: enc.weight, transpose: true}]"], "model.frozen[0]", "no trainable parameter"),
     (["model.buffers=[{match: nothing.here}]"], "model.buffers[0].match", "matches no parameter"),
