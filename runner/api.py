@@ -124,7 +124,7 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     latest = checkpoint.latest_checkpoint(Path(path))
     plan, _ = check(saved_config(latest), machine=False)  # the training device and data are not needed
     model = plan.materialize()
-    apply_init(model, plan.init, plan.spec.seed)  # no batch: LSUV's scaling comes with the weights
+    apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers)  # no batch: LSUV's scaling comes with the weights
     checkpoint.load_weights(latest, model)
     place(model, resolve_device(device), DTYPES[plan.spec.trainer.dtype])
     verify_ties(model, plan.declarations.ties)

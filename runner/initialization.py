@@ -17,19 +17,28 @@ from torch import nn
 
 from runner.errors import Problems
 from runner.init_functions import dims_needed, fits_dims, init_functions
+from runner.layers import Graph
+from runner.modifiers import apply_modifier, index_problem
 from runner.registry import module_type_names
 from runner.spec import InitSpec, Rule
 from runner.tensors import TensorEntry, tensor_index
 
-def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems) -> dict[str, Rule]:
-    """Returns which rule sets each tensor (by canonical name). Later rules win; a tied tensor must
-    get one answer; a rule must reach some tensor it can initialize and win at least one."""
+Modifiers = dict[str, tuple[Rule, ...]]  # canonical tensor name -> the modifier rules it gets, in order
+
+
+def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems) -> tuple[dict[str, Rule], Modifiers]:
+    """Returns which rule sets each tensor (by canonical name), and which modifier rules then change
+    it. Later rules win; a tied tensor must get one answer; a rule must reach some tensor it can
+    initialize and win at least one; a modifier must reach some tensor."""
+    setters = tuple(rule for rule in spec.rules if not rule.modifies)
     assignment: dict[str, Rule] = {}
     reached: dict[int, list[str]] = {rule.index: [] for rule in spec.rules}
     wrong_dims: dict[int, tuple[Rule, list[str]]] = {}  # rule index -> (rule, the tensors it cannot set)
+    modifiers = _assign_modifiers(entries, tuple(rule for rule in spec.rules if rule.modifies), problems)
     for entry in entries:
         type_names = module_type_names(entry.module_type)
-        per_alias = {name: _last_rule(spec.rules, name, entry.role, type_names, reached) for name in entry.names}
+        exact = entry.module_type.__name__
+        per_alias = {name: _last_rule(setters, name, entry.role, type_names, exact, reached) for name in entry.names}
         chosen = {name: rule for name, rule in per_alias.items() if rule is not None}
         if not chosen:
             if spec.strict and entry.kind == "parameter":
@@ -51,8 +60,23 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
     for rule, reached_names in wrong_dims.values():
         problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {dims_needed(rule.fn)}; it reaches "
                                                   f"{_some(reached_names)} (narrow `match`, or set `kind: weight`)")
-    _check_unused(spec.rules, assignment, reached, problems)
-    return assignment
+    _check_unused(setters, assignment, reached, problems)
+    return assignment, modifiers
+
+
+def _assign_modifiers(entries: list[TensorEntry], rules: tuple[Rule, ...], problems: Problems) -> Modifiers:
+    found: dict[str, list[Rule]] = {}
+    for rule in rules:
+        hits = [e for e in entries if any(rule.selects(n, e.role, module_type_names(e.module_type), e.module_type.__name__) for n in e.names)]
+        if not hits and not rule.optional:
+            problems.add(f"init.rules[{rule.index}]", f"selects no tensor ({rule.selector}); fix the selector or mark it `optional: true`")
+        for entry in hits:
+            wrong = index_problem(dict(rule.args).get("index"), tuple(entry.tensor.shape))
+            if wrong:
+                problems.add(f"init.rules[{rule.index}].index", f"{wrong} ({entry.name!r} is {tuple(entry.tensor.shape)})")
+                break
+            found.setdefault(entry.name, []).append(rule)
+    return {name: tuple(rules) for name, rules in found.items()}
 
 
 def _some(names: list[str]) -> str:
@@ -60,10 +84,10 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _last_rule(rules: tuple[Rule, ...], name: str, role: str, type_names: set[str], reached: dict[int, list[str]]) -> Rule | None:
+def _last_rule(rules: tuple[Rule, ...], name: str, role: str, type_names: set[str], exact: str, reached: dict[int, list[str]]) -> Rule | None:
     winner = None
     for rule in rules:
-        if rule.selects(name, role, type_names):
+        if rule.selects(name, role, type_names, exact):
             reached[rule.index].append(name)
             winner = rule
     return winner
@@ -121,8 +145,10 @@ def following_gain(model: nn.Module, tensor_name: str) -> float:
 
 
 @torch.no_grad()
-def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: torch.Tensor | None = None) -> dict[str, Provenance]:
-    """Applies the planned rules on the model's current (CPU) device; returns tensor name -> provenance.
+def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: torch.Tensor | None = None,
+               modifiers: Modifiers | None = None) -> dict[str, Provenance]:
+    """Applies the planned rules on the model's current (CPU) device, then the modifier rules in
+    order; returns tensor name -> provenance.
 
     Without a batch, LSUV's data-dependent rescaling is skipped (loading a run: its weights come
     from the checkpoint; every draw from the generator still happens, so other tensors match)."""
@@ -133,7 +159,7 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
     for entry in tensor_index(model):
         rule = assignment.get(entry.name)
         if rule is None:
-            provenance[entry.name] = Provenance("pytorch default" if entry.role != "buffer" else "module buffer")
+            provenance[entry.name] = Provenance(_untouched(model, entry))
             continue
         fn, kwargs, label = functions[rule.fn], dict(rule.args), rule.label
         if rule.fn == "lsuv":
@@ -148,7 +174,36 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
         provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, entry.tensor))
     if lsuv and batch is not None:
         _lsuv_rescale(model, lsuv, batch)
+    by_name = {entry.name: entry.tensor for entry in tensor_index(model)}
+    for name, rules in (modifiers or {}).items():
+        for rule in rules:
+            apply_modifier(rule.fn, dict(rule.args), by_name[name])
+        before = provenance[name]
+        labels = " + ".join(r.label for r in rules)
+        std = before.predicted_std
+        if std is not None:
+            std = _modified_std(std, rules)
+        provenance[name] = Provenance(f"{before.source}, then {labels}", std)
     return provenance
+
+
+def _modified_std(std: float, rules: tuple[Rule, ...]) -> float | None:
+    """The std after modifiers: `add` keeps it, `scale` multiplies it; an indexed or masking edit has none."""
+    for rule in rules:
+        args = dict(rule.args)
+        if rule.fn in ("fill", "mask") or "index" in args:
+            return None
+        if rule.fn == "scale":
+            std *= abs(args["value"])
+    return std
+
+
+def _untouched(model: nn.Module, entry: TensorEntry) -> str:
+    """What a tensor no rule reaches holds: its layer's own init, or zeros for a declared tensor."""
+    owner = model.get_submodule(entry.name.rpartition(".")[0]) if "." in entry.name else model
+    if isinstance(owner, Graph):
+        return "zeros (declared)"
+    return "pytorch default" if entry.role != "buffer" else "module buffer"
 
 
 def _lsuv_rescale(model: nn.Module, targets: list[tuple[TensorEntry, Rule]], batch: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ parses a config again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
 from omegaconf import DictConfig
@@ -16,8 +17,8 @@ from torch import nn
 
 from runner.build import build_model, materialize
 from runner.data import Dataset
-from runner.errors import Problems
-from runner.initialization import assign_rules
+from runner.errors import Problems, suggest
+from runner.initialization import Modifiers, assign_rules
 from runner.layers import Graph
 from runner.machine import check_machine
 from runner.optim import Membership, assign_groups, trainable
@@ -43,8 +44,10 @@ class Plan:
     spec: RunSpec
     declarations: Declarations
     init: dict[str, Rule]  # canonical tensor name -> the rule that sets it
+    modifiers: Modifiers  # canonical tensor name -> the modifier rules that then change it, in order
     groups: Membership
     tensors: tuple[PlannedTensor, ...]
+    eval_modules: tuple[str, ...] = ()  # modules kept in eval mode while training, by name
 
     def materialize(self) -> nn.Module:
         """Returns the real CPU model this plan describes, with PyTorch's default init drawn from the seed."""
@@ -65,16 +68,28 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
         return None
     declarations = declare_tensors(model, spec.model, problems)
     entries = tensor_index(model)
-    init = assign_rules(entries, spec.init, problems)
+    init, modifiers = assign_rules(entries, spec.init, problems)
     groups = assign_groups(trainable(model), spec.optim, problems)
     group_of = {name: group.label for group, names in groups for name in names}
     tensors = tuple(
         PlannedTensor(e.name, e.aliases, tuple(e.tensor.shape), e.kind, init.get(e.name), group_of.get(e.name))
         for e in entries
     )
+    eval_modules = _resolve_eval_modules(model, spec.model.eval_modules, problems)
     if not any(p.key.startswith("data.") for p in problems.items):
         _check_forward(model, spec, problems)
-    return Plan(spec, declarations, init, groups, tensors)
+    return Plan(spec, declarations, init, modifiers, groups, tensors, eval_modules)
+
+
+def _resolve_eval_modules(model: nn.Module, globs: tuple[str, ...], problems: Problems) -> tuple[str, ...]:
+    names = [name for name, _ in model.named_modules() if name and ".parametrizations" not in name]
+    resolved: list[str] = []
+    for index, pattern in enumerate(globs):
+        hits = [name for name in names if fnmatchcase(name, pattern)]
+        if not hits:
+            problems.add(f"model.eval_modules[{index}]", f"{pattern!r} matches no module;{suggest(pattern, names) or ' modules: ' + ', '.join(names[:12])}")
+        resolved.extend(hit for hit in hits if hit not in resolved)
+    return tuple(resolved)
 
 
 def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset | None]:

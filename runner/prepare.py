@@ -46,7 +46,7 @@ def prepare(plan: Plan, data: Dataset | None = None) -> Prepared:
     data = data if data is not None else load_data(spec.data)
     model = plan.materialize()
     fitted = _fit_buffers(model, data.train_x)
-    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH]), **fitted}
+    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH], modifiers=plan.modifiers), **fitted}
     device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
     dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)

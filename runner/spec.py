@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner.config import DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrainerConfig
 from runner.errors import ConfigError, Problem, Problems, suggest
 from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
+from runner.modifiers import MODIFIERS, modifier_problems
 from runner.registry import CONTAINERS, LOSSES, SCHEDULERS, TASKS, layer_types, optimizer_arguments, optimizers
 
 DATASETS = ("digits", "synthetic", "file", "text")
@@ -32,7 +33,7 @@ _LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "outpu
 _CONTAINER_KEYS = ("type", "repeat", "layers", "inputs", "tensors", "output")
 INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) own input
 TENSOR_KINDS = ("parameter", "frozen", "buffer")
-_RULE_SELECTORS = ("match", "regex", "module", "kind", "fn", "optional")
+_RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
 KINDS = ("weight", "bias", "buffer", "any")
 # Schema fields whose value is a free-form mapping or list, parsed (and key-checked) below.
 _BOOLEANS = {"init.strict", "optim.no_decay_bias_and_norm", "trainer.grad_stats", "trainer.tensorboard",
@@ -150,24 +151,33 @@ class Rule:
     modules: tuple[str, ...] = ()
     kind: str | None = None
     optional: bool = False
+    types: tuple[str, ...] = ()  # exact module classes (`type(m) == nn.Linear`), subclasses excluded
 
     @property
     def label(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.args)
+        args = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in self.args)
         return f"rule[{self.index}] {self.fn}({args})"
+
+    @property
+    def modifies(self) -> bool:
+        """True for a modifier (add, scale, fill, mask): it changes the value an earlier rule set."""
+        return self.fn in MODIFIERS
 
     @property
     def selector(self) -> str:
         return self.regex.pattern if self.regex else ", ".join(self.patterns)
 
-    def selects(self, name: str, role: str, type_names: set[str]) -> bool:
-        """True when this rule reaches the tensor called `name` (role: weight | bias | buffer)."""
+    def selects(self, name: str, role: str, type_names: set[str], exact_type: str = "") -> bool:
+        """True when this rule reaches the tensor called `name` (role: weight | bias | buffer) of a
+        module whose classes (subclasses included) are `type_names` and whose own class is `exact_type`."""
         if self.kind is None:
             if role == "buffer":  # buffers are reached only on purpose
                 return False
         elif self.kind != "any" and role != self.kind:
             return False
         if self.modules and not set(self.modules) & type_names:
+            return False
+        if self.types and exact_type not in self.types:
             return False
         if self.regex is not None:
             return self.regex.search(name) is not None
@@ -604,7 +614,7 @@ def _mappings(declared: list, key: str, example: str, problems: Problems) -> Ite
 
 def parse_rules(declared: list[Any], problems: Problems) -> tuple[Rule, ...]:
     """Returns the rules declared under init.rules, each checked for a known function and valid arguments."""
-    functions = init_functions()
+    functions = [*init_functions(), *MODIFIERS]
     rules = []
     for index, key, body in _mappings(declared, "init.rules", "{match: '*.weight', fn: xavier_uniform_}", problems):
         fn = body.get("fn")
@@ -614,8 +624,14 @@ def parse_rules(declared: list[Any], problems: Problems) -> tuple[Rule, ...]:
         if fn not in functions:
             problems.add(f"{key}.fn", f"unknown init function {fn!r};{suggest(fn, functions) or ' available: ' + ', '.join(sorted(functions))}")
             continue
-        args = _resolve_gain({k: v for k, v in body.items() if k not in _RULE_SELECTORS}, f"{key}.gain", problems)
-        bad = argument_problems(fn, args)
+        args = {k: v for k, v in body.items() if k not in _RULE_SELECTORS}
+        if fn in MODIFIERS:
+            bad = modifier_problems(fn, args)
+            if isinstance(args.get("index"), list):
+                args["index"] = tuple(args["index"])
+        else:
+            args = _resolve_gain(args, f"{key}.gain", problems)
+            bad = argument_problems(fn, args)
         for arg, message in bad:
             problems.add(f"{key}.{arg}", message)
         rule = _selector(index, fn, args, body, key, problems)
@@ -649,12 +665,14 @@ def _selector(index: int, fn: str, args: dict, body: dict, key: str, problems: P
         except re.error as error:
             problems.add(f"{key}.regex", f"invalid regular expression {body['regex']!r}: {error}")
             return None
-    modules = body.get("module") or ()
-    modules = (modules,) if isinstance(modules, str) else tuple(modules)
     known = layer_types()
-    for module in modules:
-        if module not in known and module not in ("_NormBase", "_ConvNd", "Module"):
-            problems.add(f"{key}.module", f"unknown layer type {module!r};{suggest(str(module), known)}".rstrip(";"))
+    selected = {}
+    for selector in ("module", "type"):
+        names = body.get(selector) or ()
+        selected[selector] = (names,) if isinstance(names, str) else tuple(names)
+        for module in selected[selector]:
+            if module not in known and (selector == "type" or module not in ("_NormBase", "_ConvNd", "Module")):
+                problems.add(f"{key}.{selector}", f"unknown layer type {module!r};{suggest(str(module), known)}".rstrip(";"))
     kind = body.get("kind")
     if kind is not None and kind not in KINDS:
         problems.add(f"{key}.kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -662,7 +680,7 @@ def _selector(index: int, fn: str, args: dict, body: dict, key: str, problems: P
     optional = body.get("optional", False)
     if not isinstance(optional, bool):
         problems.add(f"{key}.optional", f"expected true or false, got {optional!r}")
-    return Rule(index, fn, tuple(args.items()), patterns, regex, modules, kind, optional is True)
+    return Rule(index, fn, tuple(args.items()), patterns, regex, selected["module"], kind, optional is True, selected["type"])
 
 
 # ---------------------------------------------------------------- optimizer

@@ -189,10 +189,10 @@ def _check_tie_shapes(key: str, tie: TieSpec, target: torch.Tensor, source: torc
         return
     source_shape = tuple(source.transpose(*dims).shape) if dims is not None else tuple(source.shape)
     if source_shape != tuple(target.shape):
-        how = f"source transposed on dims {list(dims)}" if dims is not None else "source"
+        how = f" transposed on dims {list(dims)}" if dims is not None else ""
         problems.add(
             key,
-            f"shape mismatch: target {tie.target!r} is {tuple(target.shape)} but {how} {tie.source!r} gives {source_shape}",
+            f"shape mismatch: target {tie.target!r} is {tuple(target.shape)} but source {tie.source!r}{how} gives {source_shape}",
         )
 
 

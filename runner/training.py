@@ -57,8 +57,17 @@ class Evaluation:
     accuracy: float | None
 
 
+def train_mode(model: nn.Module, eval_modules: tuple[str, ...]) -> None:
+    """Puts the model in training mode except the `model.eval_modules`, which stay in eval mode
+    (a BatchNorm there normalizes with its running statistics and never updates them)."""
+    model.train()
+    for name in eval_modules:
+        model.get_submodule(name).eval()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, classify: bool) -> Evaluation:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, classify: bool,
+             eval_modules: tuple[str, ...] = ()) -> Evaluation:
     """Returns mean loss (and accuracy for classification) over (x, y), in eval mode, one host sync."""
     was_training = model.training
     model.eval()
@@ -72,7 +81,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
         rows += out.shape[0]
         if classify:
             correct += (out.argmax(-1) == targets.reshape(-1)).sum()
-    model.train(was_training)
+    if was_training:
+        train_mode(model, eval_modules)
     loss, hits = torch.stack([total, correct.double()]).tolist()
     return Evaluation(loss / rows, hits / rows if classify else None)
 
@@ -196,6 +206,7 @@ class _Loop:
         self.model, self.data, self.batches = prepared.model, data, batches
         self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
+        self.eval_modules = prepared.plan.eval_modules
         self.group, self.net = group, wrap(prepared.model, group, prepared.device)
         if trainer.compile:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
@@ -217,7 +228,7 @@ class _Loop:
         self.checked = 0  # epoch_losses[:checked] are known finite
 
     def run(self, position: Position) -> Position:
-        self.model.train()
+        train_mode(self.model, self.eval_modules)
         if position.step == 0 and self.aliases:
             self.metrics.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
         bar = _progress_bar(self.progress, self.total_steps, position.step)
@@ -323,7 +334,7 @@ class _Loop:
             mean_and_tail = torch.cat([mean, self._unchecked()]).tolist()  # one sync
             self._check_losses(step, mean_and_tail[1:])
             self.train_loss = mean_and_tail[0]
-        result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
+        result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify, self.eval_modules)
         self.last_eval = result
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}
         if result.accuracy is not None:
