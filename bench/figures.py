@@ -1,4 +1,4 @@
-"""Figures 2-9: gradient statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile.
+"""Figures 2-10: gradient statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -268,4 +268,19 @@ def compile_speedup(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
-ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup]
+def graph_execution(repeats: int, smoke: bool) -> list[Row]:
+    """10. steps/s of the mlp run as a graph (layers looked up by name) / the same mlp as a chain (nn.Sequential)."""
+    rows = []
+    for size, overrides in SIZES.items():
+        extra = ["trainer.max_steps=20"] if smoke else []
+        chain = _prepared([*overrides, *extra])
+        # `model.output: head` makes the same layers a Graph: the name-wired path, same weights.
+        graph = _prepared([*overrides, *extra, "model.output=head"])
+        assert type(graph.model).__name__ == "Graph" and isinstance(chain.model, torch.nn.Sequential)
+        wired, chained = alternate(lambda: _steps_per_second(graph, {}), lambda: _steps_per_second(chain, {}), repeats)
+        rows.append(Row("10. steps/s, mlp as a graph / as a chain", size, wired / chained, ">= 0.98",
+                        "the default mlp itself runs as a chain (nn.Sequential)"))
+    return rows
+
+
+ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution]
