@@ -153,6 +153,18 @@ TABLE = [
     (["model.frozen=['*']"], 2, "model: the model has no trainable tensor"),
     (["model=transformer_lm"], 2, "is this model meant for other data? see the experiment presets"),
     (["trainer.batch_size=0", "data=file", "data.path={bad}/absent.npz", "data.num_features=4", "data.num_outputs=2"], 2, "config errors (2)"),
+    # The model language: graphs, declared tensors, N-D ties, exact-type and modifier rules, eval_modules.
+    (["+model.layers.head.inputs=[act1, alpah]"], 2, "model.layers.head.inputs[1]: no layer or tensor 'alpah' here"),
+    (["+model.layers.fc2.inputs=[head]"], 2, "model.layers.fc2.inputs[0]: 'head' is declared after 'fc2'"),
+    (["+model.tensors={alpha: {shape: [1]}}"], 2, "model.tensors.alpha: nothing reads 'alpha'"),
+    (["+model.tensors={alpha: {shape: [1], kind: buffr}}"], 2, "model.tensors.alpha.kind: expected one of parameter, frozen, buffer, got 'buffr'; did you mean 'buffer'"),
+    (["+model.tensors={alpha: {shape: [3]}}", "+model.layers.scaled={type: Mul, inputs: [head, alpha]}"], 2, "layer 'scaled' (Mul) failed on inputs head (2, 10), alpha (3,)"),
+    (["model.output=haed"], 2, "model.output: no layer or tensor 'haed'; did you mean 'head'"),
+    (["model.eval_modules=[bn1]"], 2, "model.eval_modules[0]: 'bn1' matches no module"),
+    (["experiment=autoencoder", "model.ties=[{target: dec.weight, source: enc.weight, transpose: [0, 2]}]"], 2, "model.ties[0].transpose: dims [0, 2] are out of range"),
+    (["init.rules=[{match: '*.weight', type: Linaer, fn: zeros_}]"], 2, "init.rules[0].type: unknown layer type 'Linaer'; did you mean 'Linear'"),
+    (["init.rules=[{match: fc1.weight, fn: add, index: [0, 999], value: 1}]"], 2, "init.rules[0].index: index [0, 999]: 999 is out of range for dim 1 of size 64"),
+    (["init.rules=[{match: fc1.weight, fn: scale}]"], 2, "init.rules[0].value: missing: scale needs `value`"),
 ]
 
 
