@@ -1,6 +1,7 @@
 """The per-tensor table: name, aliases, shape, kind, what initialized it, observed and predicted std, placement.
 
-`python -m runner.inspect` prints it; every run directory keeps it as tensors.md and tensors.json.
+`python -m runner.inspect` prints it; every run directory keeps it as tensors.md and tensors.json,
+beside model.md, the picture of the model's wiring (diagram.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 
+from runner.diagram import model_markdown
 from runner.prepare import Prepared
 from runner.rundir import write_json
 from runner.tensors import count_parameters, tensor_index
@@ -64,7 +66,8 @@ def _cell(value: Any) -> str:
 
 
 def write_tensor_table(prepared: Prepared, run_dir: Path) -> None:
-    """Writes tensors.md and tensors.json into the run directory."""
+    """Writes tensors.md, tensors.json and model.md (the wiring diagram) into the run directory."""
     rows, counts = tensor_rows(prepared), count_parameters(prepared.model)
     (run_dir / "tensors.md").write_text(render_markdown(rows, counts) + "\n", encoding="utf-8")
     write_json(run_dir / "tensors.json", {"tensors": rows, "parameters": counts})
+    (run_dir / "model.md").write_text(model_markdown(prepared.spec.model), encoding="utf-8")
