@@ -2,8 +2,9 @@
 and the tensor dimensionality it needs.
 
 torch.nn.init's functions, the project's own (`piecewise`, `lsuv`) and functions registered with
-`register_init`; nothing else. The domains are checked before any tensor exists, so a rule such as
-`{fn: normal_, std: -1}` is a config error naming its key, not a traceback in the middle of init.
+`register_init` or by installed plugins (entry-point group `runner.inits`); nothing else. The
+domains are checked before any tensor exists, so a rule such as `{fn: normal_, std: -1}` is a
+config error naming its key, not a traceback in the middle of init.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from runner.errors import suggest
+from runner.modifiers import MODIFIERS
+from runner.registry import load_plugins, qualified_name
 
 TORCH_INIT = (
     "uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
@@ -42,14 +45,27 @@ _REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": l
 
 
 def register_init(name: str, fn: Callable[..., Any]) -> None:
-    """Makes `fn(tensor, **args)` nameable as `fn: <name>` in init rules (it may take `generator=`)."""
+    """Makes `fn(tensor, **args)` nameable as `fn: <name>` in init rules (it may take `generator=`).
+
+    Registering the function a name already means is a no-op; a name that means another function
+    (torch.nn.init's, the project's, a modifier, an earlier registration) is refused.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"init function name {name!r} must be a Python identifier")
+    if not callable(fn):
+        raise ValueError(f"init function {name!r} must be callable as fn(tensor, **args), got {fn!r}")
     if name in TORCH_INIT:
         raise ValueError(f"{name!r} is a torch.nn.init function and cannot be replaced")
+    if name in MODIFIERS:
+        raise ValueError(f"{name!r} is a modifier rule (fn: {name}) and cannot be replaced")
+    if _REGISTERED.get(name, fn) is not fn:
+        raise ValueError(f"init function {name!r} already means {qualified_name(_REGISTERED[name])}; it cannot also mean {qualified_name(fn)}")
     _REGISTERED[name] = fn
 
 
 def init_functions() -> dict[str, Callable[..., Any]]:
-    """Returns every function an init rule may name."""
+    """Returns every function an init rule may name (plugins loaded first)."""
+    load_plugins()
     return {**{name: getattr(nn.init, name) for name in TORCH_INIT}, **_REGISTERED}
 
 

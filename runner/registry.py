@@ -1,8 +1,11 @@
 """The closed sets of names a config may use, each taken from what implements it.
 
-Layer types (torch.nn's layers and the project's own), optimizers (torch.optim's classes, whose
-constructor signatures are the table of arguments a config may set), losses and tasks. Nothing
-outside these registries is ever constructed, whatever a config or a saved run says.
+Layer types (torch.nn's layers, the project's own and those registered by the user or by
+installed plugins), optimizers (torch.optim's classes, whose constructor signatures are the table
+of arguments a config may set), losses and tasks. Nothing outside these registries is ever
+constructed, whatever a config or a saved run says: a config only names what is registered, and
+what is registered comes from code (`register_layer`, `register_init`) or from the entry points of
+installed distributions (groups `runner.layers` and `runner.inits`), never from a config.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runner.errors import Problems
 from runner.layers import PROJECT_LAYERS
 
 # Containers and parameter holders that are not layers; Sequential is built by the project itself.
@@ -24,9 +28,19 @@ _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "Parameter
 CONTAINERS = ("Sequential", "Residual")
 
 
+# Layer types added by register_layer (from code or a `runner.layers` entry point): name -> class.
+_REGISTERED: dict[str, type[nn.Module]] = {}
+
+
 @lru_cache(maxsize=1)
 def layer_types() -> dict[str, type[nn.Module]]:
-    """Returns class name -> class for every layer a model config may use."""
+    """Returns class name -> class for every layer a model config may use (plugins loaded first)."""
+    load_plugins()
+    return {**_builtin_layer_types(), **_REGISTERED}
+
+
+@lru_cache(maxsize=1)
+def _builtin_layer_types() -> dict[str, type[nn.Module]]:
     types: dict[str, type[nn.Module]] = {}
     for name in dir(nn):
         obj = getattr(nn, name)
@@ -35,6 +49,78 @@ def layer_types() -> dict[str, type[nn.Module]]:
                 types[name] = obj
     types.update(PROJECT_LAYERS)
     return types
+
+
+def register_layer(name: str, cls: type[nn.Module]) -> None:
+    """Makes `cls` nameable as `type: <name>` in model configs; its config keys are its constructor's.
+
+    Registering the class a name already means is a no-op; a name that means another class (a
+    torch.nn name, a project layer, an earlier registration) is refused.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"layer type name {name!r} must be a Python identifier")
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ValueError(f"layer type {name!r} must be a subclass of torch.nn.Module, got {cls!r}")
+    known = {**_builtin_layer_types(), **_REGISTERED}
+    if known.get(name) is cls:
+        return
+    if name in known:
+        raise ValueError(f"layer type {name!r} already means {qualified_name(known[name])}; it cannot also mean {qualified_name(cls)}")
+    if hasattr(nn, name):
+        raise ValueError(f"{name!r} is torch.nn.{name}, which is not a layer a config may use; register {qualified_name(cls)} under another name")
+    _REGISTERED[name] = cls
+    layer_types.cache_clear()
+
+
+def qualified_name(obj: Any) -> str:
+    """Returns 'module.QualName' for a class or function, for messages that name two of them."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+# ---------------------------------------------------------------- plugins
+
+PLUGIN_GROUPS = ("runner.layers", "runner.inits")
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Registers the layers and init functions of installed distributions' entry points, once.
+
+    `[project.entry-points."runner.layers"] MyLayer = "pkg.module:MyLayer"` registers
+    `pkg.module.MyLayer` as `type: MyLayer` (and `runner.inits` an init function as `fn: <name>`).
+    A plugin that fails to import, or is not a layer class or a function, is a ConfigError naming
+    the entry point and its distribution; every broken one is reported together.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # set first: a plugin's own import may ask for layer_types()
+    from importlib.metadata import entry_points
+
+    from runner.init_functions import register_init
+
+    registers = {"runner.layers": register_layer, "runner.inits": register_init}
+    problems = Problems()
+    for group in PLUGIN_GROUPS:
+        for entry in entry_points(group=group):
+            where = f"entry point {group}:{entry.name} ({entry.value}, from {_distribution(entry)})"
+            try:
+                obj = entry.load()
+            except Exception as error:  # any failure inside a plugin's import is the plugin's
+                problems.add(where, f"cannot be imported: {type(error).__name__}: {error}; fix or uninstall the plugin")
+                continue
+            try:
+                registers[group](entry.name, obj)
+            except ValueError as error:
+                problems.add(where, str(error))
+    if problems:
+        _plugins_loaded = False  # reported again by the next call rather than silently left out
+        problems.raise_if_any()
+
+
+def _distribution(entry: Any) -> str:
+    dist = getattr(entry, "dist", None)
+    return f"distribution {dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
 
 
 def module_type_names(cls: type) -> set[str]:

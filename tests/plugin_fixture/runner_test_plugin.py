@@ -1,0 +1,40 @@
+"""A plugin for tests/test_plugins.py: one layer type and one init function.
+
+The tests install it into a temporary directory with a dist-info of its own (entry points in the
+groups `runner.layers` and `runner.inits`), or only put it on the path, uninstalled. On import it
+appends a line to the file named by RUNNER_TEST_PLUGIN_MARKER, when that is set, so a test can
+tell whether a process imported it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+if os.environ.get("RUNNER_TEST_PLUGIN_MARKER"):
+    with open(os.environ["RUNNER_TEST_PLUGIN_MARKER"], "a", encoding="utf-8") as marker:
+        marker.write(f"imported by pid {os.getpid()}\n")
+
+
+class PlugScale(nn.Module):
+    """y = x * weight + bias: one weight and one bias per feature."""
+
+    def __init__(self, num_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+def plug_constant_(tensor: torch.Tensor, value: float = 0.375) -> torch.Tensor:
+    """Fills the tensor with `value`."""
+    with torch.no_grad():
+        return tensor.fill_(value)
+
+
+NOT_CALLABLE = 42  # a broken `runner.inits` entry point names this
