@@ -1,7 +1,7 @@
 """The init functions a rule may name, and what each accepts: its arguments, their value domains,
 and the tensor dimensionality it needs.
 
-torch.nn.init's functions, the project's own (`piecewise`, `lsuv`) and functions registered with
+torch.nn.init's functions, the project's own (`piecewise`, `lsuv`, `sinusoidal`) and functions registered with
 `register_init` or by installed plugins (entry-point group `runner.inits`); nothing else. The
 domains are checked before any tensor exists, so a rule such as `{fn: normal_, std: -1}` is a
 config error naming its key, not a traceback in the middle of init.
@@ -41,7 +41,21 @@ def lsuv_(tensor: torch.Tensor, tol: float = 0.1, max_iters: int = 10, generator
     return nn.init.orthogonal_(tensor, generator=generator)
 
 
-_REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_}
+def sinusoidal_(tensor: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """The sinusoidal position table of 'Attention is all you need' in the last two dims
+    (positions, features), repeated over any leading dims: the notes' `pe` buffer."""
+    positions, features = tensor.shape[-2:]
+    position = torch.arange(positions, dtype=torch.float64).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, features, 2, dtype=torch.float64) * (-math.log(base) / features))
+    table = torch.zeros(positions, features, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: features // 2])
+    with torch.no_grad():
+        tensor.copy_(table.to(tensor.dtype).expand_as(tensor))
+    return tensor
+
+
+_REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_, "sinusoidal": sinusoidal_}
 
 
 def register_init(name: str, fn: Callable[..., Any]) -> None:
@@ -72,7 +86,7 @@ def init_functions() -> dict[str, Callable[..., Any]]:
 # Tensor dimensionality each function needs: (fewest, most) dims.
 DIMS: dict[str, tuple[int, int]] = {
     "xavier_uniform_": (2, 99), "xavier_normal_": (2, 99), "kaiming_uniform_": (2, 99), "kaiming_normal_": (2, 99),
-    "orthogonal_": (2, 99), "lsuv": (2, 99), "eye_": (2, 2), "sparse_": (2, 2), "dirac_": (3, 5),
+    "orthogonal_": (2, 99), "lsuv": (2, 99), "eye_": (2, 2), "sparse_": (2, 2), "dirac_": (3, 5), "sinusoidal": (2, 99),
 }
 
 
@@ -181,6 +195,7 @@ _DOMAINS: dict[tuple[str, str], Callable[[Any, dict], str | None]] = {
     ("dirac_", "groups"): _positive_int,
     ("piecewise", "low"): lambda v, a: None if _number(v) and v >= 0 else f"expected a number >= 0, got {v!r}",
     ("piecewise", "high"): _above("low", 5.0),
+    ("sinusoidal", "base"): lambda v, a: None if _number(v) and v > 1 else f"expected a number > 1, got {v!r}",
     ("lsuv", "tol"): _positive,
     ("lsuv", "max_iters"): _positive_int,
 }

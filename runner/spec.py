@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import re
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner.config import DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrainerConfig
 from runner.errors import ConfigError, Problem, Problems, suggest
+from runner.layers import Graph
 from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
 from runner.modifiers import MODIFIERS, modifier_problems
 from runner.registry import CONTAINERS, LOSSES, SCHEDULERS, TASKS, layer_types, optimizer_arguments, optimizers
@@ -377,6 +379,9 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     if name == INPUT:
         problems.add(key, f"{INPUT!r} is reserved: in `inputs:` it names the model's (or the container's) input")
         return None
+    if name in _module_attributes():
+        problems.add(key, f"layer name {name!r} is an attribute of every module (torch.nn.Module.{name}); pick another name")
+        return None
     if not isinstance(body, dict):
         problems.add(key, f"expected a mapping like {{type: Linear, in_features: 4, out_features: 8}}, got {body!r}")
         return None
@@ -416,6 +421,12 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs)
 
 
+@lru_cache(maxsize=1)
+def _module_attributes() -> frozenset[str]:
+    """Names a layer or tensor cannot take: registering it would clash with the module's own attribute."""
+    return frozenset(name for name in dir(Graph("x")) if not name.startswith("__"))
+
+
 def _parse_inputs(declared: Any, key: str, problems: Problems) -> tuple[str, ...] | None:
     if declared is None:
         return None
@@ -445,6 +456,9 @@ def parse_tensors(declared: Any, key: str, problems: Problems) -> tuple[TensorSp
         name = str(name)
         if not name.isidentifier() or name == INPUT:
             problems.add(where, f"tensor name {name!r} must be an identifier other than {INPUT!r}")
+            continue
+        if name in _module_attributes():
+            problems.add(where, f"tensor name {name!r} is an attribute of every module (torch.nn.Module.{name}); pick another name")
             continue
         if not isinstance(body, dict):
             problems.add(where, f"expected a mapping like {{shape: [1, 16], kind: parameter}}, got {body!r}")

@@ -315,6 +315,10 @@ def test_eval_modules_glob_matching_nothing_is_named(compose):
      "model.tensors.alpha.persistent", "only buffers can be left out of the state_dict"),
     ("{input: {type: Linear, in_features: 64, out_features: 10}}", "{}",
      "model.layers.input", "'input' is reserved"),
+    ("{double: {type: ReLU}, fc: {type: Linear, in_features: 64, out_features: 10}}", "{}",
+     "model.layers.double", "layer name 'double' is an attribute of every module (torch.nn.Module.double)"),
+    ("{f: {type: Linear, in_features: 64, out_features: 10}, g: {type: Add, inputs: [f, output]}}", "{output: {shape: [1]}}",
+     "model.tensors.output", "tensor name 'output' is an attribute of every module"),
     ("{f: {type: Linear, in_features: 64, out_features: 10, inputs: []}}", "{}",
      "model.layers.f.inputs", "expected a non-empty list of names"),
     ("{f: {type: Linear, in_features: 64, out_features: 64}, b: {type: Sequential, inputs: [input, f], layers: {g: {type: Linear, in_features: 64, out_features: 10}}}}", "{}",
@@ -342,3 +346,26 @@ def test_output_names_a_layer_other_than_the_last(compose):
     with pytest.raises(ConfigError) as error:
         validate(compose("model=mlp", "model.output=haed"))
     assert "model.output: no layer or tensor 'haed'; did you mean 'head'?" in str(error.value)
+
+
+def test_a_declared_positional_table_set_by_the_sinusoidal_rule(compose, tmp_path):
+    # The notes' Embeddings: an nn.Embedding plus a persistent `pe` buffer, added to the embedded tokens.
+    cfg = compose(
+        "experiment=transformer_lm",
+        "model=custom",
+        "+model.layers={embed: {type: Embedding, num_embeddings: 28, embedding_dim: 16},"
+        " pos: {type: Add, inputs: [embed, pe]}, rows: {type: TokensToRows}, head: {type: Linear, in_features: 16, out_features: 28}}",
+        "+model.tensors={pe: {shape: [32, 16], kind: buffer}}",
+        "init.rules=[{match: pe, kind: buffer, fn: sinusoidal}]",
+    )
+    model = runner.build(cfg)
+    # Independently, the formula as the notes write it.
+    position = torch.arange(32).unsqueeze(1).float()
+    div = torch.exp(torch.arange(0, 16, 2).float() * (-torch.log(torch.tensor(10000.0)) / 16))
+    pe = torch.zeros(32, 16)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    torch.testing.assert_close(model.pe, pe)
+    assert "pe" in model.state_dict() and "pe" not in dict(model.named_parameters())
+    tokens = torch.randint(0, 28, (2, 32))
+    torch.testing.assert_close(model(tokens), model.head((model.embed(tokens) + pe).reshape(-1, 16)))
