@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from runner.build import build_model, materialize
+from runner.config import conf_dir
 from runner.data import Dataset
 from runner.errors import Problems, suggest
 from runner.initialization import Modifiers, assign_rules
@@ -154,10 +155,12 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
             hook.remove()
     want = expected_output_shape(spec, batch)
     if tuple(out.shape) != want:
+        preset = conf_dir() / "experiment" / f"{spec.model.name}.yaml"
+        hint = f" (this model is meant for other data: experiment={spec.model.name})" if preset.is_file() else ""
         problems.add(
             "model.layers",
             f"the model's output has shape {tuple(out.shape)} for input {tuple(x.shape)}; the {spec.data.task} "
-            f"task needs {want} (data.num_outputs={spec.data.num_outputs})",
+            f"task needs {want} (data.num_outputs={spec.data.num_outputs}){hint}",
         )
 
 

@@ -159,6 +159,7 @@ TABLE = [
     (["+model.tensors={alpha: {shape: [1]}}"], 2, "model.tensors.alpha: nothing reads 'alpha'"),
     (["+model.tensors={alpha: {shape: [1], kind: buffr}}"], 2, "model.tensors.alpha.kind: expected one of parameter, frozen, buffer, got 'buffr'; did you mean 'buffer'"),
     (["+model.tensors={alpha: {shape: [3]}}", "+model.layers.scaled={type: Mul, inputs: [head, alpha]}"], 2, "layer 'scaled' (Mul) failed on inputs head (2, 10), alpha (3,)"),
+    (["model=unet"], 2, "the model's output has shape (2, 64) for input (2, 64); the classification task needs (2, 10) (data.num_outputs=10) (this model is meant for other data: experiment=unet)"),
     (["model.output=haed"], 2, "model.output: no layer or tensor 'haed'; did you mean 'head'"),
     (["model.eval_modules=[bn1]"], 2, "model.eval_modules[0]: 'bn1' matches no module"),
     (["experiment=autoencoder", "model.ties=[{target: dec.weight, source: enc.weight, transpose: [0, 2]}]"], 2, "model.ties[0].transpose: dims [0, 2] are out of range"),
