@@ -1,7 +1,7 @@
 """The project's own layer types, usable in model YAML beside every torch.nn layer.
 
 Graph is what a container (or the model) becomes when its layers are wired by name; the merge
-layers (Add, Mul, Concat, MatMul) take several inputs; Permute and Select reshape one.
+layers (Add, Mul, Concat, MatMul) take several inputs; Permute, Select and Slice reshape one.
 """
 
 from __future__ import annotations
@@ -121,6 +121,20 @@ class Select(nn.Module):
         return f"dim={self.dim}, index={self.index}"
 
 
+class Slice(nn.Module):
+    """x[..., start:stop] along `dim` (a view, as Python slicing is): `pe[:seq_len]` of a position table."""
+
+    def __init__(self, dim: int = 0, start: int = 0, stop: int | None = None):
+        super().__init__()
+        self.dim, self.start, self.stop = dim, start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[(slice(None),) * (self.dim % x.dim()) + (slice(self.start, self.stop),)]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, start={self.start}, stop={self.stop}"
+
+
 class Normalize(nn.Module):
     """(x - mean) / std with mean and std as persistent buffers, fitted on the training data.
 
@@ -209,6 +223,7 @@ PROJECT_LAYERS: dict[str, type[nn.Module]] = {
     "Concat": Concat,
     "Permute": Permute,
     "Select": Select,
+    "Slice": Slice,
     "Normalize": Normalize,
     "PositionalEncoding": PositionalEncoding,
     "LearnedPositionalEmbedding": LearnedPositionalEmbedding,
