@@ -14,7 +14,7 @@ from torch import nn
 from runner.errors import Problems, suggest
 from runner.layers import Graph, Residual
 from runner.registry import layer_types
-from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec
+from runner.spec import LayerSpec, ModelSpec, TensorSpec, default_output, is_graph, wiring
 from runner.tensors import Declarations, apply_declarations
 
 
@@ -35,19 +35,20 @@ def build_model(model: ModelSpec, problems: Problems | None = None) -> nn.Module
 def _container(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, path: str,
                built: dict[str, nn.Module], problems: Problems, residual: bool) -> nn.Module:
     prefix = f"{path}." if path else ""
-    if not (tensors or output is not None or any(layer.inputs is not None for layer in layers)):
+    if not is_graph(layers, tensors, output):
         chain = Residual() if residual else nn.Sequential()  # the fast path: no name lookups per step
         for layer in layers:
             chain.add_module(layer.name, _build_layer(layer, prefix + layer.name, built, problems))
         return chain
-    graph = Graph(output if output is not None else layers[-1].name, residual)
+    graph = Graph(output if output is not None else default_output(layers), residual)
     for tensor in tensors:
         _register_tensor(graph, tensor)
-    previous = INPUT
-    for layer in layers:
-        inputs = layer.inputs if layer.inputs is not None else (previous,)
-        graph.add_step(layer.name, _build_layer(layer, prefix + layer.name, built, problems), inputs)
-        previous = layer.name
+    for layer, reads in wiring(layers):
+        module = _build_layer(layer, prefix + layer.name, built, problems)
+        if reads is None:  # call: false: registered, never called
+            graph.add_module(layer.name, module)
+        else:
+            graph.add_step(layer.name, module, reads)
     return graph
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec
+from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec, default_output, wiring
 
 MODEL_INPUT, MODEL_OUTPUT = "model_input", "model_output"
 # (in, out) argument pairs drawn as `in→out`; the other arguments follow as k=v while the label stays short.
@@ -37,7 +37,7 @@ def model_markdown(model: ModelSpec) -> str:
     if model.ties:
         lines += ["", "Ties (one stored tensor, several names):", ""]
         lines += [f"- {tie.target} = {tie.source}{_transposed(tie)}" for tie in model.ties]
-    output = model.output if model.output is not None else model.layers[-1].name if model.layers else "-"
+    output = model.output if model.output is not None else default_output(model.layers) if model.layers else "-"
     lines += ["", f"Output: {output}"]
     return "\n".join(lines) + "\n"
 
@@ -72,13 +72,12 @@ class _Diagram:
         values = {INPUT: input_id}
         for tensor in tensors:
             values[tensor.name] = self.node(prefix + tensor.name, "[(", _tensor_label(tensor), ")]", indent)
-        previous = INPUT
-        for layer in layers:
-            reads = layer.inputs if layer.inputs is not None else (previous,)
-            sources = [values[name] for name in reads if name in values]  # the spec's checks name any other
-            values[layer.name] = self.layer(layer, prefix + layer.name, sources, indent)
-            previous = layer.name
-        result = output if output is not None else layers[-1].name if layers else INPUT
+        for layer, reads in wiring(layers):
+            sources = [values[name] for name in reads or () if name in values]  # the spec's checks name any other
+            node = self.layer(layer, prefix + layer.name, sources, indent)
+            if reads is not None:  # a layer with call: false is drawn, unconnected, and has no value
+                values[layer.name] = node
+        result = output if output is not None else default_output(layers)
         return values.get(result, input_id)
 
     def layer(self, layer: LayerSpec, path: str, sources: list[str], indent: str) -> str:
@@ -138,7 +137,7 @@ class _Diagram:
 
 
 def _layer_label(layer: LayerSpec) -> str:
-    return f"{layer.name}: {_describe(layer)}"
+    return f"{layer.name}: {_describe(layer)}" + ("" if layer.called else " (never called)")
 
 
 def _describe(layer: LayerSpec) -> str:
@@ -200,12 +199,10 @@ def _safe(path: str) -> str:
 def _layer_rows(layers: tuple[LayerSpec, ...], prefix: str) -> list[tuple[str, str, str]]:
     """Returns (dotted path, type, what it reads) for each layer, containers' children after their container."""
     rows = []
-    previous = INPUT
-    for layer in layers:
-        reads = ", ".join(layer.inputs) if layer.inputs is not None else previous
-        rows.append((prefix + layer.name, _describe(layer).replace("|", "\\|"), reads))  # a `|` would end the cell
+    for layer, reads in wiring(layers):
+        read = ", ".join(reads) if reads is not None else "(call: false: never called)"
+        rows.append((prefix + layer.name, _describe(layer).replace("|", "\\|"), read))  # a `|` would end the cell
         rows += _layer_rows(layer.children, f"{prefix}{layer.name}.")
-        previous = layer.name
     return rows
 
 

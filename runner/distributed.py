@@ -67,13 +67,17 @@ def ddp_device(device: torch.device, strategy: str) -> torch.device:
     return device
 
 
-def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
-    """Returns the module the step calls: DDP around the model when distributed, the model otherwise."""
+def wrap(model: nn.Module, group: Group, device: torch.device, unused_parameters: bool = False) -> nn.Module:
+    """Returns the module the step calls: DDP around the model when distributed, the model otherwise.
+
+    `unused_parameters`: some parameters get no gradient (a layer with `call: false`); DDP must then
+    look for them after each backward pass instead of waiting for their all-reduce forever."""
     if not group.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=unused_parameters)
 
 
 def teardown(group: Group) -> None:

@@ -31,8 +31,8 @@ DATASETS = ("digits", "synthetic", "file", "text")
 DTYPES = ("float32", "float64", "bfloat16")
 PROGRESS = ("auto", "bar", "log", "off")
 DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "output")
-_CONTAINER_KEYS = ("type", "repeat", "layers", "inputs", "tensors", "output")
+_LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "output", "call")
+_CONTAINER_KEYS = ("type", "repeat", "layers", "inputs", "tensors", "output", "call")
 INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) own input
 TENSOR_KINDS = ("parameter", "frozen", "buffer")
 _RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
@@ -79,7 +79,9 @@ class LayerSpec:
 
     `inputs` None means the previous layer's output (a chain); otherwise the names, in order, of
     earlier layers, tensors of the same container, or `input`. A container with `tensors`, an
-    `output` or any child with `inputs` is a graph; without them it is a plain chain.
+    `output` or any child with `inputs` or `call: false` is a graph; without them it is a plain chain.
+    `called` False (`call: false`) registers the module without calling it in forward: its tensors
+    are the model's (named, counted, saved, initialized) but get no gradient.
     """
 
     name: str
@@ -92,6 +94,7 @@ class LayerSpec:
     inputs: tuple[str, ...] | None = None
     tensors: tuple[TensorSpec, ...] = ()
     output: str | None = None
+    called: bool = True
 
     @property
     def is_graph(self) -> bool:
@@ -100,7 +103,31 @@ class LayerSpec:
 
 def is_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None) -> bool:
     """True when a container's layers are wired by name rather than run as a chain."""
-    return bool(tensors) or output is not None or any(layer.inputs is not None for layer in layers)
+    return bool(tensors) or output is not None or any(layer.inputs is not None or not layer.called for layer in layers)
+
+
+def wiring(layers: tuple[LayerSpec, ...]) -> list[tuple[LayerSpec, tuple[str, ...] | None]]:
+    """Returns each layer with the names it reads: its `inputs`, else the output of the previous
+    called layer (the first reads `input`); None for a layer that is not called."""
+    wired: list[tuple[LayerSpec, tuple[str, ...] | None]] = []
+    previous = INPUT
+    for layer in layers:
+        if not layer.called:
+            wired.append((layer, None))
+            continue
+        wired.append((layer, layer.inputs if layer.inputs is not None else (previous,)))
+        previous = layer.name
+    return wired
+
+
+def default_output(layers: tuple[LayerSpec, ...]) -> str:
+    """The value a container returns when it names no `output`: its last called layer's."""
+    return next((layer.name for layer in reversed(layers) if layer.called), INPUT)
+
+
+def has_uncalled(layers: tuple[LayerSpec, ...]) -> bool:
+    """True when some layer, at any depth, is registered but never called (its tensors get no gradient)."""
+    return any(not layer.called or has_uncalled(layer.children) for layer in layers)
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,10 @@ class ModelSpec:
     @property
     def is_graph(self) -> bool:
         return is_graph(self.layers, self.tensors, self.output)
+
+    @property
+    def has_uncalled(self) -> bool:
+        return has_uncalled(self.layers)
 
 
 @dataclass(frozen=True)
@@ -392,6 +423,7 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     inputs = _parse_inputs(body.get("inputs"), f"{key}.inputs", problems)
     if repeat > 1 and inputs is not None and len(inputs) > 1:
         problems.add(f"{key}.repeat", f"a repeated layer passes one value from copy to copy; it cannot take {len(inputs)} inputs")
+    called = _parse_call(body, key, inputs, problems)
     if "shared" in body:
         return _parse_shared(name, body, key, repeat, inputs, problems)
     type_name = body.get("type")
@@ -412,13 +444,26 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
         children = parse_layers(body.get("layers"), f"{key}.layers", problems)
         output = _parse_output(body.get("output"), f"{key}.output", problems)
         check_graph(children, tensors, output, key, problems)
-        return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output)
+        return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output, called)
     for arg in ("layers", "tensors", "output"):
         if arg in body:
             problems.add(f"{key}.{arg}", f"only the containers {' and '.join(CONTAINERS)} have `{arg}`; {type_name} does not")
     args = {k: _plain(v) for k, v in body.items() if k not in _LAYER_KEYS}
     _check_constructor_args(types[type_name], args, key, problems)
-    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs)
+    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs, called=called)
+
+
+def _parse_call(body: dict, key: str, inputs: tuple[str, ...] | None, problems: Problems) -> bool:
+    """`call: false`: the layer is registered (its tensors are the model's) but forward never calls it."""
+    called = body.get("call", True)
+    if not isinstance(called, bool):
+        problems.add(f"{key}.call", f"expected true or false, got {called!r}")
+        return True
+    if not called and inputs is not None:
+        problems.add(f"{key}.inputs", "a layer with `call: false` is never called, so it reads nothing; drop `inputs`")
+    if not called and "shared" in body:
+        problems.add(f"{key}.call", "a `shared` layer is another call of an earlier module; with `call: false` it would be nothing")
+    return called
 
 
 @lru_cache(maxsize=1)
@@ -494,29 +539,37 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
     for clash in sorted(set(names) & set(tensor_names)):
         problems.add(f"{key}.tensors.{clash}", f"{clash!r} names both a layer and a tensor")
     position = {name: index for index, name in enumerate(names)}
-    read: set[str] = set()
-    for index, layer in enumerate(layers):
+    uncalled = {layer.name for layer in layers if not layer.called}
+    if layers and len(uncalled) == len(layers):
+        problems.add(where, "every layer here has `call: false`; at least one must compute the output")
+    read: set[str] = set(uncalled)  # kept without being read, by declaration
+    for index, (layer, reads) in enumerate(wiring(layers)):
+        if reads is None:
+            continue
         if layer.inputs is None:
-            read.add(names[index - 1] if index else INPUT)
+            read.update(reads)
             continue
         for slot, name in enumerate(layer.inputs):
             at = f"{layer.key}.inputs[{slot}]"
             read.add(name)
             if name == INPUT or name in tensor_names:
                 continue
-            if name == layer.name:
+            if name in uncalled:
+                problems.add(at, f"{name!r} has `call: false`: it is never called, so it has no output to read")
+            elif name == layer.name:
                 problems.add(at, f"{layer.name!r} cannot read its own output (that would be a cycle)")
             elif name in position and position[name] > index:
                 problems.add(at, f"{name!r} is declared after {layer.name!r}; a layer reads only layers declared before it (so the graph has no cycle)")
             elif name not in position:
                 known = [INPUT, *names[:index], *tensor_names]
                 problems.add(at, f"no layer or tensor {name!r} here;{suggest(name, known) or ' it can read: ' + ', '.join(known)}")
-    last = names[-1] if names else None
     if output is not None and output != INPUT and output not in position and output not in tensor_names:
         known = [*names, *tensor_names]
         problems.add(f"{key}.output", f"no layer or tensor {output!r};{suggest(output, known) or ' it can name: ' + ', '.join(known)}")
-    result = output if output is not None else last
-    read.add(result or "")
+    elif output in uncalled:
+        problems.add(f"{key}.output", f"{output!r} has `call: false`: it is never called, so it has no output")
+    result = output if output is not None else default_output(layers)
+    read.add(result)
     for layer in layers:
         if layer.name not in read:
             problems.add(layer.key, f"nothing reads the output of {layer.name!r} and it is not the output ({key}.output: {result})")
@@ -527,7 +580,7 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
 
 def _parse_shared(name: str, body: dict, key: str, repeat: int, inputs: tuple[str, ...] | None, problems: Problems) -> LayerSpec | None:
     target = body["shared"]
-    extra = sorted(set(body) - {"shared", "inputs"})
+    extra = sorted(set(body) - {"shared", "inputs", "call"})
     if extra:
         problems.add(f"{key}.{extra[0]}", "a `shared` layer reuses an earlier module as it is; it takes only `inputs`")
     if repeat != 1:

@@ -207,7 +207,7 @@ class _Loop:
         self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
         self.eval_modules = prepared.plan.eval_modules
-        self.group, self.net = group, wrap(prepared.model, group, prepared.device)
+        self.group, self.net = group, wrap(prepared.model, group, prepared.device, prepared.spec.model.has_uncalled)
         if trainer.compile:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)

@@ -369,3 +369,46 @@ def test_a_declared_positional_table_set_by_the_sinusoidal_rule(compose, tmp_pat
     assert "pe" in model.state_dict() and "pe" not in dict(model.named_parameters())
     tokens = torch.randint(0, 28, (2, 32))
     torch.testing.assert_close(model(tokens), model.head((model.embed(tokens) + pe).reshape(-1, 16)))
+
+
+UNCALLED = (
+    "model=custom",
+    "+model.layers={fc: {type: Linear, in_features: 64, out_features: 32}, act: {type: ReLU},"
+    " aux: {type: Linear, in_features: 32, out_features: 5, call: false}, head: {type: Linear, in_features: 32, out_features: 10}}",
+)
+
+
+def test_a_layer_with_call_false_is_registered_saved_and_never_called(compose, tmp_path):
+    cfg = compose(*UNCALLED, "trainer.max_steps=4")
+    model = runner.build(cfg)
+    assert isinstance(model.aux, nn.Linear) and "aux.weight" in model.state_dict()
+    assert sum(p.numel() for p in model.parameters()) == 64 * 32 + 32 + 32 * 5 + 5 + 32 * 10 + 10
+    x = torch.randn(3, 64)
+    out = model(x)
+    torch.testing.assert_close(out, model.head(torch.relu(model.fc(x))), rtol=0, atol=0)  # act reads fc, head reads act
+    out.sum().backward()
+    assert model.aux.weight.grad is None and model.fc.weight.grad is not None
+    summary = runner.train(cfg, tmp_path / "run")
+    loaded = runner.load(tmp_path / "run")
+    from safetensors.torch import load_file  # the library's own reader
+
+    saved = load_file(checkpoint.latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    assert torch.equal(saved["aux.weight"], model.aux.weight) and torch.equal(loaded.aux.weight, model.aux.weight)  # never updated
+    assert not torch.equal(saved["fc.weight"], model.fc.weight)
+    assert weights_sha256(loaded) == summary["weights_sha256"]
+    assert "never called" in (tmp_path / "run" / "model.md").read_text()
+
+
+def test_slice_cuts_a_declared_table_to_the_sequence(compose):
+    cfg = compose(
+        "model=custom",
+        "+model.tensors={table: {shape: [1, 100, 8]}}",
+        "+model.layers={grid: {type: Unflatten, dim: 1, unflattened_size: [8, 8]},"
+        " rows: {type: Slice, inputs: [table], dim: 1, start: 2, stop: 10}, sum: {type: Add, inputs: [grid, rows]},"
+        " flat: {type: Flatten}, head: {type: Linear, in_features: 64, out_features: 10}}",
+        "init.rules=[{match: table, fn: normal_}]",
+    )
+    model = runner.build(cfg)
+    x = torch.randn(2, 64)
+    want = model.head((x.reshape(2, 8, 8) + model.table[:, 2:10]).reshape(2, 64))
+    torch.testing.assert_close(model(x), want, rtol=0, atol=0)
