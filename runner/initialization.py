@@ -133,7 +133,10 @@ def following_gain(model: nn.Module, tensor_name: str) -> float:
     """Returns calculate_gain for the activation right after the tensor's layer (1.0 if none follows)."""
     owner_path, _, _ = tensor_name.rpartition(".")
     parent_path, _, local = owner_path.rpartition(".")
-    siblings = list(model.get_submodule(parent_path).named_children())
+    parent = model.get_submodule(parent_path)
+    siblings = list(parent.named_children())
+    if isinstance(parent, Graph):  # in forward order, without layers that are never called (call: false)
+        siblings = [(name, parent.get_submodule(name)) for name, _ in parent.steps]
     names = [name for name, _ in siblings]
     if local not in names or names.index(local) + 1 == len(siblings):
         return 1.0

@@ -4,6 +4,7 @@ PyTorch written here, independently of the builder."""
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -412,3 +413,15 @@ def test_slice_cuts_a_declared_table_to_the_sequence(compose):
     x = torch.randn(2, 64)
     want = model.head((x.reshape(2, 8, 8) + model.table[:, 2:10]).reshape(2, 64))
     torch.testing.assert_close(model(x), want, rtol=0, atol=0)
+
+
+def test_gain_auto_skips_a_layer_that_is_never_called(compose):
+    cfg = compose(
+        "model=custom",
+        "+model.layers={fc: {type: Linear, in_features: 64, out_features: 64}, aux: {type: Linear, in_features: 64, out_features: 64, call: false},"
+        " act: {type: ReLU}, head: {type: Linear, in_features: 64, out_features: 10}}",
+        "init.rules=[{match: fc.weight, fn: xavier_uniform_, gain: auto}]",
+    )
+    w = runner.build(cfg).fc.weight
+    bound = math.sqrt(6 / (64 + 64))  # xavier_uniform_'s bound at gain 1; ReLU's gain is sqrt(2)
+    assert bound < w.abs().max() <= math.sqrt(2) * bound
