@@ -276,17 +276,16 @@ def test_shared_layer():
     assert count(model) == 121 and sum(v.numel() for v in model.state_dict().values()) == 193
     assert sum(v.numel() for v in net.state_dict().values()) == 193
     check_same(model, net, torch.randn(5, 4), rename=[("0.", "fc1."), ("2.", "shared."), ("6.", "head.")])
+    assert net[4].weight[0, 0] == 100  # the notes' point: net[4] is net[2]
     # net[2].weight.grad is the sum of both uses: the gradient of each use, computed apart, added.
     x = torch.randn(5, 4)
     h = torch.relu(net[0](x))
-    h1 = torch.relu(shared(h))
     w1, w2 = shared.weight.detach().clone().requires_grad_(), shared.weight.detach().clone().requires_grad_()
     y = net[6](torch.relu(F.linear(torch.relu(F.linear(h, w1, shared.bias)), w2, shared.bias)))
     y.sum().backward()
     model.zero_grad()
     model(x).sum().backward()
     torch.testing.assert_close(model.shared.weight.grad, w1.grad + w2.grad)
-    assert h1.shape == (5, 8)
 
 
 # ------------------------------------------------------------------ 001: d2l parameter management
@@ -622,9 +621,9 @@ def test_my_linear():
     torch.testing.assert_close(model(x), linear(x))
     assert count(model) == count(linear) == 18 and saved(model) == saved(linear)
     # PARTLY: the notes read .data, so their tensors get no gradient; ours read the parameters.
+    assert not linear(x).requires_grad  # nothing to backpropagate through in the notes' module
     model(x).sum().backward()
-    linear(x).sum().backward() if linear(x).requires_grad else None
-    assert linear.weight.grad is None and model.weight.grad is not None
+    assert model.weight.grad is not None and model.bias.grad is not None
 
 
 def test_fixed_hidden_mlp():
