@@ -147,7 +147,7 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
             where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on {_describe_inputs(model, name, shapes)}"
         else:
             where = f"the model failed on input of shape {tuple(x.shape)}"
-        hint = " (is this model meant for other data? see the experiment presets: experiment=...)"
+        hint = _preset_hint(spec, otherwise=" (is this model meant for other data? see the experiment presets: experiment=...)")
         problems.add("model.layers", f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}{hint}")
         return
     finally:
@@ -155,13 +155,18 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
             hook.remove()
     want = expected_output_shape(spec, batch)
     if tuple(out.shape) != want:
-        preset = conf_dir() / "experiment" / f"{spec.model.name}.yaml"
-        hint = f" (this model is meant for other data: experiment={spec.model.name})" if preset.is_file() else ""
         problems.add(
             "model.layers",
             f"the model's output has shape {tuple(out.shape)} for input {tuple(x.shape)}; the {spec.data.task} "
-            f"task needs {want} (data.num_outputs={spec.data.num_outputs}){hint}",
+            f"task needs {want} (data.num_outputs={spec.data.num_outputs}){_preset_hint(spec)}",
         )
+
+
+def _preset_hint(spec: RunSpec, otherwise: str = "") -> str:
+    """Points to the experiment preset named after the model, where one ships (it brings the model's data)."""
+    if (conf_dir() / "experiment" / f"{spec.model.name}.yaml").is_file():
+        return f" (this model is meant for other data: experiment={spec.model.name})"
+    return otherwise
 
 
 def _shapes(args: tuple) -> tuple[tuple[int, ...], ...]:

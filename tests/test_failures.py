@@ -151,7 +151,7 @@ TABLE = [
     (["optim=sgd", "optim.param_groups=[{match: 'head.*', nesterov: true, momentum: 0}, {}]"], 2, "optim.param_groups[0].nesterov: Nesterov momentum needs momentum > 0 and dampening 0"),
     (["optim.param_groups=[{name: a, match: 'head.*'}, {name: a}]"], 2, "optim.param_groups[1].name: 'a' already names optim.param_groups[0]"),
     (["model.frozen=['*']"], 2, "model: the model has no trainable tensor"),
-    (["model=transformer_lm"], 2, "is this model meant for other data? see the experiment presets"),
+    (["model=transformer_lm"], 2, "(this model is meant for other data: experiment=transformer_lm)"),
     (["trainer.batch_size=0", "data=file", "data.path={bad}/absent.npz", "data.num_features=4", "data.num_outputs=2"], 2, "config errors (2)"),
     # The model language: graphs, declared tensors, N-D ties, exact-type and modifier rules, eval_modules.
     (["+model.layers.head.inputs=[act1, alpah]"], 2, "model.layers.head.inputs[1]: no layer or tensor 'alpah' here"),
