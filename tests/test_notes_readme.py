@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,64 +251,21 @@ def section() -> str:
 # --------------------------------------------------------------------------------------------- README
 
 
-def block() -> str:
-    return f"{BEGIN}\n{section()}{END}\n"
-
-
-def between_markers(text: str) -> str | None:
-    if BEGIN not in text or END not in text:
-        return None
-    start = text.index(BEGIN) + len(BEGIN)
-    return text[start:text.index(END, start)]
-
-
-def insertion_point(lines: list[str]) -> int:
-    """Index of the line the section goes before: '## Outputs...', else the first '## ' heading after
-    '## Config reference', else the end."""
-    headings, fenced = [], False
-    for i, line in enumerate(lines):
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and line.startswith("## "):
-            headings.append(i)
-    for i in headings:
-        if lines[i].startswith("## Outputs"):
-            return i
-    after = [i for i in headings if lines[i].startswith("## Config reference")]
-    if after:
-        for i in headings:
-            if i > after[0]:
-                return i
-    return len(lines)
-
-
 def updated(text: str) -> str:
-    """The README text with the section written in (replaced between the markers, or inserted)."""
-    if BEGIN in text and END in text:
-        start = text.index(BEGIN)
-        end = text.index(END, start) + len(END)
-        tail = text[end:]
-        return text[:start] + block().rstrip("\n") + tail
-    lines = text.splitlines(keepends=True)
-    at = insertion_point(lines)
-    if at == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    return "".join(lines[:at]) + block() + ("\n" if at < len(lines) else "") + "".join(lines[at:])
+    """The README text with the section between the markers written anew."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"README.md has no {BEGIN} ... {END} around the notes section")
+    start = text.index(BEGIN) + len(BEGIN)
+    return f"{text[:start]}\n{section()}{text[text.index(END, start):]}"
 
 
 def test_readme_shows_every_note_example():
     text = README.read_text()
-    middle = between_markers(text)
-    assert middle is not None, f"README.md has no {BEGIN} ... {END}: run python tests/test_notes_readme.py"
-    assert middle == "\n" + section(), "README.md's notes section is out of date: run python tests/test_notes_readme.py"
+    assert updated(text) == text, "README.md's notes section is out of date: run python tests/test_notes_readme.py"
 
 
 if __name__ == "__main__":
     old = README.read_text()
     new = updated(old)
-    if new != old:
-        README.write_text(new)
-        print(f"README.md: notes section written ({len(examples())} examples)")
-    else:
-        print("README.md: notes section already up to date")
-    sys.exit(0)
+    README.write_text(new)
+    print(f"README.md: notes section {'written' if new != old else 'already up to date'} ({len(examples())} examples)")
