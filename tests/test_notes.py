@@ -20,10 +20,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 import runner
 from runner.errors import ConfigError
+from runner.optim import make_optimizer
 from runner.plan import validate
 from runner.prepare import prepare
 from runner.training import run_training
@@ -154,8 +156,6 @@ def test_frozen_parameter(tmp_path):
 def test_param_groups_xyz():
     cfg = config("param_groups_xyz")
     prepared = prepare(validate(cfg))
-    from runner.optim import make_optimizer
-
     optimizer = make_optimizer(prepared.model, prepared.spec.optim, prepared.plan.groups)
     (group,) = optimizer.param_groups
     assert group["group"] == "xyz" and group["lr"] == pytest.approx(0.00016 * 5.0) and group["eps"] == 1e-15
@@ -321,12 +321,12 @@ def test_nested_blocks():
 
 
 def test_init_normal():
-    model = ours("init_normal")
     def init_normal(m):
         if type(m) == nn.Linear:  # noqa: E721 - the notes' exact-type test
             nn.init.normal_(m.weight, mean=0, std=0.01)
             nn.init.zeros_(m.bias)
 
+    model = ours("init_normal")
     for layer in (model.fc1, model.fc2):
         assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
         assert layer.weight.abs().max() < 0.05
@@ -593,8 +593,6 @@ def test_custom_mlp(tmp_path):
     runner.train(config("custom_mlp", "trainer.max_steps=3"), tmp_path)
     (weights,) = tmp_path.glob("checkpoints/*/model.safetensors")
     clone = MLP()
-    from safetensors.torch import load_file
-
     clone.load_state_dict(load_file(str(weights)))  # strict: exactly the notes' keys
     clone.eval()
     loaded, x = runner.load(tmp_path), torch.rand(5, 20)
