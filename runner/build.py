@@ -14,7 +14,7 @@ from torch import nn
 from runner.errors import Problems, suggest
 from runner.layers import Graph, Residual
 from runner.registry import layer_types
-from runner.spec import LayerSpec, ModelSpec, TensorSpec, default_output, is_graph, wiring
+from runner.spec import LayerSpec, ModelSpec, TensorSpec, is_graph, output_of, wiring
 from runner.tensors import Declarations, apply_declarations
 
 
@@ -40,7 +40,7 @@ def _container(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], o
         for layer in layers:
             chain.add_module(layer.name, _build_layer(layer, prefix + layer.name, built, problems))
         return chain
-    graph = Graph(output if output is not None else default_output(layers), residual)
+    graph = Graph(output_of(layers, output), residual)
     for tensor in tensors:
         _register_tensor(graph, tensor)
     for layer, reads in wiring(layers):

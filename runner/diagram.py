@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec, default_output, wiring
+from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec, output_of, wiring
 
 MODEL_INPUT, MODEL_OUTPUT = "model_input", "model_output"
 # (in, out) argument pairs drawn as `in→out`; the other arguments follow as k=v while the label stays short.
@@ -37,7 +37,7 @@ def model_markdown(model: ModelSpec) -> str:
     if model.ties:
         lines += ["", "Ties (one stored tensor, several names):", ""]
         lines += [f"- {tie.target} = {tie.source}{_transposed(tie)}" for tie in model.ties]
-    output = model.output if model.output is not None else default_output(model.layers) if model.layers else "-"
+    output = output_of(model.layers, model.output) if model.layers else "-"
     lines += ["", f"Output: {output}"]
     return "\n".join(lines) + "\n"
 
@@ -77,7 +77,7 @@ class _Diagram:
             node = self.layer(layer, prefix + layer.name, sources, indent)
             if reads is not None:  # a layer with call: false is drawn, unconnected, and has no value
                 values[layer.name] = node
-        result = output if output is not None else default_output(layers)
+        result = output_of(layers, output)
         return values.get(result, input_id)
 
     def layer(self, layer: LayerSpec, path: str, sources: list[str], indent: str) -> str:

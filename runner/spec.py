@@ -120,8 +120,10 @@ def wiring(layers: tuple[LayerSpec, ...]) -> list[tuple[LayerSpec, tuple[str, ..
     return wired
 
 
-def default_output(layers: tuple[LayerSpec, ...]) -> str:
-    """The value a container returns when it names no `output`: its last called layer's."""
+def output_of(layers: tuple[LayerSpec, ...], output: str | None) -> str:
+    """The name of the value a container returns: its `output`, else its last called layer's."""
+    if output is not None:
+        return output
     return next((layer.name for layer in reversed(layers) if layer.called), INPUT)
 
 
@@ -568,7 +570,7 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
         problems.add(f"{key}.output", f"no layer or tensor {output!r};{suggest(output, known) or ' it can name: ' + ', '.join(known)}")
     elif output in uncalled:
         problems.add(f"{key}.output", f"{output!r} has `call: false`: it is never called, so it has no output")
-    result = output if output is not None else default_output(layers)
+    result = output_of(layers, output)
     read.add(result)
     for layer in layers:
         if layer.name not in read:
