@@ -13,6 +13,13 @@ import torch
 from torch import nn
 
 
+def axis(dim: int, ndim: int) -> int:
+    """Returns `dim` as an index in [0, ndim), negative counting from the end; out of range is an error, as in torch."""
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"dim {dim} is out of range for a tensor of {ndim} dims (expected {-ndim} to {ndim - 1})")
+    return dim % ndim
+
+
 class Residual(nn.Sequential):
     """x + f(x), where f is the block's children run in order."""
 
@@ -82,7 +89,7 @@ class Concat(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         ndim = max(x.dim() for x in xs)
-        dim = self.dim % ndim
+        dim = axis(self.dim, ndim)
         shapes = [[1] * (ndim - x.dim()) + list(x.shape) for x in xs]
         if all(s[:dim] + s[dim + 1:] == shapes[0][:dim] + shapes[0][dim + 1:] for s in shapes):
             return torch.cat([x.reshape(s) for x, s in zip(xs, shapes)], dim)
@@ -129,7 +136,7 @@ class Slice(nn.Module):
         self.dim, self.start, self.stop = dim, start, stop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[(slice(None),) * (self.dim % x.dim()) + (slice(self.start, self.stop),)]
+        return x[(slice(None),) * axis(self.dim, x.dim()) + (slice(self.start, self.stop),)]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, start={self.start}, stop={self.stop}"

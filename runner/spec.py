@@ -614,7 +614,8 @@ def _check_constructor_args(cls: type, args: dict, key: str, problems: Problems)
 
 
 def _looks_like_size(arg: str) -> bool:
-    return arg.endswith(("_features", "_channels", "_size", "_dim", "_embeddings")) or arg in ("d_model", "nhead", "dim", "max_len", "num_embeddings", "embedding_dim")
+    # Not `dim`: in torch.nn it is an axis (Softmax, Unflatten, the project's Concat, Select, Slice), often -1.
+    return arg.endswith(("_features", "_channels", "_size", "_dim", "_embeddings")) or arg in ("d_model", "nhead", "max_len", "num_embeddings", "embedding_dim")
 
 
 def _plain(value: Any) -> Any:

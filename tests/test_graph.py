@@ -425,3 +425,22 @@ def test_gain_auto_skips_a_layer_that_is_never_called(compose):
     w = runner.build(cfg).fc.weight
     bound = math.sqrt(6 / (64 + 64))  # xavier_uniform_'s bound at gain 1; ReLU's gain is sqrt(2)
     assert bound < w.abs().max() <= math.sqrt(2) * bound
+
+
+AXES = (
+    "model=custom",
+    "+model.layers={grid: {type: Unflatten, dim: -1, unflattened_size: [8, 8]}, cut: {type: Slice, dim: -1, stop: 4},"
+    " joined: {type: Concat, dim: -1, inputs: [cut, cut]}, flat: {type: Flatten},"
+    " head: {type: Linear, in_features: 64, out_features: 10}, probs: {type: Softmax, dim: -1}}",
+)
+
+
+def test_dim_is_an_axis_negative_counts_from_the_end_and_out_of_range_is_named(compose):
+    model = runner.build(compose(*AXES))
+    x = torch.randn(2, 64)
+    g = x.reshape(2, 8, 8)[:, :, :4]
+    torch.testing.assert_close(model(x), torch.softmax(model.head(torch.cat([g, g], -1).reshape(2, 64)), -1), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"layer 'cut' \(Slice\) failed on inputs grid \(2, 8, 8\): dim 3 is out of range"):
+        runner.build(compose(*AXES, "model.layers.cut.dim=3"))
+    with pytest.raises(ConfigError, match=r"layer 'joined' \(Concat\) failed on inputs cut \(2, 8, 4\), cut \(2, 8, 4\): dim -4 is out of range"):
+        runner.build(compose(*AXES, "model.layers.joined.dim=-4"))
