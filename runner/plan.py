@@ -147,7 +147,9 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
             where = f"layer {name!r} ({type(model.get_submodule(name)).__name__}) failed on {_describe_inputs(model, name, shapes)}"
         else:
             where = f"the model failed on input of shape {tuple(x.shape)}"
-        hint = _preset_hint(spec, otherwise=" (is this model meant for other data? see the experiment presets: experiment=...)")
+        # Failing before any layer changed the input's shape is what a model meant for other data does.
+        untouched = all(shapes == (tuple(x.shape),) for _, shapes in running)
+        hint = _preset_hint(spec, otherwise=" (is this model meant for other data? see the experiment presets: experiment=...)" if untouched else "")
         problems.add("model.layers", f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}{hint}")
         return
     finally:
