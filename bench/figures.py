@@ -1,4 +1,4 @@
-"""Figures 2-10: gradient statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs.
+"""Figures 2-11: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -50,7 +50,7 @@ def _steps_per_second(base, overrides_extra: dict) -> float:
 
 
 def grad_stats_overhead(repeats: int, smoke: bool) -> list[Row]:
-    """2. steps/s with per-tensor statistics every step (and at the default interval) over statistics off."""
+    """2. steps/s with per-tensor statistics every step (and at the default interval) over statistics off; activation stats; TensorBoard."""
     rows = []
     for size, overrides in SIZES.items():
         base = _prepared([*overrides, *(["trainer.max_steps=20"] if smoke else [])])
@@ -61,6 +61,15 @@ def grad_stats_overhead(repeats: int, smoke: bool) -> list[Row]:
                                    lambda: _steps_per_second(base, {"grad_stats": False, "log_every": 10}), repeats)
         rows.append(Row("2. steps/s, grad stats every step / stats off", size, every / off_a, ">= 0.95"))
         rows.append(Row("2. steps/s, grad stats every 10 steps / stats off", size, default / off_b, ">= 0.99"))
+        quiet = {"grad_stats": False, "log_every": 10}
+        acts, off_c = alternate(lambda: _steps_per_second(base, {**quiet, "activation_stats": True}),
+                                lambda: _steps_per_second(base, {**quiet, "activation_stats": False}), repeats)
+        rows.append(Row("2. steps/s, activation stats every 10 steps / off", size, acts / off_c, ">= 0.97"))
+        # Everything at its default, with and without the writer thread's TensorBoard work: what it costs the step (GIL included).
+        defaults = {"grad_stats": True, "activation_stats": True, "log_every": 10, "hist_every": 100}
+        board, off_d = alternate(lambda: _steps_per_second(base, {**defaults, "tensorboard": True}),
+                                 lambda: _steps_per_second(base, {**defaults, "tensorboard": False}), repeats)
+        rows.append(Row("2. steps/s, TensorBoard (scalars + histograms) on / off", size, board / off_d, "(report)", "written on the writer thread"))
     return rows
 
 
@@ -283,4 +292,16 @@ def graph_execution(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
-ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution]
+def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
+    """11. steps/s with a checkpoint every 20 steps over checkpoints at the end only."""
+    rows = []
+    for size, overrides in SIZES.items():
+        steps = ["trainer.max_steps=40"] if smoke else (["trainer.epochs=10"] if "digits" in size else ["trainer.epochs=6"])
+        base = _prepared([*[o for o in overrides if not o.startswith("trainer.epochs=")], *steps])
+        every, none = alternate(lambda: _steps_per_second(base, {"ckpt_every": 20}), lambda: _steps_per_second(base, {"ckpt_every": 0}), repeats)
+        rows.append(Row("11. steps/s, a checkpoint every 20 steps / none", size, every / none, ">= 0.95",
+                        "written, hashed and fsynced on a background thread"))
+    return rows
+
+
+ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution, checkpoint_overhead]

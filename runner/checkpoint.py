@@ -10,7 +10,9 @@ Layout of checkpoints/step_NNNNNNN/:
 
 Nothing here is ever unpickled: tensors come from safetensors, everything else from JSON.
 A directory is written under a temporary name, flushed, then renamed into place, so the
-latest complete checkpoint is always the newest `step_*` directory.
+latest complete checkpoint is always the newest `step_*` directory. Training copies what a
+checkpoint holds at its step (`snapshot`) and a background thread writes, hashes and fsyncs it
+(`BackgroundSaver`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import json
 import os
 import random
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -57,22 +61,60 @@ def tie_map(model: nn.Module) -> dict[str, str]:
     return {alias: e.name for e in tensor_index(model) for alias in e.aliases}
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one checkpoint holds, copied at its step: the training thread may go on at once."""
+
+    step: int
+    weights: dict[str, torch.Tensor]  # host copies, not the model's tensors
+    ties: dict[str, str]
+    optimizer: dict[str, torch.Tensor]  # optimizer state, RNG states and the loop's own tensors
+    state: bytes  # state.json
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
+             config: dict, extra: dict[str, torch.Tensor] | None = None) -> Snapshot:
+    """Returns a copy of what a checkpoint at `position` stores (one copy of each tensor to the host)."""
+    optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
+    optim_tensors.update(_torch_rng())
+    optim_tensors.update({name: _host_copy(t) for name, t in (extra or {}).items()})
+    state = {
+        "step": position.step, "epoch": position.epoch, "batch": position.batch,
+        "optimizer": optim_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
+    }
+    weights = {name: _host_copy(t) for name, t in saved_tensors(model).items()}
+    return Snapshot(position.step, weights, tie_map(model), optim_tensors, json.dumps(state).encode())
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """Returns a contiguous CPU copy that later in-place updates of `tensor` do not reach."""
+    tensor = tensor.detach()
+    return tensor.clone(memory_format=torch.contiguous_format) if tensor.device.type == "cpu" else tensor.to("cpu").contiguous()
+
+
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     position: Position, config: dict, keep_last: int,
                     extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`.
+    """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`."""
+    return write_snapshot(directory, snapshot(model, optimizer, scheduler, position, config, extra), keep_last)
+
+
+def write_snapshot(directory: Path, snap: Snapshot, keep_last: int) -> Path:
+    """Writes a snapshot as a complete checkpoint (durable before it gets its final name); keeps the newest `keep_last`.
 
     `directory` is `<run dir>/checkpoints`; a failed write raises RunDirWriteError naming the file.
     """
     with writing(directory.parent):
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{PREFIX}{position.step:07d}"
+        final = directory / f"{PREFIX}{snap.step:07d}"
         tmp = directory / f".tmp-{final.name}-{os.getpid()}"
         for stale in directory.glob(".tmp-*"):  # left by a killed run; the run lock makes us the only writer
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         try:
-            _write(tmp, model, optimizer, scheduler, position, config, extra)
+            _write(tmp, snap)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -85,23 +127,12 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     return final
 
 
-def _write(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
-           config: dict, extra: dict[str, torch.Tensor] | None) -> None:
-    weights = {name: t.detach().to("cpu").contiguous() for name, t in saved_tensors(model).items()}
-    optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
-    optim_tensors.update(_torch_rng())
-    optim_tensors.update({name: t.detach().to("cpu").contiguous() for name, t in (extra or {}).items()})
-    state = {
-        "step": position.step, "epoch": position.epoch, "batch": position.batch,
-        "optimizer": optim_state,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
-    }
+def _write(tmp: Path, snap: Snapshot) -> None:
     # Serialized in memory, so each file is hashed from the bytes written, never read back.
     contents = {
-        "model.safetensors": save(weights, metadata={"ties": json.dumps(tie_map(model))}),
-        "optimizer.safetensors": save(optim_tensors),
-        "state.json": json.dumps(state).encode(),
+        "model.safetensors": save(snap.weights, metadata={"ties": json.dumps(snap.ties)}),
+        "optimizer.safetensors": save(snap.optimizer),
+        "state.json": snap.state,
     }
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
     contents["manifest.json"] = json.dumps(manifest, indent=2).encode()
@@ -111,6 +142,48 @@ def _write(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
             handle.flush()
             os.fsync(handle.fileno())
     _fsync_dir(tmp)
+
+
+class BackgroundSaver:
+    """Writes checkpoints on a thread of its own, one at a time.
+
+    `submit` hands a snapshot over and returns; when the previous write is still in flight it first
+    waits for it (a checkpoint is never skipped, and never more than one is being written). A
+    write's error is raised on the training thread at the next `submit` or at `close`. `on_saved`
+    is called (on the saver's thread) with the step and directory once a checkpoint is durable.
+    """
+
+    def __init__(self, directory: Path, keep_last: int, on_saved: Callable[[int, Path], None] | None = None):
+        self.directory, self.keep_last, self.on_saved = directory, keep_last, on_saved
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.waited = 0.0  # seconds the training thread spent waiting for a previous write
+
+    def submit(self, snap: Snapshot) -> None:
+        began = time.perf_counter()
+        self.wait()
+        self.waited += time.perf_counter() - began
+        self._thread = threading.Thread(target=self._save, args=(snap,), name="runner-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Returns once no write is in flight; raises the last write's error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    close = wait
+
+    def _save(self, snap: Snapshot) -> None:
+        try:
+            final = write_snapshot(self.directory, snap, self.keep_last)
+            if self.on_saved is not None:
+                self.on_saved(snap.step, final)
+        except BaseException as error:  # noqa: BLE001 - handed to the training thread
+            self._error = error
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -211,7 +284,7 @@ def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
         plain["state"][str(index)] = {}
         for key, value in values.items():
             if torch.is_tensor(value):
-                tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
+                tensors[f"state.{index}.{key}"] = _host_copy(value)
                 plain["state"][str(index)][key] = {"tensor": f"state.{index}.{key}"}
             else:
                 plain["state"][str(index)][key] = {"value": value}

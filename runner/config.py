@@ -117,6 +117,10 @@ class TrainerConfig:
     grad_stats: Any = True
     # Weight and gradient histograms to TensorBoard every N steps (0: never).
     hist_every: int = 100
+    # Per-layer output mean and std on logged steps (act_mean/<layer>, act_std/<layer>).
+    activation_stats: Any = True
+    # Globs choosing which tensors and layers get statistics and histograms ([*]: all).
+    watch: List[str] = field(default_factory=lambda: ["*"])
     tensorboard: Any = True
     plots: Any = True
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.

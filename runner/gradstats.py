@@ -1,15 +1,17 @@
 """Per-tensor gradient statistics: computed on the device with foreach ops, one host sync per logged step.
 
-Keys written for each unique trainable tensor (canonical name; a tied tensor once, its gradient
-being the sum of its uses):
+Keys written for each unique trainable tensor that `trainer.watch` selects (canonical name; a tied
+tensor once, its gradient being the sum of its uses):
   grad_norm/<name>     L2 norm of the gradient
   grad_max/<name>      max |gradient|
   weight_norm/<name>   L2 norm of the weight after the step
   update_ratio/<name>  ||weight after - weight before|| / ||weight before||
-plus `grad_norm`, the global L2 norm over all gradients.
+plus `grad_norm`, the global L2 norm over the gradients of every trainable tensor, watched or not.
 """
 
 from __future__ import annotations
+
+from typing import Collection
 
 import torch
 
@@ -29,9 +31,13 @@ def _abs_max(tensors: list[torch.Tensor]) -> torch.Tensor:
 class GradStats:
     """Collects gradient statistics around one optimizer step, for the tensors given."""
 
-    def __init__(self, entries: list[TensorEntry]):
-        self.names = [e.name for e in entries]
-        self.params = [e.tensor for e in entries]
+    def __init__(self, entries: list[TensorEntry], watched: Collection[str] | None = None):
+        """`entries` are every trainable tensor; per-tensor keys are written for those named in `watched` (default all)."""
+        self.all_names, self.all_params = [e.name for e in entries], [e.tensor for e in entries]
+        selected = [e for e in entries if watched is None or e.name in watched]
+        self.names = [e.name for e in selected]
+        self.params = [e.tensor for e in selected]
+        self._everything = len(selected) == len(entries)
         # The order after_step lays its values out in; built once, not on every logged step.
         self.keys = [f"{stat}/{name}" for stat in STATS for name in self.names] + ["grad_norm"]
         self._before: list[torch.Tensor] = []  # one persistent copy of the weights, made on first use
@@ -41,10 +47,16 @@ class GradStats:
         """Records gradient norms and the weights before the optimizer changes them (device ops only)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         # torch._foreach_norm is what torch.nn.utils.clip_grad_norm_ itself uses: one launch per dtype/device group.
-        norms = torch.stack(torch._foreach_norm(grads)).float()
-        self._grads = torch.stack([norms, _abs_max(grads)])
+        norms = torch.stack(torch._foreach_norm(grads)).float() if grads else torch.zeros(0)
+        self._grads = torch.stack([norms, _abs_max(grads)]) if grads else torch.zeros(2, 0)
+        if self._everything:
+            self._global = norms.square().sum().sqrt().reshape(1)
+        else:
+            everything = [p.grad for p in self.all_params if p.grad is not None]
+            squares = torch.stack(torch._foreach_norm(everything)).float().square().sum() if everything else torch.zeros(())
+            self._global = squares.sqrt().reshape(1)
         params = [p.detach() for p in self.params]
-        if not self._before:
+        if params and not self._before:
             self._before = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(self._before, params)  # no allocation on logged steps after the first
 
@@ -52,13 +64,15 @@ class GradStats:
         """Returns every statistic in one device tensor; `record` turns its values into named floats."""
         assert self._grads is not None, "before_step must run first"
         params = [p.detach() for p in self.params]
+        if not params:
+            values, self._grads = self._global, None
+            return values
         weight_norms = torch.stack(torch._foreach_norm(params)).float()
         before_norms = torch.stack(torch._foreach_norm(self._before)).float()
         torch._foreach_sub_(self._before, params)  # in place: before - after, the update's negative
         update_norms = torch.stack(torch._foreach_norm(self._before)).float()
         ratios = update_norms / before_norms.clamp_min(1e-12)
-        global_norm = self._grads[0].square().sum().sqrt().reshape(1)
-        values = torch.cat([self._grads.reshape(-1), weight_norms, ratios, global_norm])
+        values = torch.cat([self._grads.reshape(-1), weight_norms, ratios, self._global])
         self._grads = None
         return values
 
@@ -68,5 +82,5 @@ class GradStats:
 
     def first_non_finite_grad(self) -> str | None:
         """Returns the name of the first tensor whose gradient holds NaN or Inf (one host sync)."""
-        flags = torch.stack([p.grad.isfinite().all() if p.grad is not None else torch.tensor(True) for p in self.params]).tolist()
-        return next((name for name, ok in zip(self.names, flags) if not ok), None)
+        flags = torch.stack([p.grad.isfinite().all() if p.grad is not None else torch.tensor(True) for p in self.all_params]).tolist()
+        return next((name for name, ok in zip(self.all_names, flags) if not ok), None)

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from runner.activations import leaf_layers
 from runner.build import build_model, materialize
 from runner.config import conf_dir
 from runner.data import Dataset
@@ -41,6 +42,14 @@ class PlannedTensor:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """What `trainer.watch` selects: trainable tensors (canonical names) and leaf layers (path names)."""
+
+    tensors: frozenset[str] = frozenset()
+    layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     spec: RunSpec
     declarations: Declarations
@@ -49,6 +58,7 @@ class Plan:
     groups: Membership
     tensors: tuple[PlannedTensor, ...]
     eval_modules: tuple[str, ...] = ()  # modules kept in eval mode while training, by name
+    watch: Watch = Watch()
 
     def materialize(self) -> nn.Module:
         """Returns the real CPU model this plan describes, with PyTorch's default init drawn from the seed."""
@@ -77,9 +87,10 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
         for e in entries
     )
     eval_modules = _resolve_eval_modules(model, spec.model.eval_modules, problems)
+    watch = _resolve_watch(model, entries, spec.trainer.watch, problems)
     if not any(p.key.startswith("data.") for p in problems.items):
         _check_forward(model, spec, problems)
-    return Plan(spec, declarations, init, modifiers, groups, tensors, eval_modules)
+    return Plan(spec, declarations, init, modifiers, groups, tensors, eval_modules, watch)
 
 
 def _resolve_eval_modules(model: nn.Module, globs: tuple[str, ...], problems: Problems) -> tuple[str, ...]:
@@ -91,6 +102,23 @@ def _resolve_eval_modules(model: nn.Module, globs: tuple[str, ...], problems: Pr
             problems.add(f"model.eval_modules[{index}]", f"{pattern!r} matches no module;{suggest(pattern, names) or ' modules: ' + ', '.join(names[:12])}")
         resolved.extend(hit for hit in hits if hit not in resolved)
     return tuple(resolved)
+
+
+def _resolve_watch(model: nn.Module, entries: list, globs: tuple[str, ...], problems: Problems) -> Watch:
+    """A glob selects a tensor or layer by its name, or everything inside a module it names."""
+    modules = [name for name, _ in model.named_modules() if name and ".parametrizations" not in name]
+    tensor_names = [name for e in entries for name in (e.name, *e.aliases)]
+    for index, pattern in enumerate(globs):
+        if not any(fnmatchcase(name, pattern) for name in (*modules, *tensor_names)):
+            known = modules + tensor_names
+            problems.add(f"trainer.watch[{index}]", f"{pattern!r} matches no layer or tensor;{suggest(pattern, known) or ' layers: ' + ', '.join(modules[:12])}")
+
+    def watched(name: str) -> bool:
+        parts = name.split(".")
+        return any(fnmatchcase(".".join(parts[:end]), pattern) for pattern in globs for end in range(1, len(parts) + 1))
+
+    tensors = frozenset(e.name for e in trainable(model) if any(watched(n) for n in (e.name, *e.aliases)))
+    return Watch(tensors, tuple(name for name in leaf_layers(model) if watched(name)))
 
 
 def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset | None]:

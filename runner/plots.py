@@ -1,4 +1,5 @@
-"""PNG plots in the run directory, drawn from metrics.jsonl: loss curves and per-tensor gradient norms.
+"""PNG plots in the run directory, drawn from metrics.jsonl: loss curves, per-tensor gradient norms
+and per-layer activation statistics.
 
 Figures are drawn on matplotlib's `Figure` objects, never pyplot: the caller's backend and open
 figures are left alone.
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def write_plots(run_dir: Path) -> list[Path]:
-    """Writes loss.png and grad_norms.png (when gradient statistics were logged); returns their paths."""
+    """Writes loss.png, grad_norms.png and activations.png (the last two when their statistics were
+    logged); returns their paths."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file() or not any(r.get("kind") in ("train", "eval") for r in read_metrics(path)):
         return []  # nothing to draw (e.g. trainer.max_steps=0): skip matplotlib's import
@@ -50,7 +52,30 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         ax.set_title("per-tensor gradient norm")
         written.append(_save(fig, run_dir, "grad_norms.png"))
+    layers = list(dict.fromkeys(k.split("/", 1)[1] for r in train for k in r if k.startswith("act_std/")))  # model order
+    if layers:
+        written.append(_activations(train, layers, run_dir))
     return written
+
+
+def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
+    """activations.png: each layer's output std at the first logged step (depth on x), and over time."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4))
+    depth, time = fig.subplots(1, 2)
+    first = next(r for r in train if any(k.startswith("act_std/") for k in r))
+    shown = [name for name in layers if f"act_std/{name}" in first]
+    depth.plot(range(len(shown)), [first[f"act_std/{name}"] for name in shown], "o-")
+    depth.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=7)
+    depth.set(yscale="log", ylabel="output std", title=f"activation std per layer at step {first['step']}")
+    for name in layers:
+        key = f"act_std/{name}"
+        points = [(r["step"], r[key]) for r in train if key in r]
+        time.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    time.set(xlabel="step", yscale="log", ylabel="output std", title="activation std over training")
+    time.legend(fontsize=7, ncol=2)
+    return _save(fig, run_dir, "activations.png")
 
 
 def _save(fig: Figure, run_dir: Path, name: str) -> Path:

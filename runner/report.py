@@ -46,12 +46,12 @@ class Job:
     def label(self) -> str:
         return " ".join(o for o in self.overrides if o not in self.shared) or self.directory.name
 
-    def per_layer(self, which: int) -> dict[str, float]:
-        """Returns tensor name -> gradient norm at the first (0) or last (-1) logged step."""
+    def per_layer(self, which: int, stat: str = "grad_norm") -> dict[str, float]:
+        """Returns name -> `stat` (grad_norm: per tensor; act_std: per layer) at the first (0) or last (-1) logged step."""
         if not self.train:
             return {}
         record = self.train[which]
-        return {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("grad_norm/")}
+        return {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith(f"{stat}/")}
 
     def row(self) -> dict[str, Any]:
         first, last = (self.train[0], self.train[-1]) if self.train else ({}, {})
@@ -134,18 +134,18 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS if c != "rerun") + " |")
     lines += ["", "Rerun any job alone:", ""]
     lines += [f"- job {row['job']}: `{row['rerun']}`" for row in rows if row["rerun"]]
-    lines += ["", "![loss curves and gradient norms at initialization](report.png)", ""]
+    lines += ["", "![loss curves, gradient norms and activation std at initialization](report.png)", ""]
     return "\n".join(lines)
 
 
 def _why(done: list[Job]) -> list[str]:
-    """Returns sentences that point at vanishing or exploding gradients at initialization."""
+    """Returns sentences that point at vanishing or exploding gradients and activations at initialization."""
     starts = [(j, j.train[0]["grad_norm"]) for j in done if j.train and "grad_norm" in j.train[0]]
-    if len(starts) < 2:
-        return []
-    low, high = min(starts, key=lambda p: p[1]), max(starts, key=lambda p: p[1])
-    lines = [f"Global gradient norm at the first logged step ranges from {low[1]:.3g} (`{low[0].label}`) "
-             f"to {high[1]:.3g} (`{high[0].label}`)."]
+    lines = []
+    if len(starts) >= 2:
+        low, high = min(starts, key=lambda p: p[1]), max(starts, key=lambda p: p[1])
+        lines.append(f"Global gradient norm at the first logged step ranges from {low[1]:.3g} (`{low[0].label}`) "
+                     f"to {high[1]:.3g} (`{high[0].label}`).")
     for job, norm in starts:
         layers = job.per_layer(0)
         if len(layers) >= 2:
@@ -153,7 +153,15 @@ def _why(done: list[Job]) -> list[str]:
             if smallest > 0 and largest / smallest > 100:
                 lines.append(f"`{job.label}`: per-tensor gradient norms at the start span {largest / smallest:.3g}x "
                              f"(smallest {min(layers, key=layers.get)}, largest {max(layers, key=layers.get)}).")
-    return [" ".join(lines)]
+    for job in done:
+        stds = job.per_layer(0, "act_std")
+        positive = {name: value for name, value in stds.items() if value > 0}
+        if len(positive) >= 2:
+            (first, low), (last, high) = next(iter(positive.items())), list(positive.items())[-1]
+            if high / low < 1e-2 or high / low > 1e2:
+                trend = "falls" if high < low else "grows"
+                lines.append(f"`{job.label}`: activation std {trend} from {low:.3g} ({first}) to {high:.3g} ({last}) at the first logged step.")
+    return [" ".join(lines)] if lines else []
 
 
 def _cell(value: Any) -> str:
@@ -171,8 +179,8 @@ def _plot(jobs: list[Job], path: Path) -> None:
     from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it is
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    fig = Figure(figsize=(13, 4.5))
-    curves, bars = fig.subplots(1, 2)
+    fig = Figure(figsize=(19, 4.5))
+    curves, bars, acts = fig.subplots(1, 3)
     for job in jobs:
         if job.evals:
             curves.plot([r["step"] for r in job.evals], [r["val_loss"] for r in job.evals], "o-", ms=3, label=job.label)
@@ -185,7 +193,15 @@ def _plot(jobs: list[Job], path: Path) -> None:
         bars.bar(np.arange(len(names)) + index * width, values, width, label=job.label)
     bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=7)
     bars.set(yscale="log", ylabel="gradient L2 norm", title="per-tensor gradient norm at the first logged step")
-    for axes in (curves, bars):
+    layers = list(dict.fromkeys(n for j in jobs for n in j.per_layer(0, "act_std")))  # model order
+    for job in jobs:
+        stds = job.per_layer(0, "act_std")
+        if stds:
+            acts.plot([layers.index(n) for n in stds], list(stds.values()), "o-", ms=3, label=job.label)
+    if layers:
+        acts.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+    acts.set(yscale="log", ylabel="output std", title="per-layer activation std at the first logged step")
+    for axes in (curves, bars, acts):
         if axes.has_data():  # a sweep whose jobs all failed has nothing to label
             axes.legend(fontsize=7)
     fig.tight_layout()

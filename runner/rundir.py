@@ -1,4 +1,4 @@
-"""The run directory's files: metrics.jsonl, summary.json, environment.json, weights hashing."""
+"""The run directory's files: metrics.jsonl (started here, written by runner.observe), summary.json, environment.json, weights hashing."""
 
 from __future__ import annotations
 
@@ -45,45 +45,15 @@ def write_json(path: Path, data: Any) -> None:
         os.replace(tmp, path)
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to metrics.jsonl (see the README for the keys)."""
-
-    def __init__(self, path: Path, truncate_after_step: int | None = None):
-        """A fresh run starts the file anew; a resumed one keeps what was logged up to its checkpoint."""
-        self.path = path
-        with writing(path.parent):
-            if truncate_after_step is None:
-                path.write_text("", encoding="utf-8")
-            elif path.exists():
-                # A resumed run drops what was logged after its checkpoint, then logs it again.
-                kept = [line for line in path.read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
-                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            self.handle = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with writing(self.path.parent):
-            self.handle.write(json.dumps(record) + "\n")
-
-    def flush(self) -> None:
-        with writing(self.path.parent):
-            self.handle.flush()
-
-    def close(self) -> None:
-        with writing(self.path.parent):
-            self.handle.close()
-
-
-class NullWriter:
-    """Stands in for MetricsWriter on ranks that do not write (DDP ranks other than 0)."""
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def start_metrics(path: Path, truncate_after_step: int | None = None) -> None:
+    """Starts metrics.jsonl anew, or for a resumed run keeps what was logged up to its checkpoint
+    (what came after is logged again)."""
+    with writing(path.parent):
+        kept: list[str] = []
+        if truncate_after_step is not None and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if (r := _parse(line)) is not None and r["step"] <= truncate_after_step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

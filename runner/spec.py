@@ -39,7 +39,7 @@ _RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
 KINDS = ("weight", "bias", "buffer", "any")
 # Schema fields whose value is a free-form mapping or list, parsed (and key-checked) below.
 _BOOLEANS = {"init.strict", "optim.no_decay_bias_and_norm", "trainer.grad_stats", "trainer.tensorboard",
-             "trainer.plots", "trainer.deterministic", "trainer.compile"}
+             "trainer.plots", "trainer.deterministic", "trainer.compile", "trainer.activation_stats"}
 
 
 def _frozen(schema: type) -> type:
@@ -286,6 +286,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
     data, trainer = _freeze(typed.data, DataSpec), _freeze(typed.trainer, TrainerSpec)
+    trainer = dataclasses.replace(trainer, watch=_parse_globs(list(trainer.watch), "trainer.watch", problems))
     _check_data(data, problems)
     _check_trainer(trainer, problems)
     return RunSpec(

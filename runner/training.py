@@ -1,10 +1,13 @@
 """The training loop: batches, steps, evaluation, metrics, gradient statistics, checkpoints, summary.
 
 The step does only what a step needs: no config lookups, no device op beyond the model's own,
-and no host synchronization. Logged steps add the gradient statistics and one synchronization,
-which also checks every loss since the last check for NaN/Inf, so a bad step is named exactly.
-Histogram steps (every `hist_every`, logged or not) check the losses the same way, then copy
-weights and gradients to the host.
+and no host synchronization. Logged steps add the gradient and activation statistics and one
+synchronization, which also checks every loss since the last check for NaN/Inf, so a bad step is
+named exactly. Histogram steps (every `hist_every`, logged or not) check the losses the same way,
+then summarize weights and gradients on the device and move the small summaries to the host.
+
+Writing happens off the training thread: records go to the writer thread (runner.observe), and
+checkpoints are copied at their step and written by a background saver (runner.checkpoint).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from runner.checkpoint import Position
 from runner.data import Batches, Dataset
 from runner.distributed import Group, setup, teardown, wrap
 from runner.errors import RunError
+from runner.activations import ActivationStats
 from runner.gradstats import GradStats
+from runner.observe import NullWriter, Writer, histogram_summaries
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
 from runner.registry import LOSSES, TASKS
-from runner.rundir import MetricsWriter, NullWriter, environment, weights_sha256, write_json, writing
+from runner.rundir import environment, weights_sha256, write_json, writing
 from runner.tensors import count_parameters, verify_ties
 
 log = logging.getLogger("runner")
@@ -170,18 +175,21 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     main = group.is_main  # only rank 0 writes logs, plots and checkpoints
     if main:
         write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=position.step if resume_from else None) if main else NullWriter()
-    board = _tensorboard(run_dir) if trainer.tensorboard and main else None
-    loop = _Loop(prepared, data, batches, optimizer, scheduler, metrics, board, run_dir, total_steps, group)
-    loop.epoch_losses = epoch_losses
+    truncate = position.step if resume_from else None
+    writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard) if main else NullWriter()
+    saver = checkpoint.BackgroundSaver(run_dir / "checkpoints", trainer.keep_last, _report_saved(trainer.progress))
     try:
+        loop = _Loop(prepared, data, batches, optimizer, scheduler, writer, saver, run_dir, total_steps, group)
+        loop.epoch_losses = epoch_losses
         with deterministic_algorithms(trainer.deterministic):
             final = loop.run(position)
+    except BaseException:
+        _close_quietly(saver, writer)  # the error in flight is the one to report
+        raise
+    else:
+        saver.close()  # the final checkpoint is durable before the summary says the run is done
+        writer.close()
     finally:
-        metrics.close()
-        if board is not None:
-            with writing(run_dir):
-                board.close()
         if trainer.plots and main:
             from runner.plots import write_plots
 
@@ -190,21 +198,32 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     return _summarize(prepared, loop, final)
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
+def _report_saved(progress: str) -> Callable[[int, Path], None]:
+    """Returns the saver's callback: a log line once a checkpoint is complete and durable."""
+    level = logging.INFO if _progress_mode(progress) == "log" else logging.DEBUG
 
-    with writing(run_dir):
-        return SummaryWriter(log_dir=str(run_dir))
+    def saved(step: int, path: Path) -> None:
+        log.log(level, "step %d: checkpoint saved to %s", step, path)
+
+    return saved
+
+
+def _close_quietly(*closables: Any) -> None:
+    for closable in closables:
+        try:
+            closable.close()
+        except Exception:  # noqa: BLE001 - a second error would hide the first
+            log.debug("while stopping after an error", exc_info=True)
 
 
 class _Loop:
     """Holds what the step needs, resolved once, so the step itself reads no config."""
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer, scheduler,
-                 metrics: MetricsWriter | NullWriter, board: Any, run_dir: Path, total_steps: int, group: Group):
-        spec, trainer = prepared.spec, prepared.spec.trainer
+                 writer: Writer | NullWriter, saver: checkpoint.BackgroundSaver, run_dir: Path, total_steps: int, group: Group):
+        spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
         self.model, self.data, self.batches = prepared.model, data, batches
-        self.optimizer, self.scheduler, self.metrics, self.board = optimizer, scheduler, metrics, board
+        self.optimizer, self.scheduler, self.writer, self.saver = optimizer, scheduler, writer, saver
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
         self.eval_modules = prepared.plan.eval_modules
         self.group, self.net = group, wrap(prepared.model, group, prepared.device, prepared.spec.model.has_uncalled)
@@ -212,13 +231,16 @@ class _Loop:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
         self.classify = TASKS[spec.data.task].classifies
-        self.log_every, self.ckpt_every, self.keep_last = trainer.log_every, trainer.ckpt_every, trainer.keep_last
-        self.hist_every = trainer.hist_every if board is not None else 0
+        self.log_every, self.ckpt_every = trainer.log_every, trainer.ckpt_every
+        self.hist_every = trainer.hist_every if trainer.tensorboard and group.is_main else 0
         self.progress = _progress_mode(trainer.progress)
         entries = trainable(self.model)
-        self.names, self.params = [e.name for e in entries], [e.tensor for e in entries]
+        self.params = [e.tensor for e in entries]
+        watched = [e for e in entries if e.name in watch.tensors]
+        self.watched_names, self.watched = [e.name for e in watched], [e.tensor for e in watched]
         self.clip = spec.optim.clip_grad_norm
-        self.stats = GradStats(entries) if trainer.grad_stats else None
+        self.stats = GradStats(entries, watch.tensors) if trainer.grad_stats else None
+        self.acts = ActivationStats(self.model, list(watch.layers)) if trainer.activation_stats and watch.layers else None
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.train_seconds, self.steps_timed = 0.0, 0
         self.last_eval: Evaluation | None = None
@@ -230,7 +252,7 @@ class _Loop:
     def run(self, position: Position) -> Position:
         train_mode(self.model, self.eval_modules)
         if position.step == 0 and self.aliases:
-            self.metrics.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
+            self.writer.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
         bar = _progress_bar(self.progress, self.total_steps, position.step)
         step, epoch, start = position.step, position.epoch, position.batch
         while step < self.total_steps:
@@ -264,11 +286,18 @@ class _Loop:
         return final
 
     def step(self, x: torch.Tensor, y: torch.Tensor, logged: bool) -> None:
-        if self.group.active:
-            x, y, scale = self.group.shard(x, y)
-            loss = self.loss_fn(self.net(x), y) * scale
-        else:
-            loss = self.loss_fn(self.net(x), y)
+        hooked = logged and self.acts is not None
+        if hooked:
+            self.acts.attach()  # only for this forward pass: other steps run without hooks
+        try:
+            if self.group.active:
+                x, y, scale = self.group.shard(x, y)
+                loss = self.loss_fn(self.net(x), y) * scale
+            else:
+                loss = self.loss_fn(self.net(x), y)
+        finally:
+            if hooked:
+                self.acts.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if logged and self.stats is not None:
@@ -287,20 +316,22 @@ class _Loop:
 
     def log_step(self, step: int, epoch: int) -> None:
         unchecked = self._unchecked()
-        extra = self.stats.after_step() if self.stats is not None else None
-        values = torch.cat([unchecked, extra]).tolist() if extra is not None else unchecked.tolist()  # the one sync
+        parts, keys = [unchecked], []
+        if self.stats is not None:
+            parts.append(self.stats.after_step())
+            keys += self.stats.keys
+        if self.acts is not None:
+            act_keys, act_values = self.acts.collect()
+            parts.append(act_values.to(unchecked.device))
+            keys += act_keys
+        values = torch.cat(parts).tolist() if len(parts) > 1 else unchecked.tolist()  # the one sync
         losses = values[: len(unchecked)]
         self._check_losses(step, losses)
         record = {"kind": "train", "step": step, "epoch": epoch, "loss": losses[-1], "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.stats is not None:
-            record.update(self.stats.record(values[len(unchecked) :]))
-            if not math.isfinite(record["grad_norm"]):
-                raise RunError(f"step {step}: the gradient of {self.stats.first_non_finite_grad()!r} holds NaN or Inf; stopping (the last checkpoint is intact)")
-        self.metrics.write(record)
-        if self.board is not None:
-            for key, value in record.items():
-                if key not in ("kind", "step", "epoch"):
-                    self.board.add_scalar(key if "/" in key else f"train/{key}", value, step)
+        record.update(zip(keys, values[len(unchecked) :]))
+        if self.stats is not None and not math.isfinite(record["grad_norm"]):
+            raise RunError(f"step {step}: the gradient of {self.stats.first_non_finite_grad()!r} holds NaN or Inf; stopping (the last checkpoint is intact)")
+        self.writer.write(record)
 
     def _check_losses(self, step: int, losses: list[float]) -> None:
         """Raises RunError naming the first step since the last check whose loss was NaN or Inf."""
@@ -323,10 +354,15 @@ class _Loop:
                 self.checked = checked
             else:
                 self._check_losses(step, self._unchecked().tolist())
-        for name, param in zip(self.names, self.params):
-            self.board.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+        tags, tensors = [], []
+        for name, param in zip(self.watched_names, self.watched):
+            tags.append(f"weights/{name}")
+            tensors.append(param)
             if param.grad is not None:
-                self.board.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
+                tags.append(f"grads/{name}")
+                tensors.append(param.grad)
+        if tensors:  # summarized on the device; only min, max, sums and bin counts reach the host
+            self.writer.histograms(step, tags, [t.numel() for t in tensors], histogram_summaries(tensors).cpu())
 
     def end_epoch(self, step: int, epoch: int) -> None:
         if self.epoch_losses:
@@ -339,19 +375,14 @@ class _Loop:
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}
         if result.accuracy is not None:
             record["val_accuracy"] = result.accuracy
-        self.metrics.write(record)
-        self.metrics.flush()
-        if self.board is not None:
-            for key in ("val_loss", "val_accuracy"):
-                if key in record:
-                    self.board.add_scalar(f"eval/{key}", record[key], step)
+        self.writer.write(record)
         self.epoch_losses, self.checked = [], 0
         if self.progress == "log":
             accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
             log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.total_steps, self.train_loss or float("nan"), result.loss, accuracy)
 
     def save(self, position: Position) -> None:
-        """Writes a checkpoint, refusing to store NaN or Inf."""
+        """Copies a checkpoint's contents and hands them to the background saver, refusing to store NaN or Inf."""
         if self.checked < len(self.epoch_losses):
             self._check_losses(position.step, self._unchecked().tolist())
         bad = first_non_finite(self.model)
@@ -360,8 +391,8 @@ class _Loop:
         if not self.group.is_main:
             return
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
-        checkpoint.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
-                                   position, self.config, self.keep_last, extra={"loop.epoch_losses": losses})
+        snap = checkpoint.snapshot(self.model, self.optimizer, self.scheduler, position, self.config, {"loop.epoch_losses": losses})
+        self.saver.submit(snap)
 
 
 def first_non_finite(model: nn.Module) -> str | None:

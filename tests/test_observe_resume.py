@@ -54,6 +54,7 @@ def test_metrics_keys_and_counts_per_log_interval(compose, tmp_path, log_every):
     assert [r["step"] for r in train] == list(range(log_every, 51, log_every))
     names = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "head.weight", "head.bias"]
     expected = {"kind", "step", "epoch", "loss", "lr", "grad_norm"} | {f"{s}/{n}" for s in ("grad_norm", "grad_max", "weight_norm", "update_ratio") for n in names}
+    expected |= {f"act_{s}/{layer}" for s in ("mean", "std") for layer in ("fc1", "act1", "fc2", "act2", "head")}
     assert all(set(r) == expected for r in train)
 
 
@@ -214,8 +215,8 @@ def test_environment_records_versions_and_the_rerun_command(compose, tmp_path):
     assert env["command"].endswith(f"--config-path {tmp_path.resolve()} --config-name config")
 
 
-def test_grad_stats_off_logs_loss_and_lr_only(compose, tmp_path):
-    runner.train(compose("trainer.max_steps=20", "trainer.grad_stats=false"), tmp_path)
+def test_statistics_off_log_loss_and_lr_only(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=20", "trainer.grad_stats=false", "trainer.activation_stats=false"), tmp_path)
     train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [set(r) for r in train] == [{"kind", "step", "epoch", "loss", "lr"}] * 2
 
