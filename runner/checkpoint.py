@@ -17,9 +17,11 @@ checkpoint holds at its step (`snapshot`) and a background thread writes, hashes
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import queue
 import random
 import shutil
 import threading
@@ -31,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import load
 from torch import nn
 
 from runner.errors import RunError
@@ -61,37 +63,72 @@ def tie_map(model: nn.Module) -> dict[str, str]:
     return {alias: e.name for e in tensor_index(model) for alias in e.aliases}
 
 
+# safetensors' dtype names (its format specification).
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A safetensors file's content, laid out at snapshot time: its header, and every tensor's bytes
+    copied into one host buffer, in the order and at the offsets the header gives."""
+
+    header: bytes  # the 8-byte length, then the JSON header padded to a multiple of 8
+    data: torch.Tensor  # uint8, CPU
+
+    def chunks(self) -> tuple[bytes, Any]:
+        return self.header, self.data.numpy()
+
+
+def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Packed:
+    """Returns the tensors in safetensors' layout, copied (one `torch.cat`, native code) to the host.
+
+    The layout is the one `safetensors.torch.save` writes (tensors by descending element size, then
+    name; compact JSON header padded with spaces), so the bytes are the same as its output, and
+    `safetensors.torch.load` reads them. Building it here costs one copy and no per-tensor Python
+    conversion, which matters on the training thread (see the README's checkpoint notes).
+    """
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset, parts = 0, []
+    for name in order:
+        tensor = tensors[name].detach()
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+        parts.append(tensor.reshape(-1).view(torch.uint8).to("cpu"))
+    data = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return Packed(len(text).to_bytes(8, "little") + text, data)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one checkpoint holds, copied at its step: the training thread may go on at once."""
 
     step: int
-    weights: dict[str, torch.Tensor]  # host copies, not the model's tensors
-    ties: dict[str, str]
-    optimizer: dict[str, torch.Tensor]  # optimizer state, RNG states and the loop's own tensors
-    state: bytes  # state.json
+    weights: Packed  # model.safetensors
+    optimizer: Packed  # optimizer.safetensors: optimizer state, RNG states and the loop's own tensors
+    state: dict[str, Any]  # state.json, made of fresh containers (no reference into live objects)
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
              config: dict, extra: dict[str, torch.Tensor] | None = None) -> Snapshot:
-    """Returns a copy of what a checkpoint at `position` stores (one copy of each tensor to the host)."""
+    """Returns a copy of what a checkpoint at `position` stores (one host copy per file)."""
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
     optim_tensors.update(_torch_rng())
-    optim_tensors.update({name: _host_copy(t) for name, t in (extra or {}).items()})
+    optim_tensors.update(extra or {})
     state = {
         "step": position.step, "epoch": position.epoch, "batch": position.batch,
         "optimizer": optim_state,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
         "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
     }
-    weights = {name: _host_copy(t) for name, t in saved_tensors(model).items()}
-    return Snapshot(position.step, weights, tie_map(model), optim_tensors, json.dumps(state).encode())
-
-
-def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """Returns a contiguous CPU copy that later in-place updates of `tensor` do not reach."""
-    tensor = tensor.detach()
-    return tensor.clone(memory_format=torch.contiguous_format) if tensor.device.type == "cpu" else tensor.to("cpu").contiguous()
+    weights = pack(saved_tensors(model), {"ties": json.dumps(tie_map(model))})
+    return Snapshot(position.step, weights, pack(optim_tensors), state)
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -128,19 +165,25 @@ def write_snapshot(directory: Path, snap: Snapshot, keep_last: int) -> Path:
 
 
 def _write(tmp: Path, snap: Snapshot) -> None:
-    # Serialized in memory, so each file is hashed from the bytes written, never read back.
     contents = {
-        "model.safetensors": save(snap.weights, metadata={"ties": json.dumps(snap.ties)}),
-        "optimizer.safetensors": save(snap.optimizer),
-        "state.json": snap.state,
+        "model.safetensors": snap.weights.chunks(),
+        "optimizer.safetensors": snap.optimizer.chunks(),
+        "state.json": (json.dumps(snap.state).encode(),),
     }
-    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
-    contents["manifest.json"] = json.dumps(manifest, indent=2).encode()
-    for name, data in contents.items():
+    manifest = {}
+    for name, chunks in contents.items():
+        digest = hashlib.sha256()
         with open(tmp / name, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:  # hashed from the bytes written, never read back
+                digest.update(chunk)
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        manifest[name] = digest.hexdigest()
+    with open(tmp / "manifest.json", "wb") as handle:
+        handle.write(json.dumps(manifest, indent=2).encode())
+        handle.flush()
+        os.fsync(handle.fileno())
     _fsync_dir(tmp)
 
 
@@ -155,6 +198,9 @@ class BackgroundSaver:
 
     def __init__(self, directory: Path, keep_last: int, on_saved: Callable[[int, Path], None] | None = None):
         self.directory, self.keep_last, self.on_saved = directory, keep_last, on_saved
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.waited = 0.0  # seconds the training thread spent waiting for a previous write
@@ -163,27 +209,38 @@ class BackgroundSaver:
         began = time.perf_counter()
         self.wait()
         self.waited += time.perf_counter() - began
-        self._thread = threading.Thread(target=self._save, args=(snap,), name="runner-checkpoint", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="runner-checkpoint", daemon=True)
+            self._thread.start()
+        self._idle.clear()
+        self._jobs.put(snap)
 
     def wait(self) -> None:
         """Returns once no write is in flight; raises the last write's error, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._idle.wait()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-    close = wait
+    def close(self) -> None:
+        """Waits for the write in flight, stops the thread, and raises the last write's error, if any."""
+        self._idle.wait()
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        self.wait()
 
-    def _save(self, snap: Snapshot) -> None:
-        try:
-            final = write_snapshot(self.directory, snap, self.keep_last)
-            if self.on_saved is not None:
-                self.on_saved(snap.step, final)
-        except BaseException as error:  # noqa: BLE001 - handed to the training thread
-            self._error = error
+    def _work(self) -> None:
+        while (snap := self._jobs.get()) is not None:
+            try:
+                final = write_snapshot(self.directory, snap, self.keep_last)
+                if self.on_saved is not None:
+                    self.on_saved(snap.step, final)
+            except BaseException as error:  # noqa: BLE001 - handed to the training thread
+                self._error = error
+            finally:
+                self._idle.set()
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -284,7 +341,7 @@ def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
         plain["state"][str(index)] = {}
         for key, value in values.items():
             if torch.is_tensor(value):
-                tensors[f"state.{index}.{key}"] = _host_copy(value)
+                tensors[f"state.{index}.{key}"] = value  # copied by `pack`
                 plain["state"][str(index)][key] = {"tensor": f"state.{index}.{key}"}
             else:
                 plain["state"][str(index)][key] = {"value": value}

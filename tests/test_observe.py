@@ -218,3 +218,16 @@ def test_checkpoints_requested_faster_than_written_are_all_written(compose, tmp_
     runner.train(compose("trainer.max_steps=8", "trainer.ckpt_every=1", "trainer.keep_last=100"), tmp_path)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [f"step_{s:07d}" for s in range(1, 9)]
     assert most[0] == 1
+
+
+def test_packed_snapshot_bytes_equal_safetensors_own_writer():
+    from safetensors.torch import load, save
+
+    tensors = {"w": torch.randn(3, 4), "step": torch.tensor(7.0), "ids": torch.arange(5), "mask": torch.tensor([True, False]),
+               "half": torch.randn(6, dtype=torch.bfloat16), "empty": torch.zeros(0, 3), "t": torch.randn(4, 3).T}
+    packed = checkpoint.pack(tensors, {"ties": "{}"})
+    data = packed.header + packed.data.numpy().tobytes()
+    assert data == save({k: v.contiguous() for k, v in tensors.items()}, metadata={"ties": "{}"})
+    assert all(torch.equal(load(data)[k], v) for k, v in tensors.items())
+    tensors["w"].add_(1)  # a later in-place update does not reach the snapshot
+    assert not torch.equal(load(data)["w"], tensors["w"])
