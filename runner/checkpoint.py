@@ -177,13 +177,16 @@ def _write(tmp: Path, snap: Snapshot) -> None:
             for chunk in chunks:  # hashed from the bytes written, never read back
                 digest.update(chunk)
                 handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
         manifest[name] = digest.hexdigest()
-    with open(tmp / "manifest.json", "wb") as handle:
-        handle.write(json.dumps(manifest, indent=2).encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    (tmp / "manifest.json").write_bytes(json.dumps(manifest, indent=2).encode())
+    # Every file is written before the first fsync: the filesystem then commits them together, and
+    # the later fsyncs find little left to do (about half the time of write-then-fsync per file here).
+    for name in (*contents, "manifest.json"):
+        fd = os.open(tmp / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     _fsync_dir(tmp)
 
 
