@@ -157,10 +157,10 @@ def _why(done: list[Job]) -> list[str]:
         stds = job.per_layer(0, "act_std")
         positive = {name: value for name, value in stds.items() if value > 0}
         if len(positive) >= 2:
-            (first, low), (last, high) = next(iter(positive.items())), list(positive.items())[-1]
-            if high / low < 1e-2 or high / low > 1e2:
-                trend = "falls" if high < low else "grows"
-                lines.append(f"`{job.label}`: activation std {trend} from {low:.3g} ({first}) to {high:.3g} ({last}) at the first logged step.")
+            (first, start), (last, end) = next(iter(positive.items())), list(positive.items())[-1]
+            if end / start < 0.1 or end / start > 10:  # a tenfold change through the network
+                trend = "falls" if end < start else "grows"
+                lines.append(f"`{job.label}`: activation std {trend} from {start:.3g} ({first}) to {end:.3g} ({last}) at the first logged step.")
     return [" ".join(lines)] if lines else []
 
 

@@ -203,7 +203,7 @@ def test_tensorboard_events_and_plots_are_written(compose, tmp_path):
     assert {"train/loss", "train/grad_norm", "grad_norm/fc1.weight", "eval/val_loss"} <= scalars
     assert {"weights/fc1.weight", "grads/fc1.weight"} <= histograms
     assert len(events.Scalars("train/loss")) == 2
-    for name in ("loss.png", "grad_norms.png"):
+    for name in ("loss.png", "grad_norms.png", "activations.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

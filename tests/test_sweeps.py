@@ -54,6 +54,17 @@ def test_normal_init_starts_with_the_smallest_gradients(sequential_sweep):
     assert min(table, key=table.get) == "init=normal"
 
 
+def test_the_report_points_at_vanishing_activations(sequential_sweep):
+    # N(0, 0.01^2) weights shrink the forward signal over 10x from fc1 to head; xavier keeps it within 2x.
+    report = (sequential_sweep / "report.md").read_text()
+    job = next(r["job"] for r in rows(sequential_sweep) if r["overrides"].startswith("init=normal"))
+    first = next(json.loads(line) for line in (sequential_sweep / job / "metrics.jsonl").read_text().splitlines() if '"train"' in line)
+    fc1, head = first["act_std/fc1"], first["act_std/head"]
+    assert head / fc1 < 0.1
+    assert f"`init=normal`: activation std falls from {fc1:.3g} (fc1) to {head:.3g} (head) at the first logged step." in report
+    assert "`init=xavier`: activation std" not in report
+
+
 def test_joblib_sweep_equals_the_sequential_one(sequential_sweep, tmp_path):
     result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", SCHEMES, *TINY, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
