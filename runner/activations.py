@@ -18,9 +18,12 @@ from torch import nn
 
 
 def leaf_layers(model: nn.Module) -> list[str]:
-    """Returns the path names of the model's leaf modules, in model order (the model itself excluded)."""
+    """Returns the path names of the model's leaf modules, in model order (the model itself excluded).
+
+    A layer whose only child is its `parametrizations` (a transposed tie) counts as a leaf.
+    """
     return [name for name, module in model.named_modules()
-            if name and next(module.children(), None) is None and ".parametrizations" not in name]
+            if name and ".parametrizations" not in name and all(child == "parametrizations" for child, _ in module.named_children())]
 
 
 class ActivationStats:
@@ -29,7 +32,7 @@ class ActivationStats:
     def __init__(self, model: nn.Module, layers: list[str]):
         self.layers = [(name, model.get_submodule(name)) for name in layers]
         self._handles: list = []
-        self._calls: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self._calls: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
 
     def attach(self) -> None:
         """Hooks every layer for the next forward pass."""
@@ -44,8 +47,8 @@ class ActivationStats:
     @torch.no_grad()
     def _record(self, name: str, module: nn.Module, args: tuple, output: object) -> None:
         if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel() > 0:
-            std, mean = torch.std_mean(output.detach().float(), correction=0)
-            self._calls.setdefault(name, []).append((output.numel(), torch.stack([mean, std])))
+            std, mean = torch.std_mean(output.detach().float(), correction=0)  # one kernel, no sync
+            self._calls.setdefault(name, []).append((output.numel(), mean, std))
 
     def collect(self) -> tuple[list[str], torch.Tensor]:
         """Returns the keys (act_mean/... then act_std/..., model order) and their values in one device tensor."""
@@ -56,13 +59,13 @@ class ActivationStats:
         for name in names:
             calls = self._calls[name]
             if len(calls) == 1:
-                mean, std = calls[0][1].unbind()
+                _, mean, std = calls[0]
             else:  # pooled over calls: total variance = within-call variance + spread of the call means
-                counts = torch.tensor([n for n, _ in calls], dtype=torch.float32, device=calls[0][1].device)
-                stacked = torch.stack([values for _, values in calls])
-                weights = counts / counts.sum()
-                mean = (weights * stacked[:, 0]).sum()
-                std = (weights * (stacked[:, 1].square() + (stacked[:, 0] - mean).square())).sum().sqrt()
+                weights = torch.tensor([n for n, _, _ in calls], dtype=torch.float32, device=calls[0][1].device)
+                weights = weights / weights.sum()
+                call_means, call_stds = torch.stack([m for _, m, _ in calls]), torch.stack([s for _, _, s in calls])
+                mean = (weights * call_means).sum()
+                std = (weights * (call_stds.square() + (call_means - mean).square())).sum().sqrt()
             means.append(mean)
             stds.append(std)
         self._calls = {}

@@ -17,7 +17,6 @@ checkpoint holds at its step (`snapshot`) and a background thread writes, hashes
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -63,11 +62,16 @@ def tie_map(model: nn.Module) -> dict[str, str]:
     return {alias: e.name for e in tensor_index(model) for alias in e.aliases}
 
 
-# safetensors' dtype names (its format specification).
+# safetensors' dtype names, in the order of its Dtype enum (its writer lays tensors out by that
+# order, highest first, then by name). Only the dtypes this torch has are listed.
 _SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    getattr(torch, name): code for name, code in (
+        ("bool", "BOOL"), ("uint8", "U8"), ("int8", "I8"), ("float8_e5m2", "F8_E5M2"), ("float8_e4m3fn", "F8_E4M3"),
+        ("int16", "I16"), ("uint16", "U16"), ("float16", "F16"), ("bfloat16", "BF16"), ("int32", "I32"),
+        ("uint32", "U32"), ("float32", "F32"), ("float64", "F64"), ("int64", "I64"), ("uint64", "U64"),
+    ) if hasattr(torch, name)
 }
+_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,15 @@ class Packed:
 def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Packed:
     """Returns the tensors in safetensors' layout, copied (one `torch.cat`, native code) to the host.
 
-    The layout is the one `safetensors.torch.save` writes (tensors by descending element size, then
-    name; compact JSON header padded with spaces), so the bytes are the same as its output, and
+    The layout is the one `safetensors.torch.save` writes (tensors by its dtype order, highest first,
+    then name; compact JSON header padded with spaces), so the bytes are the same as its output, and
     `safetensors.torch.load` reads them. Building it here costs one copy and no per-tensor Python
     conversion, which matters on the training thread (see the README's checkpoint notes).
     """
-    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    unstorable = [f"{name} ({t.dtype})" for name, t in tensors.items() if t.dtype not in _RANK]
+    if unstorable:
+        raise RunError(f"safetensors cannot store {', '.join(unstorable)}; no checkpoint written")
+    order = sorted(tensors, key=lambda name: (-_RANK[tensors[name].dtype], name))
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset, parts = 0, []
     for name in order:
@@ -98,7 +105,7 @@ def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = Non
         size = tensor.numel() * tensor.element_size()
         header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
         offset += size
-        parts.append(tensor.reshape(-1).view(torch.uint8).to("cpu"))
+        parts.append(tensor.contiguous().view(-1).view(torch.uint8).to("cpu"))
     data = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -112,7 +119,7 @@ class Snapshot:
     step: int
     weights: Packed  # model.safetensors
     optimizer: Packed  # optimizer.safetensors: optimizer state, RNG states and the loop's own tensors
-    state: dict[str, Any]  # state.json, made of fresh containers (no reference into live objects)
+    state: bytes  # state.json
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
@@ -124,11 +131,11 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     state = {
         "step": position.step, "epoch": position.epoch, "batch": position.batch,
         "optimizer": optim_state,
-        "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
     }
     weights = pack(saved_tensors(model), {"ties": json.dumps(tie_map(model))})
-    return Snapshot(position.step, weights, pack(optim_tensors), state)
+    return Snapshot(position.step, weights, pack(optim_tensors), json.dumps(state).encode())  # a bad value fails here, at its step
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -168,7 +175,7 @@ def _write(tmp: Path, snap: Snapshot) -> None:
     contents = {
         "model.safetensors": snap.weights.chunks(),
         "optimizer.safetensors": snap.optimizer.chunks(),
-        "state.json": (json.dumps(snap.state).encode(),),
+        "state.json": (snap.state,),
     }
     manifest, handles = {}, []
     try:
@@ -228,13 +235,18 @@ class BackgroundSaver:
             raise error
 
     def close(self) -> None:
-        """Waits for the write in flight, stops the thread, and raises the last write's error, if any."""
-        self._idle.wait()
+        """Lets the write in flight finish, stops the thread, and raises the last write's error, if any.
+
+        (It joins the thread rather than waiting for `_idle`, so it also returns after an interrupt
+        that came between `_idle.clear()` and the hand-over in `submit`.)
+        """
         if self._thread is not None:
-            self._jobs.put(None)
+            self._jobs.put(None)  # after any queued snapshot: first in, first out
             self._thread.join()
             self._thread = None
-        self.wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def _work(self) -> None:
         while (snap := self._jobs.get()) is not None:

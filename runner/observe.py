@@ -23,12 +23,13 @@ import socket
 import struct
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from runner.rundir import start_metrics, writing
+from runner.rundir import RunDirWriteError, start_metrics, writing
 
 HISTOGRAM_BINS = 64
 _CLOSE = object()
@@ -51,11 +52,17 @@ class EventFile:
 
         self._event, self._summary, self._histogram = event_pb2.Event, summary_pb2.Summary, summary_pb2.HistogramProto
         # The name TensorBoard looks for; the counter keeps two files of one process apart.
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}"
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers):04d}"
         self.path = run_dir / name
         self._handle = open(self.path, "ab")
         self._pending: list[bytes] = []
         self._add(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def restart(self, step: int) -> None:
+        """Marks a resumed run: TensorBoard drops what earlier files logged after `step` (a SessionLog START)."""
+        from tensorboard.compat.proto import event_pb2
+
+        self._add(self._event(wall_time=time.time(), step=step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Adds one event holding every scalar of a step."""
@@ -121,6 +128,8 @@ class Writer:
         with writing(run_dir):
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             self.events = EventFile(run_dir) if tensorboard else None
+            if self.events is not None and truncate_after_step is not None:
+                self.events.restart(truncate_after_step)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="runner-writer", daemon=True)
@@ -190,11 +199,11 @@ class Writer:
                         waiting.append(payload)
                 if lines:
                     data = "".join(lines).encode()
-                    with writing(self.run_dir):
+                    with self._writing(self.path):
                         while data:  # a short write (a full disk) continues or raises
                             data = data[os.write(self._fd, data) :]
                 if self.events is not None:
-                    with writing(self.run_dir):
+                    with self._writing(self.events.path):
                         self.events.flush()
             except BaseException as error:  # noqa: BLE001 - handed to the training thread
                 self._error = error
@@ -204,6 +213,14 @@ class Writer:
         for item in _drain(self._queue):  # a flush waiting after an error must not hang
             if isinstance(item, tuple) and item[0] == "flush":
                 item[1].set()
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """Names `path` in the error (a write to an open file raises OSError without a file name)."""
+        try:
+            yield
+        except OSError as error:
+            raise RunDirWriteError(self.run_dir, Path(error.filename or path), error.strerror or str(error)) from error
 
     def _scalars(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")

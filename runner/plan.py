@@ -87,7 +87,7 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
         for e in entries
     )
     eval_modules = _resolve_eval_modules(model, spec.model.eval_modules, problems)
-    watch = _resolve_watch(model, entries, spec.trainer.watch, problems)
+    watch = _resolve_watch(model, spec.trainer.watch, problems)
     if not any(p.key.startswith("data.") for p in problems.items):
         _check_forward(model, spec, problems)
     return Plan(spec, declarations, init, modifiers, groups, tensors, eval_modules, watch)
@@ -104,10 +104,10 @@ def _resolve_eval_modules(model: nn.Module, globs: tuple[str, ...], problems: Pr
     return tuple(resolved)
 
 
-def _resolve_watch(model: nn.Module, entries: list, globs: tuple[str, ...], problems: Problems) -> Watch:
-    """A glob selects a tensor or layer by its name, or everything inside a module it names."""
+def _resolve_watch(model: nn.Module, globs: tuple[str, ...], problems: Problems) -> Watch:
+    """A glob selects a trainable tensor or a layer by its name, or everything inside a module it names."""
     modules = [name for name, _ in model.named_modules() if name and ".parametrizations" not in name]
-    tensor_names = [name for e in entries for name in (e.name, *e.aliases)]
+    tensor_names = [name for e in trainable(model) for name in (e.name, *e.aliases)]
     for index, pattern in enumerate(globs):
         if not any(fnmatchcase(name, pattern) for name in (*modules, *tensor_names)):
             known = modules + tensor_names

@@ -187,8 +187,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
         _close_quietly(saver, writer)  # the error in flight is the one to report
         raise
     else:
-        saver.close()  # the final checkpoint is durable before the summary says the run is done
-        writer.close()
+        try:
+            saver.close()  # the final checkpoint is durable before the summary says the run is done
+        finally:
+            writer.close()
     finally:
         if trainer.plots and main:
             from runner.plots import write_plots
@@ -227,6 +229,9 @@ class _Loop:
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
         self.eval_modules = prepared.plan.eval_modules
         self.group, self.net = group, wrap(prepared.model, group, prepared.device, prepared.spec.model.has_uncalled)
+        # Logged steps with activation statistics run the forward pass eagerly: hooks added to a
+        # compiled model are not seen by the graph it already compiled.
+        self.hooked_net = self.net
         if trainer.compile:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
@@ -287,14 +292,15 @@ class _Loop:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, logged: bool) -> None:
         hooked = logged and self.acts is not None
+        net = self.hooked_net if hooked else self.net
         if hooked:
             self.acts.attach()  # only for this forward pass: other steps run without hooks
         try:
             if self.group.active:
                 x, y, scale = self.group.shard(x, y)
-                loss = self.loss_fn(self.net(x), y) * scale
+                loss = self.loss_fn(net(x), y) * scale
             else:
-                loss = self.loss_fn(self.net(x), y)
+                loss = self.loss_fn(net(x), y)
         finally:
             if hooked:
                 self.acts.detach()
@@ -356,6 +362,8 @@ class _Loop:
                 self._check_losses(step, self._unchecked().tolist())
         tags, tensors = [], []
         for name, param in zip(self.watched_names, self.watched):
+            if param.numel() == 0:
+                continue
             tags.append(f"weights/{name}")
             tensors.append(param)
             if param.grad is not None:

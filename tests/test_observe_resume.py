@@ -223,9 +223,15 @@ def test_statistics_off_log_loss_and_lr_only(compose, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(compose, tmp_path):
-    eager = runner.train(compose("trainer.max_steps=10"), tmp_path / "eager")
-    compiled = runner.train(compose("trainer.max_steps=10", "trainer.compile=true"), tmp_path / "compiled")
+    eager = runner.train(compose("trainer.max_steps=10", "trainer.log_every=4"), tmp_path / "eager")
+    compiled = runner.train(compose("trainer.max_steps=10", "trainer.log_every=4", "trainer.compile=true"), tmp_path / "compiled")
     assert compiled["steps"] == 10
+    # Logged steps run the forward pass eagerly, so the hooks see it: activation statistics on every logged step.
+    records = [r for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if r["kind"] == "train"]
+    reference = [r for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [4, 8]
+    for ours, theirs in zip(records, reference):
+        assert ours["act_std/fc1"] == pytest.approx(theirs["act_std/fc1"], rel=1e-4)
     a, b = runner.load(tmp_path / "eager"), runner.load(tmp_path / "compiled")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
