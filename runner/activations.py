@@ -11,6 +11,7 @@ other step runs the model exactly as it would without statistics.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -44,11 +45,17 @@ class ActivationStats:
             handle.remove()
         self._handles = []
 
-    @torch.no_grad()
     def _record(self, name: str, module: nn.Module, args: tuple, output: object) -> None:
+        # No torch.no_grad() needed: `detach` keeps these ops out of the autograd graph.
         if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel() > 0:
-            std, mean = torch.std_mean(output.detach().float(), correction=0)  # one kernel, no sync
-            self._calls.setdefault(name, []).append((output.numel(), mean, std))
+            values = output.detach()
+            if values.dtype not in (torch.float32, torch.float64):
+                values = values.float()
+            # Two passes (mean, then the norm of the deviations), computed now: a later in-place
+            # layer may change this output. As exact as torch.std_mean, and about 5x faster on the
+            # CPU, whose std_mean kernel is a scalar Welford loop.
+            mean = values.mean()
+            self._calls.setdefault(name, []).append((values.numel(), mean, torch.linalg.vector_norm(values - mean)))
 
     def collect(self) -> tuple[list[str], torch.Tensor]:
         """Returns the keys (act_mean/... then act_std/..., model order) and their values in one device tensor."""
@@ -59,13 +66,13 @@ class ActivationStats:
         for name in names:
             calls = self._calls[name]
             if len(calls) == 1:
-                _, mean, std = calls[0]
+                count, mean, norm = calls[0]
+                std = norm / math.sqrt(count)
             else:  # pooled over calls: total variance = within-call variance + spread of the call means
-                weights = torch.tensor([n for n, _, _ in calls], dtype=torch.float32, device=calls[0][1].device)
-                weights = weights / weights.sum()
-                call_means, call_stds = torch.stack([m for _, m, _ in calls]), torch.stack([s for _, _, s in calls])
-                mean = (weights * call_means).sum()
-                std = (weights * (call_stds.square() + (call_means - mean).square())).sum().sqrt()
+                counts = torch.tensor([n for n, _, _ in calls], dtype=torch.float32, device=calls[0][1].device)
+                call_means, norms = torch.stack([m for _, m, _ in calls]), torch.stack([q for _, _, q in calls])
+                mean = (counts * call_means).sum() / counts.sum()
+                std = ((norms.square() + counts * (call_means - mean).square()).sum() / counts.sum()).sqrt()
             means.append(mean)
             stds.append(std)
         self._calls = {}
