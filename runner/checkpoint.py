@@ -24,7 +24,6 @@ import queue
 import random
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -215,12 +214,9 @@ class BackgroundSaver:
         self._idle.set()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.waited = 0.0  # seconds the training thread spent waiting for a previous write
 
     def submit(self, snap: Snapshot) -> None:
-        began = time.perf_counter()
         self.wait()
-        self.waited += time.perf_counter() - began
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="runner-checkpoint", daemon=True)
             self._thread.start()

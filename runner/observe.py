@@ -146,15 +146,6 @@ class Writer:
         if self.events is not None:
             self._queue.put(("histograms", (step, tags, numels, stats)))
 
-    def flush(self) -> None:
-        """Returns once everything handed over so far is written (used by tests and at the end)."""
-        done = threading.Event()
-        self._queue.put(("flush", done))
-        while not done.wait(0.05):
-            if not self._thread.is_alive():
-                break
-        self._raise()
-
     def close(self) -> None:
         """Writes what is queued, closes the files and raises the writer's error, if any."""
         if self._thread.is_alive():
@@ -182,7 +173,7 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            lines, waiting = [], []
+            lines = []
             try:
                 for item in batch:
                     if item is _CLOSE:
@@ -193,10 +184,8 @@ class Writer:
                         lines.append(json.dumps(payload) + "\n")
                         if self.events is not None:
                             self._scalars(payload)
-                    elif kind == "histograms":
-                        self.events.histograms(*payload)
                     else:
-                        waiting.append(payload)
+                        self.events.histograms(*payload)
                 if lines:
                     data = "".join(lines).encode()
                     with self._writing(self.path):
@@ -206,13 +195,8 @@ class Writer:
                     with self._writing(self.events.path):
                         self.events.flush()
             except BaseException as error:  # noqa: BLE001 - handed to the training thread
-                self._error = error
+                self._error = error  # and stop: what is queued after a failed write is not written
                 closing = True
-            for done in waiting:
-                done.set()
-        for item in _drain(self._queue):  # a flush waiting after an error must not hang
-            if isinstance(item, tuple) and item[0] == "flush":
-                item[1].set()
 
     @contextmanager
     def _writing(self, path: Path) -> Iterator[None]:
@@ -235,15 +219,6 @@ class Writer:
             self.events.scalars(record["step"], values)
 
 
-def _drain(q: queue.SimpleQueue) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
-
-
 class NullWriter:
     """Stands in for Writer on ranks that do not write (DDP ranks other than 0)."""
 
@@ -251,9 +226,6 @@ class NullWriter:
         pass
 
     def histograms(self, *args: Any) -> None:
-        pass
-
-    def flush(self) -> None:
         pass
 
     def close(self) -> None:
