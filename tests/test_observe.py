@@ -247,3 +247,23 @@ def test_a_resumed_run_replaces_the_tensorboard_points_after_its_checkpoint(comp
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]
     logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"}
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in (5, 10, 15, 20)])
+
+
+def test_an_interrupt_mid_run_leaves_no_writer_or_saver_thread(compose, tmp_path, monkeypatch):
+    import threading
+
+    real = training._Loop.step
+
+    def interrupted(self, x, y, logged):
+        if len(self.epoch_losses) == 7:
+            raise KeyboardInterrupt
+        real(self, x, y, logged)
+
+    monkeypatch.setattr(training._Loop, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.run_training(prepare(validate(compose("trainer.max_steps=20", "trainer.ckpt_every=2", "trainer.log_every=1",
+                                                       "trainer.tensorboard=true"))), tmp_path)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("runner-")]
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == list(range(1, 8))  # every record handed over before the interrupt is written
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_0000006"
