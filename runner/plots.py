@@ -62,7 +62,7 @@ def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
     """activations.png: each layer's output std at the first logged step (depth on x), and over time."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(14, 4.5))
     depth, time = fig.subplots(1, 2)
     first = next(r for r in train if any(k.startswith("act_std/") for k in r))
     shown = [name for name in layers if f"act_std/{name}" in first]
@@ -74,7 +74,7 @@ def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
         points = [(r["step"], r[key]) for r in train if key in r]
         time.plot([p[0] for p in points], [p[1] for p in points], label=name)
     time.set(xlabel="step", yscale="log", ylabel="output std", title="activation std over training")
-    time.legend(fontsize=7, ncol=2)
+    time.legend(fontsize=7, ncol=1 + len(layers) // 12, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     return _save(fig, run_dir, "activations.png")
 
 
