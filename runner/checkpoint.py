@@ -119,10 +119,11 @@ class Snapshot:
     weights: Packed  # model.safetensors
     optimizer: Packed  # optimizer.safetensors: optimizer state, RNG states and the loop's own tensors
     state: bytes  # state.json
+    keep: tuple[str, ...] = ()  # checkpoint directory names pruning must not remove (the best one)
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
-             config: dict, extra: dict[str, torch.Tensor] | None = None) -> Snapshot:
+             config: dict, extra: dict[str, torch.Tensor] | None = None, keep: tuple[str, ...] = ()) -> Snapshot:
     """Returns a copy of what a checkpoint at `position` stores (one host copy per file)."""
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
     optim_tensors.update(_torch_rng())
@@ -134,7 +135,7 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
         "python_rng": _python_rng(), "numpy_rng": _numpy_rng(), "config": config,
     }
     weights = pack(saved_tensors(model), {"ties": json.dumps(tie_map(model))})
-    return Snapshot(position.step, weights, pack(optim_tensors), json.dumps(state).encode())  # a bad value fails here, at its step
+    return Snapshot(position.step, weights, pack(optim_tensors), json.dumps(state).encode(), keep)  # a bad value fails here, at its step
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -151,7 +152,7 @@ def write_snapshot(directory: Path, snap: Snapshot, keep_last: int) -> Path:
     """
     with writing(directory.parent):
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{PREFIX}{snap.step:07d}"
+        final = directory / directory_name(snap.step)
         tmp = directory / f".tmp-{final.name}-{os.getpid()}"
         for stale in directory.glob(".tmp-*"):  # left by a killed run; the run lock makes us the only writer
             shutil.rmtree(stale, ignore_errors=True)
@@ -166,7 +167,8 @@ def write_snapshot(directory: Path, snap: Snapshot, keep_last: int) -> Path:
             raise
         _fsync_dir(directory)
         for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in snap.keep:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -254,6 +256,11 @@ class BackgroundSaver:
                 self._error = error
             finally:
                 self._idle.set()
+
+
+def directory_name(step: int) -> str:
+    """Returns the name of the checkpoint directory of a step: step_NNNNNNN."""
+    return f"{PREFIX}{step:07d}"
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -126,6 +126,10 @@ class TrainerConfig:
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
     ckpt_every: int = 0
     keep_last: int = 3
+    # Stop when a metric stops improving: {metric: val_loss, mode: min, patience: 3, min_delta: 0.0}.
+    early_stopping: Any = None
+    # Keep the checkpoint with the best monitored value (early_stopping's metric, else val_loss).
+    keep_best: Any = False
     loss: str = "auto"  # auto | cross_entropy | mse | l1 | smooth_l1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16

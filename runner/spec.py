@@ -39,7 +39,8 @@ _RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
 KINDS = ("weight", "bias", "buffer", "any")
 # Schema fields whose value is a free-form mapping or list, parsed (and key-checked) below.
 _BOOLEANS = {"init.strict", "optim.no_decay_bias_and_norm", "trainer.grad_stats", "trainer.tensorboard",
-             "trainer.plots", "trainer.deterministic", "trainer.compile", "trainer.activation_stats"}
+             "trainer.plots", "trainer.deterministic", "trainer.compile", "trainer.activation_stats",
+             "trainer.keep_best"}
 
 
 def _frozen(schema: type) -> type:
@@ -286,7 +287,8 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
     data, trainer = _freeze(typed.data, DataSpec), _freeze(typed.trainer, TrainerSpec)
-    trainer = dataclasses.replace(trainer, watch=_parse_globs(list(trainer.watch), "trainer.watch", problems))
+    trainer = dataclasses.replace(trainer, watch=_parse_globs(list(trainer.watch), "trainer.watch", problems),
+                                  early_stopping=parse_monitor(trainer.early_stopping, data.task, problems))
     _check_data(data, problems)
     _check_trainer(trainer, problems)
     return RunSpec(
@@ -910,6 +912,48 @@ def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_choice(trainer.progress, PROGRESS, "trainer.progress", problems)
     _check_choice(trainer.strategy, ("single", "ddp"), "trainer.strategy", problems)
     check_device_name(trainer.device, "trainer.device", problems)
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """trainer.early_stopping: the metric watched at every evaluation, and when to stop."""
+
+    metric: str = "val_loss"
+    mode: str = "min"
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+MONITORED = ("val_loss", "train_loss", "val_accuracy")
+
+
+def parse_monitor(declared: Any, task: str, problems: Problems) -> MonitorSpec | None:
+    """Returns trainer.early_stopping as a MonitorSpec (None when not set), adding a problem per bad key."""
+    if declared is None:
+        return None
+    key = "trainer.early_stopping"
+    if not isinstance(declared, dict):
+        problems.add(key, f"expected a mapping such as {{metric: val_loss, mode: min, patience: 3, min_delta: 0.0}}, got {declared!r}")
+        return None
+    known = ("metric", "mode", "patience", "min_delta")
+    for unknown in sorted(set(declared) - set(known)):
+        problems.add(f"{key}.{unknown}", f"unknown key;{suggest(str(unknown), list(known)) or ' it takes: ' + ', '.join(known)}")
+    metric = declared.get("metric", "val_loss")
+    available = [m for m in MONITORED if m != "val_accuracy" or (task in TASKS and TASKS[task].classifies)]
+    if metric not in available:
+        hint = suggest(str(metric), available) or f" this task logs: {', '.join(available)}"
+        problems.add(f"{key}.metric", f"{metric!r} is not a metric of this run;{hint}")
+        metric = "val_loss"
+    mode = declared.get("mode", "max" if metric == "val_accuracy" else "min")
+    if mode not in ("min", "max"):
+        problems.add(f"{key}.mode", f"expected min or max, got {mode!r}")
+    patience, min_delta = declared.get("patience", 3), declared.get("min_delta", 0.0)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        problems.add(f"{key}.patience", f"expected a whole number of evaluations >= 1, got {patience!r}")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+        problems.add(f"{key}.min_delta", f"expected a number >= 0, got {min_delta!r}")
+    return MonitorSpec(str(metric), str(mode), patience if isinstance(patience, int) else 3,
+                       float(min_delta) if isinstance(min_delta, (int, float)) else 0.0)
 
 
 def check_device_name(name: Any, key: str, problems: Problems) -> bool:

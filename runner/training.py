@@ -38,6 +38,7 @@ from runner.observe import NullWriter, Writer, histogram_summaries
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare import Prepared
 from runner.registry import LOSSES, TASKS
+from runner.spec import MonitorSpec
 from runner.rundir import environment, weights_sha256, write_json, writing
 from runner.tensors import count_parameters, verify_ties
 
@@ -163,7 +164,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
-    position, epoch_losses = Position(0, 0, 0), []
+    position, epoch_losses, extra = Position(0, 0, 0), [], {}
     if resume_from is not None:
         checkpoint.load_weights(resume_from, model)
         position, extra = checkpoint.load_training_state(resume_from, optimizer, scheduler)
@@ -181,6 +182,8 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     try:
         loop = _Loop(prepared, data, batches, optimizer, scheduler, writer, saver, run_dir, total_steps, group)
         loop.epoch_losses = epoch_losses
+        if "loop.monitor" in extra:
+            loop.monitor.restore(extra["loop.monitor"])
         with deterministic_algorithms(trainer.deterministic):
             final = loop.run(position)
     except BaseException:
@@ -248,6 +251,7 @@ class _Loop:
         self.acts = ActivationStats(self.model, list(watch.layers)) if trainer.activation_stats and watch.layers else None
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.train_seconds, self.steps_timed = 0.0, 0
+        self.monitor = Monitor(trainer.early_stopping, bool(trainer.keep_best))
         self.last_eval: Evaluation | None = None
         self.train_loss: float | None = None
         # The step appends its detached loss (no device op); checks and means come at logged steps.
@@ -279,9 +283,12 @@ class _Loop:
                 if self.ckpt_every and step % self.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
                     self.save(Position(step, epoch, batch))
             self.train_seconds += time.perf_counter() - began
-            self.end_epoch(step, epoch)
+            improved = self.end_epoch(step, epoch)
             epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
-            if self.ckpt_every and step % self.ckpt_every == 0 and step < self.total_steps:
+            if self.monitor.stopped is not None:
+                break  # the final checkpoint below is saved at this position
+            due = self.ckpt_every and step % self.ckpt_every == 0
+            if (due or (improved and self.monitor.keep_best)) and step < self.total_steps:
                 self.save(Position(step, epoch, start))
         if bar is not None:
             bar.close()
@@ -372,7 +379,8 @@ class _Loop:
         if tensors:  # summarized on the device; only min, max, sums and bin counts reach the host
             self.writer.histograms(step, tags, [t.numel() for t in tensors], histogram_summaries(tensors).cpu())
 
-    def end_epoch(self, step: int, epoch: int) -> None:
+    def end_epoch(self, step: int, epoch: int) -> bool:
+        """Evaluates, writes the eval record; returns whether the monitored metric improved."""
         if self.epoch_losses:
             mean = self.group.mean(torch.stack(self.epoch_losses).double().mean().reshape(1)).float()
             mean_and_tail = torch.cat([mean, self._unchecked()]).tolist()  # one sync
@@ -388,6 +396,10 @@ class _Loop:
         if self.progress == "log":
             accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
             log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.total_steps, self.train_loss or float("nan"), result.loss, accuracy)
+        improved = self.monitor.observe(record, step)
+        if self.monitor.stopped is not None:
+            log.warning("step %d: stopping early: %s", step, self.monitor.stopped)
+        return improved
 
     def save(self, position: Position) -> None:
         """Copies a checkpoint's contents and hands them to the background saver, refusing to store NaN or Inf."""
@@ -399,8 +411,60 @@ class _Loop:
         if not self.group.is_main:
             return
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
-        snap = checkpoint.snapshot(self.model, self.optimizer, self.scheduler, position, self.config, {"loop.epoch_losses": losses})
+        extra = {"loop.epoch_losses": losses, "loop.monitor": self.monitor.state()}
+        snap = checkpoint.snapshot(self.model, self.optimizer, self.scheduler, position, self.config, extra, keep=self.monitor.keep())
         self.saver.submit(snap)
+
+
+class Monitor:
+    """trainer.early_stopping and trainer.keep_best: the monitored metric's best value, and when to stop.
+
+    Without early_stopping, keep_best monitors val_loss (lower is better). Its state is saved in
+    every checkpoint, so a resumed run stops where the uninterrupted one would.
+    """
+
+    def __init__(self, spec: MonitorSpec | None, keep_best: bool):
+        self.active = spec is not None or keep_best
+        self.spec, self.stops, self.keep_best = spec or MonitorSpec(), spec is not None, keep_best
+        self.best = math.inf if self.spec.mode == "min" else -math.inf
+        self.best_step: int | None = None
+        self.bad = 0  # evaluations since the last improvement
+        self.stopped: str | None = None
+
+    def observe(self, record: dict, step: int) -> bool:
+        """Takes an eval record; returns whether the metric improved (by more than min_delta)."""
+        value = record.get(self.spec.metric)
+        if not self.active or value is None:
+            return False
+        delta = self.spec.min_delta
+        improved = value < self.best - delta if self.spec.mode == "min" else value > self.best + delta
+        if improved:
+            self.best, self.best_step, self.bad = value, step, 0
+        else:
+            self.bad += 1
+            if self.stops and self.bad >= self.spec.patience:
+                self.stopped = (f"{self.spec.metric} has not improved by more than {delta:g} for {self.bad} evaluations "
+                                f"(best {self.best:.6g} at step {self.best_step})")
+        return improved
+
+    def keep(self) -> tuple[str, ...]:
+        """Returns the checkpoint directory names pruning must keep: the best one, with keep_best."""
+        return (checkpoint.directory_name(self.best_step),) if self.keep_best and self.best_step is not None else ()
+
+    def state(self) -> torch.Tensor:
+        return torch.tensor([self.best, -1 if self.best_step is None else self.best_step, self.bad], dtype=torch.float64)
+
+    def restore(self, saved: torch.Tensor) -> None:
+        best, best_step, bad = saved.tolist()
+        self.best, self.best_step, self.bad = best, None if best_step < 0 else int(best_step), int(bad)
+
+    def summary(self) -> dict | None:
+        if not self.active or self.best_step is None:
+            return None
+        best = {"metric": self.spec.metric, "mode": self.spec.mode, "value": self.best, "step": self.best_step}
+        if self.keep_best:
+            best["checkpoint"] = f"checkpoints/{checkpoint.directory_name(self.best_step)}"
+        return best
 
 
 def first_non_finite(model: nn.Module) -> str | None:
@@ -443,4 +507,6 @@ def _summarize(prepared: Prepared, loop: _Loop, final: Position) -> dict:
         "device": str(prepared.device),
         "dtype": str(prepared.dtype).replace("torch.", ""),
         "seed": prepared.spec.seed,
+        "best": loop.monitor.summary(),
+        "stopped_early": loop.monitor.stopped,
     }

@@ -143,6 +143,8 @@ TABLE = [
     (["trainer.grad_stats=3"], 2, "trainer.grad_stats: expected true or false, got 3"),
     (["trainer.activation_stats=2"], 2, "trainer.activation_stats: expected true or false, got 2"),
     (["trainer.watch=[fc9]"], 2, "trainer.watch[0]: 'fc9' matches no layer or tensor; did you mean 'fc2' or 'fc1'?"),
+    (["trainer.early_stopping={metric: val_acc}"], 2, "trainer.early_stopping.metric: 'val_acc' is not a metric of this run; did you mean 'val_accuracy'?"),
+    (["trainer.early_stopping={patience: 0}"], 2, "trainer.early_stopping.patience: expected a whole number of evaluations >= 1, got 0"),
     (["+model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}"], 2, "model.layers: the override was merged into the existing mapping"),
     (["init.rules=[{fn: normal_, std: -1}]"], 2, "init.rules[0].std: expected a number > 0, got -1"),
     (["init.rules=[{fn: kaiming_uniform_, mode: fan_inn}]"], 2, "init.rules[0].mode: expected one of fan_in, fan_out, got 'fan_inn'; did you mean 'fan_in'"),
