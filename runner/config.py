@@ -112,6 +112,9 @@ class TrainerConfig:
     # Stops after this many optimizer steps when set (overrides epochs).
     max_steps: Optional[int] = None
     batch_size: int = 64
+    # Batches whose gradients are summed into one optimizer step (Lightning's name): the step equals
+    # one step on accumulate_grad_batches x batch_size rows.
+    accumulate_grad_batches: int = 1
     log_every: int = 10
     # Per-tensor gradient statistics on logged steps (grad_norm/<name>, ... in metrics.jsonl).
     grad_stats: Any = True

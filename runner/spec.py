@@ -902,6 +902,7 @@ def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.epochs, "trainer.epochs", problems)
     _check_positive(trainer.max_steps, "trainer.max_steps", problems, allow_zero=True)
     _check_positive(trainer.batch_size, "trainer.batch_size", problems)
+    _check_positive(trainer.accumulate_grad_batches, "trainer.accumulate_grad_batches", problems)
     _check_positive(trainer.log_every, "trainer.log_every", problems)
     _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
     _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)

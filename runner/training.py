@@ -12,6 +12,7 @@ checkpoints are copied at their step and written by a background saver (runner.c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -161,7 +162,8 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.data.to(prepared.device, prepared.dtype)
     batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
-    total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * batches.steps_per_epoch
+    steps_per_epoch = math.ceil(batches.steps_per_epoch / trainer.accumulate_grad_batches)  # optimizer steps
+    total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * steps_per_epoch
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
     position, epoch_losses, extra = Position(0, 0, 0), [], {}
@@ -239,7 +241,7 @@ class _Loop:
             self.net = torch.compile(self.net)  # shares the model's tensors: checkpoints and stats are unchanged
         self.loss_fn = loss_function(spec.data.task, trainer.loss)
         self.classify = TASKS[spec.data.task].classifies
-        self.log_every, self.ckpt_every = trainer.log_every, trainer.ckpt_every
+        self.log_every, self.ckpt_every, self.accumulate = trainer.log_every, trainer.ckpt_every, trainer.accumulate_grad_batches
         self.hist_every = trainer.hist_every if trainer.tensorboard and group.is_main else 0
         self.progress = _progress_mode(trainer.progress)
         entries = trainable(self.model)
@@ -267,11 +269,11 @@ class _Loop:
         while step < self.total_steps:
             began = time.perf_counter()
             batch = start  # batches of this epoch done, counting those before a resume
-            for x, y in self.batches.epoch(epoch, start):
+            for group in self._groups(epoch, start):
                 step += 1
-                batch += 1
+                batch += len(group)
                 logged = step % self.log_every == 0
-                self.step(x, y, logged)
+                self.step(group, logged)
                 if logged:
                     self.log_step(step, epoch)
                 if self.hist_every and step % self.hist_every == 0:
@@ -297,22 +299,54 @@ class _Loop:
         self.save(final)
         return final
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, logged: bool) -> None:
+    def _groups(self, epoch: int, start: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+        """Yields the epoch's batches from `start`, `accumulate` to an optimizer step (the epoch's last group may be shorter)."""
+        if self.accumulate == 1:
+            for pair in self.batches.epoch(epoch, start):
+                yield (pair,)
+            return
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for pair in self.batches.epoch(epoch, start):
+            group.append(pair)
+            if len(group) == self.accumulate:
+                yield tuple(group)
+                group = []
+        if group:
+            yield tuple(group)
+
+    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
+        """Returns the batch's mean loss times `weight` (its share of the optimizer step's rows), for this rank's shard."""
+        if self.group.active:
+            x, y, scale = self.group.shard(x, y)
+            weight = weight * scale
+        loss = self.loss_fn(net(x), y)
+        return loss * weight if weight != 1.0 else loss
+
+    def step(self, group: tuple[tuple[torch.Tensor, torch.Tensor], ...], logged: bool) -> None:
+        """One optimizer step over a group of batches: each batch's loss is weighted by its share of the
+        group's rows, so the summed gradients are those of the mean loss over all of them."""
         hooked = logged and self.acts is not None
         net = self.hooked_net if hooked else self.net
+        self.optimizer.zero_grad(set_to_none=True)
         if hooked:
-            self.acts.attach()  # only for this forward pass: other steps run without hooks
+            self.acts.attach()  # only for this step's forward passes: other steps run without hooks
         try:
-            if self.group.active:
-                x, y, scale = self.group.shard(x, y)
-                loss = self.loss_fn(net(x), y) * scale
+            if len(group) == 1:
+                loss = self._loss(net, *group[0], 1.0)
+                loss.backward()
+                loss = loss.detach()
             else:
-                loss = self.loss_fn(net(x), y)
+                rows, loss = sum(len(x) for x, _ in group), None
+                for index, (x, y) in enumerate(group):
+                    # Under DDP the gradients are all-reduced once, on the group's last backward pass.
+                    skip_sync = self.group.active and index < len(group) - 1
+                    with self.net.no_sync() if skip_sync else contextlib.nullcontext():
+                        part = self._loss(net, x, y, len(x) / rows)
+                        part.backward()
+                    loss = part.detach() if loss is None else loss + part.detach()
         finally:
             if hooked:
                 self.acts.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if logged and self.stats is not None:
             self.stats.before_step()  # gradients as computed, before clipping
         if self.clip is not None:
@@ -320,7 +354,7 @@ class _Loop:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.epoch_losses.append(loss.detach())
+        self.epoch_losses.append(loss)
 
     def _unchecked(self) -> torch.Tensor:
         """Returns the losses not yet checked for NaN/Inf (averaged over ranks), on the device."""

@@ -126,6 +126,24 @@ def test_two_process_ddp_matches_single_process_training(tmp_path):
     assert len(metrics) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())  # rank 0 alone wrote
 
 
+def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
+    # 2 ranks x 2 accumulated batches of 16 rows = one step on 64 rows; only the last backward all-reduces.
+    single = run_cli(*TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
+         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", "trainer.batch_size=32", "trainer.accumulate_grad_batches=2",
+         f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr
+    a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
     assert [p.name for p in written] == ["report.md", "report.csv", "report.png"]
