@@ -91,8 +91,8 @@ def test_hooks_exist_only_on_logged_steps(compose, tmp_path, monkeypatch):
         attached.append(1)
         real_attach(self)
 
-    def step(self, x, y, logged):
-        real_step(self, x, y, logged)
+    def step(self, group, logged):
+        real_step(self, group, logged)
         hooked_steps.append(any(m._forward_hooks for m in self.model.modules()))  # after the step: none left
 
     monkeypatch.setattr(training.ActivationStats, "attach", attach)
@@ -254,10 +254,10 @@ def test_an_interrupt_mid_run_leaves_no_writer_or_saver_thread(compose, tmp_path
 
     real = training._Loop.step
 
-    def interrupted(self, x, y, logged):
+    def interrupted(self, group, logged):
         if len(self.epoch_losses) == 7:
             raise KeyboardInterrupt
-        real(self, x, y, logged)
+        real(self, group, logged)
 
     monkeypatch.setattr(training._Loop, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -129,11 +129,11 @@ def test_nan_at_step_k_stops_there_with_the_previous_checkpoint_intact(compose, 
     original = _Loop.step
     calls = {"n": 0}
 
-    def poisoned(self, x, y, logged):
+    def poisoned(self, group, logged):
         calls["n"] += 1
         if calls["n"] == 10:
-            x = x * float("nan")
-        return original(self, x, y, logged)
+            group = tuple((x * float("nan"), y) for x, y in group)
+        return original(self, group, logged)
 
     monkeypatch.setattr(_Loop, "step", poisoned)
     with pytest.raises(RunError, match=r"^step 10: the training loss is nan"):

@@ -160,8 +160,8 @@ def test_a_model_without_ties_writes_no_aliases_record(compose, tmp_path):
 def test_a_nan_before_a_histogram_step_stops_with_the_step_named(compose, tmp_path, monkeypatch):
     original = training._Loop.step
 
-    def poisoned(self, x, y, logged):
-        return original(self, x * float("nan") if not self.epoch_losses else x, y, logged)
+    def poisoned(self, group, logged):
+        return original(self, tuple((x * float("nan") if not self.epoch_losses else x, y) for x, y in group), logged)
 
     monkeypatch.setattr(training._Loop, "step", poisoned)
     with pytest.raises(RunError, match=r"^step 1: the training loss is nan"):
