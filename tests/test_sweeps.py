@@ -108,40 +108,32 @@ def test_a_failing_job_is_listed_and_the_sweep_goes_on(tmp_path):
     assert [r["status"] for r in rows(tmp_path)] == ["unfinished", "failed"]
 
 
-def test_two_process_ddp_matches_single_process_training(tmp_path):
+def _single_and_ddp(tmp_path, *ddp_overrides: str):
+    """Trains TINY for 30 steps in one process and under 2-process DDP, and checks the weights match."""
     single = run_cli(*TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'ddp'}"],
+         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", *ddp_overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr
     a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_process_ddp_matches_single_process_training(tmp_path):
+    _single_and_ddp(tmp_path)
     metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())  # rank 0 alone wrote
 
 
 def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
     # 2 ranks x 2 accumulated batches of 16 rows = one step on 64 rows; only the last backward all-reduces.
-    single = run_cli(*TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'single'}")
-    assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", "trainer.batch_size=32", "trainer.accumulate_grad_batches=2",
-         f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr
-    a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    _single_and_ddp(tmp_path, "trainer.batch_size=32", "trainer.accumulate_grad_batches=2")
 
 
 def test_report_regenerates_from_python(sequential_sweep):
