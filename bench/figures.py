@@ -1,4 +1,4 @@
-"""Figures 2-11: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost.
+"""Figures 2-12: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -304,4 +304,14 @@ def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
-ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution, checkpoint_overhead]
+def ema_overhead(repeats: int, smoke: bool) -> list[Row]:
+    """12. steps/s with an exponential moving average of the weights (trainer.ema_decay) over without."""
+    rows = []
+    for size, overrides in SIZES.items():
+        base = _prepared([*overrides, *(["trainer.max_steps=20"] if smoke else [])])
+        averaged, plain = alternate(lambda: _steps_per_second(base, {"ema_decay": 0.999}), lambda: _steps_per_second(base, {"ema_decay": None}), repeats)
+        rows.append(Row("12. steps/s, EMA of the weights / none", size, averaged / plain, ">= 0.95", "one foreach lerp per step"))
+    return rows
+
+
+ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution, checkpoint_overhead, ema_overhead]

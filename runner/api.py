@@ -109,14 +109,15 @@ def _saved(plan: Plan) -> dict:
     return {**plan.spec.config, "resume": None}
 
 
-def load(path: str | Path, device: str = "cpu") -> nn.Module:
+def load(path: str | Path, device: str = "cpu", ema: bool = False) -> nn.Module:
     """Returns the model of a run directory or checkpoint, computing what training computed.
 
     Rebuilt from its saved config (registered layer types only); every init rule is replayed from
     the saved seed, so non-persistent buffers hold the values they had in training; then weights
     and persistent buffers are loaded (file hashes verified, nothing unpickled), ties restored and
     verified, and the model placed on `device`. Neither the training data nor the training device
-    is needed: a run trained on a GPU loads on a CPU.
+    is needed: a run trained on a GPU loads on a CPU. `ema=True` returns the averaged weights of a
+    run trained with `trainer.ema_decay` (its buffers are the trained model's).
     """
     problems = Problems()
     check_device(device, "load(device=...)", problems)
@@ -126,6 +127,8 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     model = plan.materialize()
     apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers)  # no batch: LSUV's scaling comes with the weights
     checkpoint.load_weights(latest, model)
+    if ema:
+        checkpoint.load_ema(latest, model)
     place(model, resolve_device(device), DTYPES[plan.spec.trainer.dtype])
     verify_ties(model, plan.declarations.ties)
     model.eval()

@@ -326,6 +326,21 @@ def load_weights(checkpoint: Path, model: nn.Module) -> None:
             tensor.copy_(stored[name])
 
 
+EMA_PREFIX = "loop.ema."
+
+
+def load_ema(checkpoint: Path, model: nn.Module) -> None:
+    """Copies a checkpoint's averaged weights (trainer.ema_decay) into the model's trainable tensors in place."""
+    stored = _load_safetensors(checkpoint / "optimizer.safetensors", read_verified(checkpoint, "optimizer.safetensors"))
+    averaged = {name[len(EMA_PREFIX):]: t for name, t in stored.items() if name.startswith(EMA_PREFIX)}
+    if not averaged:
+        raise RunError(f"{checkpoint}: this run was trained without trainer.ema_decay; it holds no averaged weights")
+    with torch.no_grad():
+        for name, tensor in saved_tensors(model).items():
+            if name in averaged:
+                tensor.copy_(averaged[name])
+
+
 def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Position, dict[str, torch.Tensor]]:
     """Restores optimizer, scheduler and every RNG from a verified checkpoint.
 

@@ -129,6 +129,8 @@ class TrainerConfig:
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
     ckpt_every: int = 0
     keep_last: int = 3
+    # An exponential moving average of the weights, evaluated beside them (null: none).
+    ema_decay: Optional[float] = None
     # Stop when a metric stops improving: {metric: val_loss, mode: min, patience: 3, min_delta: 0.0}.
     early_stopping: Any = None
     # Keep the checkpoint with the best monitored value (early_stopping's metric, else val_loss).

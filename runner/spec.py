@@ -903,6 +903,8 @@ def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.max_steps, "trainer.max_steps", problems, allow_zero=True)
     _check_positive(trainer.batch_size, "trainer.batch_size", problems)
     _check_positive(trainer.accumulate_grad_batches, "trainer.accumulate_grad_batches", problems)
+    if trainer.ema_decay is not None and not 0.0 < trainer.ema_decay < 1.0:
+        problems.add("trainer.ema_decay", f"expected null or a number strictly between 0 and 1 (0.999 is common), got {trainer.ema_decay}")
     _check_positive(trainer.log_every, "trainer.log_every", problems)
     _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
     _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)

@@ -13,6 +13,7 @@ checkpoints are copied at their step and written by a background saver (runner.c
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -186,6 +187,8 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
         loop.epoch_losses = epoch_losses
         if "loop.monitor" in extra:
             loop.monitor.restore(extra["loop.monitor"])
+        if loop.ema is not None and resume_from is not None:
+            loop.ema.restore(extra)
         with deterministic_algorithms(trainer.deterministic):
             final = loop.run(position)
     except BaseException:
@@ -254,7 +257,9 @@ class _Loop:
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.train_seconds, self.steps_timed = 0.0, 0
         self.monitor = Monitor(trainer.early_stopping, bool(trainer.keep_best))
+        self.ema = Average(self.model, trainer.ema_decay) if trainer.ema_decay is not None else None
         self.last_eval: Evaluation | None = None
+        self.last_eval_ema: Evaluation | None = None
         self.train_loss: float | None = None
         # The step appends its detached loss (no device op); checks and means come at logged steps.
         self.epoch_losses: list[torch.Tensor] = []
@@ -354,6 +359,8 @@ class _Loop:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
         self.epoch_losses.append(loss)
 
     def _unchecked(self) -> torch.Tensor:
@@ -425,6 +432,13 @@ class _Loop:
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}
         if result.accuracy is not None:
             record["val_accuracy"] = result.accuracy
+        if self.ema is not None:
+            self.ema.copy_buffers()
+            averaged = evaluate(self.ema.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
+            self.last_eval_ema = averaged
+            record["val_loss_ema"] = averaged.loss
+            if averaged.accuracy is not None:
+                record["val_accuracy_ema"] = averaged.accuracy
         self.writer.write(record)
         self.epoch_losses, self.checked = [], 0
         if self.progress == "log":
@@ -445,9 +459,45 @@ class _Loop:
         if not self.group.is_main:
             return
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
-        extra = {"loop.epoch_losses": losses, "loop.monitor": self.monitor.state()}
+        extra = {"loop.epoch_losses": losses, "loop.monitor": self.monitor.state(), **(self.ema.state() if self.ema is not None else {})}
         snap = checkpoint.snapshot(self.model, self.optimizer, self.scheduler, position, self.config, extra, keep=self.monitor.keep())
         self.saver.submit(snap)
+
+
+class Average:
+    """trainer.ema_decay: an exponential moving average of the trainable tensors, in a copy of the model.
+
+    The copy keeps the model's ties (one averaged tensor per tied tensor); after every optimizer
+    step each averaged tensor moves `1 - decay` of the way to the trained one (one foreach op on
+    the device). Buffers are copied from the trained model before each evaluation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model)  # deepcopy's memo keeps tied tensors tied
+        self.model.eval()
+        self.decay = decay
+        trained, averaged = trainable(model), trainable(self.model)
+        self.names = [e.name for e in averaged]
+        self.source, self.target = [e.tensor for e in trained], [e.tensor for e in averaged]
+        buffers = dict(self.model.named_buffers())
+        self.buffers = [(buffers[name], tensor) for name, tensor in model.named_buffers()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.target, self.source, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_buffers(self) -> None:
+        for mine, theirs in self.buffers:
+            mine.copy_(theirs)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"{checkpoint.EMA_PREFIX}{name}": tensor.detach() for name, tensor in zip(self.names, self.target)}
+
+    @torch.no_grad()
+    def restore(self, extra: dict[str, torch.Tensor]) -> None:
+        for name, tensor in zip(self.names, self.target):
+            tensor.copy_(extra[f"{checkpoint.EMA_PREFIX}{name}"])
 
 
 class Monitor:
@@ -541,6 +591,8 @@ def _summarize(prepared: Prepared, loop: _Loop, final: Position) -> dict:
         "device": str(prepared.device),
         "dtype": str(prepared.dtype).replace("torch.", ""),
         "seed": prepared.spec.seed,
+        "val_loss_ema": loop.last_eval_ema.loss if loop.last_eval_ema else None,
+        "val_accuracy_ema": loop.last_eval_ema.accuracy if loop.last_eval_ema else None,
         "best": loop.monitor.summary(),
         "stopped_early": loop.monitor.stopped,
     }
