@@ -496,8 +496,13 @@ class Average:
 
     @torch.no_grad()
     def restore(self, extra: dict[str, torch.Tensor]) -> None:
-        for name, tensor in zip(self.names, self.target):
-            tensor.copy_(extra[f"{checkpoint.EMA_PREFIX}{name}"])
+        """Takes the average a checkpoint saved; one saved without (an `ema_decay` added on resume) starts it from the weights."""
+        keys = [f"{checkpoint.EMA_PREFIX}{name}" for name in self.names]
+        if not all(key in extra for key in keys):
+            log.warning("the checkpoint holds no average of the weights (trained without trainer.ema_decay): the average starts from its weights")
+            return
+        for key, tensor in zip(keys, self.target):
+            tensor.copy_(extra[key])
 
 
 class Monitor:

@@ -83,3 +83,17 @@ def test_a_decay_outside_zero_to_one_is_named(compose, value):
     with pytest.raises(ConfigError) as raised:
         validate(compose(f"trainer.ema_decay={value}"))
     assert "trainer.ema_decay: expected null or a number strictly between 0 and 1" in str(raised.value)
+
+
+def test_an_average_added_on_resume_starts_from_the_resumed_weights(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=10", "trainer.ckpt_every=5", "trainer.keep_last=5"), tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000010")
+    (tmp_path / "summary.json").unlink()
+    resumed = runner.resume(tmp_path, [f"trainer.ema_decay={DECAY}", "trainer.max_steps=6"])
+    assert resumed["steps"] == 6
+    runner.train(compose("trainer.max_steps=5"), tmp_path / "five")
+    runner.train(compose("trainer.max_steps=6"), tmp_path / "six")
+    five, six = runner.load(tmp_path / "five").state_dict(), runner.load(tmp_path / "six").state_dict()
+    averaged = runner.load(tmp_path, ema=True).state_dict()
+    for name in averaged:  # the average began at step 5's weights and took one step
+        torch.testing.assert_close(averaged[name], DECAY * five[name] + (1 - DECAY) * six[name], rtol=1e-6, atol=1e-7, msg=name)
