@@ -292,26 +292,29 @@ def graph_execution(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
-def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
-    """11. steps/s with a checkpoint every 20 steps over checkpoints at the end only."""
+def _setting_cost(figure: str, on: dict, off: dict, note: str, repeats: int, smoke: bool, steps: dict[str, list[str]] | None = None) -> list[Row]:
+    """steps/s with the trainer settings `on` over `off`, alternated, for each size (`steps`: its length)."""
     rows = []
     for size, overrides in SIZES.items():
-        steps = ["trainer.max_steps=40"] if smoke else (["trainer.epochs=10"] if "digits" in size else ["trainer.epochs=6"])
-        base = _prepared([*[o for o in overrides if not o.startswith("trainer.epochs=")], *steps])
-        every, none = alternate(lambda: _steps_per_second(base, {"ckpt_every": 20}), lambda: _steps_per_second(base, {"ckpt_every": 0}), repeats)
-        rows.append(Row("11. steps/s, a checkpoint every 20 steps / none", size, every / none, ">= 0.95",
-                        "written, hashed and fsynced on a background thread"))
+        length = ["trainer.max_steps=40"] if smoke else (steps or {}).get(size, [])
+        kept = [o for o in overrides if not (length and o.startswith("trainer.epochs="))]
+        base = _prepared([*kept, *length])
+        with_it, without = alternate(lambda: _steps_per_second(base, on), lambda: _steps_per_second(base, off), repeats)
+        rows.append(Row(figure, size, with_it / without, ">= 0.95", note))
     return rows
+
+
+def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
+    """11. steps/s with a checkpoint every 20 steps over checkpoints at the end only."""
+    long_enough = {size: ["trainer.epochs=10" if "digits" in size else "trainer.epochs=6"] for size in SIZES}
+    return _setting_cost("11. steps/s, a checkpoint every 20 steps / none", {"ckpt_every": 20}, {"ckpt_every": 0},
+                         "written, hashed and fsynced on a background thread", repeats, smoke, long_enough)
 
 
 def ema_overhead(repeats: int, smoke: bool) -> list[Row]:
     """12. steps/s with an exponential moving average of the weights (trainer.ema_decay) over without."""
-    rows = []
-    for size, overrides in SIZES.items():
-        base = _prepared([*overrides, *(["trainer.max_steps=20"] if smoke else [])])
-        averaged, plain = alternate(lambda: _steps_per_second(base, {"ema_decay": 0.999}), lambda: _steps_per_second(base, {"ema_decay": None}), repeats)
-        rows.append(Row("12. steps/s, EMA of the weights / none", size, averaged / plain, ">= 0.95", "one foreach lerp per step"))
-    return rows
+    return _setting_cost("12. steps/s, EMA of the weights / none", {"ema_decay": 0.999}, {"ema_decay": None},
+                         "one foreach lerp per step", repeats, smoke)
 
 
 ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution, checkpoint_overhead, ema_overhead]

@@ -23,13 +23,12 @@ import socket
 import struct
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from runner.rundir import RunDirWriteError, start_metrics, writing
+from runner.rundir import start_metrics, writing
 
 HISTOGRAM_BINS = 64
 _CLOSE = object()
@@ -188,23 +187,15 @@ class Writer:
                         self.events.histograms(*payload)
                 if lines:
                     data = "".join(lines).encode()
-                    with self._writing(self.path):
+                    with writing(self.run_dir, self.path):
                         while data:  # a short write (a full disk) continues or raises
                             data = data[os.write(self._fd, data) :]
                 if self.events is not None:
-                    with self._writing(self.events.path):
+                    with writing(self.run_dir, self.events.path):
                         self.events.flush()
             except BaseException as error:  # noqa: BLE001 - handed to the training thread
                 self._error = error  # and stop: what is queued after a failed write is not written
                 closing = True
-
-    @contextmanager
-    def _writing(self, path: Path) -> Iterator[None]:
-        """Names `path` in the error (a write to an open file raises OSError without a file name)."""
-        try:
-            yield
-        except OSError as error:
-            raise RunDirWriteError(self.run_dir, Path(error.filename or path), error.strerror or str(error)) from error
 
     def _scalars(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")

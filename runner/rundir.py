@@ -26,15 +26,16 @@ class RunDirWriteError(RunError):
 
 
 @contextmanager
-def writing(run_dir: Path) -> Iterator[None]:
+def writing(run_dir: Path, path: Path | None = None) -> Iterator[None]:
     """Turns an OSError from the writes inside into RunDirWriteError, so callers can tell it from any other OSError.
 
     Wrap writes only: an OSError from elsewhere (a gloo connection, a data file) is not the run directory's.
+    `path` names the file when the error does not (a write to an open file raises one without a name).
     """
     try:
         yield
     except OSError as error:
-        raise RunDirWriteError(run_dir, Path(error.filename or run_dir), error.strerror or str(error)) from error
+        raise RunDirWriteError(run_dir, Path(error.filename or path or run_dir), error.strerror or str(error)) from error
 
 
 def write_json(path: Path, data: Any) -> None:
