@@ -532,7 +532,7 @@ class Monitor:
         else:
             self.bad += 1
             if self.stops and self.bad >= self.spec.patience:
-                self.stopped = (f"{self.spec.metric} has not improved by more than {delta:g} for {self.bad} evaluations "
+                self.stopped = (f"{self.spec.metric} has not improved by more than {delta:g} for {self.bad} evaluation{'s' if self.bad > 1 else ''} "
                                 f"(best {self.best:.6g} at step {self.best_step})")
         return improved
 
