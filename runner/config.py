@@ -138,6 +138,9 @@ class TrainerConfig:
     loss: str = "auto"  # auto | cross_entropy | mse | l1 | smooth_l1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16
+    # Forward pass and loss under torch.autocast in this dtype (null: off); weights stay in `dtype`.
+    # float16 (CUDA only) adds loss scaling; steps whose gradients overflow are skipped and counted.
+    autocast: Optional[str] = None  # null | bfloat16 | float16
     deterministic: Any = True
     # Wrap the model in torch.compile for training (see the README's benchmarks for when it pays).
     compile: Any = False

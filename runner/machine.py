@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from runner.data import Dataset, load_data
 from runner.errors import ConfigError, Problems
 from runner.placement import available_devices
-from runner.spec import RunSpec, check_device_name
+from runner.spec import DEVICE_FORM, RunSpec, check_device_name
 
 
 def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:
     """Adds a problem for each thing this machine lacks; returns the loaded data when it could be read."""
     check_device(spec.trainer.device, "trainer.device", problems)
+    check_autocast(spec, problems)
     if spec.trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:
         problems.add("trainer.strategy", "ddp needs torchrun: torchrun --nproc_per_node=N -m runner trainer.strategy=ddp")
     if any(p.key.startswith("data") for p in problems.items):
@@ -26,6 +29,21 @@ def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:
     except ConfigError as error:
         problems.items.extend(error.problems)
         return None
+
+
+def check_autocast(spec: RunSpec, problems: Problems) -> None:
+    """float16 autocast is for CUDA: its loss scaling exists for CUDA's float16 kernels, and on a CPU
+    float16 is slower than float32 (bfloat16 is the CPU's autocast dtype)."""
+    trainer = spec.trainer
+    if trainer.autocast != "float16" or not DEVICE_FORM.match(str(trainer.device)):
+        return
+    if trainer.device in ("auto", "cuda") or trainer.device.startswith("cuda:"):
+        if torch.cuda.is_available():
+            return
+        where = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA device is available here"
+    else:
+        where = f"trainer.device is {trainer.device}"
+    problems.add("trainer.autocast", f"float16 autocast needs a CUDA device ({where}); use trainer.autocast=bfloat16 on the {'CPU' if trainer.device != 'mps' else 'MPS'}")
 
 
 def check_device(name: str, key: str, problems: Problems) -> None:

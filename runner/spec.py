@@ -29,6 +29,7 @@ from runner.registry import CONTAINERS, LOSSES, SCHEDULERS, TASKS, layer_types, 
 
 DATASETS = ("digits", "synthetic", "file", "text")
 DTYPES = ("float32", "float64", "bfloat16")
+AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")
 DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "output", "call")
@@ -912,6 +913,12 @@ def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.keep_last, "trainer.keep_last", problems)
     _check_choice(trainer.loss, ("auto", *LOSSES), "trainer.loss", problems)
     _check_choice(trainer.dtype, DTYPES, "trainer.dtype", problems)
+    if trainer.autocast is not None:
+        if trainer.autocast not in AUTOCAST:
+            problems.add("trainer.autocast", f"expected null, bfloat16 or float16, got {trainer.autocast!r};{suggest(str(trainer.autocast), AUTOCAST)}".rstrip(";"))
+        elif trainer.dtype != "float32":
+            problems.add("trainer.autocast", f"autocast computes in {trainer.autocast} from float32 weights; trainer.dtype is {trainer.dtype} "
+                                             "(set trainer.dtype=float32, or trainer.autocast=null)")
     _check_choice(trainer.progress, PROGRESS, "trainer.progress", problems)
     _check_choice(trainer.strategy, ("single", "ddp"), "trainer.strategy", problems)
     check_device_name(trainer.device, "trainer.device", problems)

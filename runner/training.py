@@ -38,6 +38,7 @@ from runner.activations import ActivationStats
 from runner.gradstats import GradStats
 from runner.observe import NullWriter, Writer, histogram_summaries
 from runner.optim import make_optimizer, make_scheduler, trainable
+from runner.precision import Precision
 from runner.prepare import Prepared
 from runner.registry import LOSSES, TASKS
 from runner.spec import MonitorSpec
@@ -189,6 +190,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
             loop.monitor.restore(extra["loop.monitor"])
         if loop.ema is not None and resume_from is not None:
             loop.ema.restore(extra)
+        loop.precision.restore(extra)
         with deterministic_algorithms(trainer.deterministic):
             final = loop.run(position)
     except BaseException:
@@ -258,6 +260,8 @@ class _Loop:
         self.train_seconds, self.steps_timed = 0.0, 0
         self.monitor = Monitor(trainer.early_stopping, bool(trainer.keep_best))
         self.ema = Average(self.model, trainer.ema_decay) if trainer.ema_decay is not None else None
+        self.precision = Precision(trainer.autocast, prepared.device, optimizer)
+        self.at_step = 0  # the optimizer step being taken, for messages
         self.last_eval: Evaluation | None = None
         self.last_eval_ema: Evaluation | None = None
         self.train_loss: float | None = None
@@ -276,6 +280,7 @@ class _Loop:
             batch = start  # batches of this epoch done, counting those before a resume
             for group in self._groups(epoch, start):
                 step += 1
+                self.at_step = step
                 batch += len(group)
                 logged = step % self.log_every == 0
                 self.step(group, logged)
@@ -324,7 +329,8 @@ class _Loop:
         if self.group.active:
             x, y, scale = self.group.shard(x, y)
             weight = weight * scale
-        loss = self.loss_fn(net(x), y)
+        with self.precision.autocast():
+            loss = self.loss_fn(net(x), y)
         return loss * weight if weight != 1.0 else loss
 
     def step(self, group: tuple[tuple[torch.Tensor, torch.Tensor], ...], logged: bool) -> None:
@@ -338,7 +344,7 @@ class _Loop:
         try:
             if len(group) == 1:
                 loss = self._loss(net, *group[0], 1.0)
-                loss.backward()
+                self.precision.backward(loss)
                 loss = loss.detach()
             else:
                 rows, loss = sum(len(x) for x, _ in group), None
@@ -347,20 +353,21 @@ class _Loop:
                     skip_sync = self.group.active and index < len(group) - 1
                     with self.net.no_sync() if skip_sync else contextlib.nullcontext():
                         part = self._loss(net, x, y, len(x) / rows)
-                        part.backward()
+                        self.precision.backward(part)
                     loss = part.detach() if loss is None else loss + part.detach()
         finally:
             if hooked:
                 self.acts.detach()
+        self.precision.unscale(self.optimizer)  # float16: the gradients as computed, not as scaled
         if logged and self.stats is not None:
             self.stats.before_step()  # gradients as computed, before clipping
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update()
+        if self.precision.step(self.optimizer, self.at_step):  # False: float16 gradients overflowed, nothing changed
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
         self.epoch_losses.append(loss)
 
     def _unchecked(self) -> torch.Tensor:
@@ -371,7 +378,9 @@ class _Loop:
     def log_step(self, step: int, epoch: int) -> None:
         unchecked = self._unchecked()
         parts, keys = [unchecked], []
-        if self.stats is not None:
+        # A float16 step skipped for overflow changed nothing: its gradient statistics describe no update.
+        skipped = self.precision.last_skipped
+        if self.stats is not None and not skipped:
             parts.append(self.stats.after_step())
             keys += self.stats.keys
         if self.acts is not None:
@@ -383,7 +392,10 @@ class _Loop:
         self._check_losses(step, losses)
         record = {"kind": "train", "step": step, "epoch": epoch, "loss": losses[-1], "lr": self.optimizer.param_groups[0]["lr"]}
         record.update(zip(keys, values[len(unchecked) :]))
-        if self.stats is not None and not math.isfinite(record["grad_norm"]):
+        record.update(self.precision.record())
+        if skipped:
+            record["step_skipped"] = True
+        if self.stats is not None and not skipped and not math.isfinite(record["grad_norm"]):
             raise RunError(f"step {step}: the gradient of {self.stats.first_non_finite_grad()!r} holds NaN or Inf; stopping (the last checkpoint is intact)")
         self.writer.write(record)
 
@@ -427,14 +439,16 @@ class _Loop:
             mean_and_tail = torch.cat([mean, self._unchecked()]).tolist()  # one sync
             self._check_losses(step, mean_and_tail[1:])
             self.train_loss = mean_and_tail[0]
-        result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify, self.eval_modules)
+        with self.precision.autocast():  # the model is evaluated as it trains
+            result = evaluate(self.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify, self.eval_modules)
         self.last_eval = result
         record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": self.train_loss, "val_loss": result.loss}
         if result.accuracy is not None:
             record["val_accuracy"] = result.accuracy
         if self.ema is not None:
             self.ema.copy_buffers()
-            averaged = evaluate(self.ema.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
+            with self.precision.autocast():
+                averaged = evaluate(self.ema.model, self.data.val_x, self.data.val_y, self.loss_fn, self.classify)
             self.last_eval_ema = averaged
             record["val_loss_ema"] = averaged.loss
             if averaged.accuracy is not None:
@@ -459,7 +473,8 @@ class _Loop:
         if not self.group.is_main:
             return
         losses = torch.stack(self.epoch_losses) if self.epoch_losses else torch.zeros(0)
-        extra = {"loop.epoch_losses": losses, "loop.monitor": self.monitor.state(), **(self.ema.state() if self.ema is not None else {})}
+        extra = {"loop.epoch_losses": losses, "loop.monitor": self.monitor.state(), **self.precision.state(),
+                 **(self.ema.state() if self.ema is not None else {})}
         snap = checkpoint.snapshot(self.model, self.optimizer, self.scheduler, position, self.config, extra, keep=self.monitor.keep())
         self.saver.submit(snap)
 
@@ -600,4 +615,6 @@ def _summarize(prepared: Prepared, loop: _Loop, final: Position) -> dict:
         "val_accuracy_ema": loop.last_eval_ema.accuracy if loop.last_eval_ema else None,
         "best": loop.monitor.summary(),
         "stopped_early": loop.monitor.stopped,
+        "autocast": prepared.spec.trainer.autocast,
+        "skipped_steps": loop.precision.skipped if loop.precision.scaler is not None else None,
     }

@@ -32,3 +32,17 @@ def test_cpu_and_cuda_builds_of_one_seed_start_identical(compose):
 def test_training_on_cuda(compose, tmp_path):
     summary = runner.train(compose("experiment=transformer_lm", "trainer.device=cuda", "trainer.max_steps=20"), tmp_path)
     assert summary["device"].startswith("cuda") and summary["steps"] == 20
+
+
+@pytest.mark.parametrize("autocast", ["bfloat16", "float16"])
+def test_autocast_on_cuda_trains_and_resumes_exactly(compose, tmp_path, autocast):
+    overrides = ("trainer.device=cuda", f"trainer.autocast={autocast}", "trainer.max_steps=30", "trainer.ckpt_every=10", "trainer.keep_last=5")
+    full = runner.train(compose(*overrides), tmp_path / "full")
+    assert full["autocast"] == autocast and full["val_loss"] < 2.3  # ln(10): it learned something
+    assert (full["skipped_steps"] is not None) == (autocast == "float16")
+    import shutil
+
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000030")
+    resumed = runner.resume(tmp_path / "cut")
+    assert resumed["weights_sha256"] == full["weights_sha256"]
