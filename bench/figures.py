@@ -1,4 +1,4 @@
-"""Figures 2-12: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA.
+"""Figures 2-13: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -292,7 +292,8 @@ def graph_execution(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
-def _setting_cost(figure: str, on: dict, off: dict, note: str, repeats: int, smoke: bool, steps: dict[str, list[str]] | None = None) -> list[Row]:
+def _setting_cost(figure: str, on: dict, off: dict, note: str, repeats: int, smoke: bool, steps: dict[str, list[str]] | None = None,
+                  goal: str = ">= 0.95") -> list[Row]:
     """steps/s with the trainer settings `on` over `off`, alternated, for each size (`steps`: its length)."""
     rows = []
     for size, overrides in SIZES.items():
@@ -300,7 +301,7 @@ def _setting_cost(figure: str, on: dict, off: dict, note: str, repeats: int, smo
         kept = [o for o in overrides if not (length and o.startswith("trainer.epochs="))]
         base = _prepared([*kept, *length])
         with_it, without = alternate(lambda: _steps_per_second(base, on), lambda: _steps_per_second(base, off), repeats)
-        rows.append(Row(figure, size, with_it / without, ">= 0.95", note))
+        rows.append(Row(figure, size, with_it / without, goal, note))
     return rows
 
 
@@ -317,4 +318,13 @@ def ema_overhead(repeats: int, smoke: bool) -> list[Row]:
                          "one foreach lerp per step", repeats, smoke)
 
 
-ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution, checkpoint_overhead, ema_overhead]
+def autocast_speedup(repeats: int, smoke: bool) -> list[Row]:
+    """13. steps/s with trainer.autocast=bfloat16 over float32, on the device the bench runs on."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    goal = "> 1 (tensor cores)" if device == "cuda" else "reported"
+    return _setting_cost(f"13. steps/s, bfloat16 autocast / float32 ({device})", {"autocast": "bfloat16"}, {"autocast": None},
+                         "weights stay float32", repeats, smoke, goal=goal)
+
+
+ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution,
+       checkpoint_overhead, ema_overhead, autocast_speedup]

@@ -12,7 +12,7 @@ from conftest import REPO
 
 @pytest.mark.slow
 def test_bench_smoke_runs_and_its_loops_do_identical_work():
-    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "1,2,3,4,7,8,11"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--only", "1,2,3,4,7,8,11,13"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
