@@ -10,7 +10,7 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner import checkpoint
+from runner import checkpoint, pretrained
 from runner.config import compose, resume_composition
 from runner.data import Dataset
 from runner.distributed import current_rank
@@ -125,7 +125,8 @@ def load(path: str | Path, device: str = "cpu", ema: bool = False) -> nn.Module:
     latest = checkpoint.latest_checkpoint(Path(path))
     plan, _ = check(saved_config(latest), machine=False)  # the training device and data are not needed
     model = plan.materialize()
-    apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers)  # no batch: LSUV's scaling comes with the weights
+    # No batch: LSUV's scaling comes with the weights, as do pretrained values (but those of buffers a checkpoint does not keep).
+    apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers, pretrained=pretrained.read(plan, kinds=("non-persistent buffer",)))
     checkpoint.load_weights(latest, model)
     if ema:
         checkpoint.load_ema(latest, model)

@@ -63,14 +63,14 @@ def tie_map(model: nn.Module) -> dict[str, str]:
 
 # safetensors' dtype names, in the order of its Dtype enum (its writer lays tensors out by that
 # order, highest first, then by name). Only the dtypes this torch has are listed.
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     getattr(torch, name): code for name, code in (
         ("bool", "BOOL"), ("uint8", "U8"), ("int8", "I8"), ("float8_e5m2", "F8_E5M2"), ("float8_e4m3fn", "F8_E4M3"),
         ("int16", "I16"), ("uint16", "U16"), ("float16", "F16"), ("bfloat16", "BF16"), ("int32", "I32"),
         ("uint32", "U32"), ("float32", "F32"), ("float64", "F64"), ("int64", "I64"), ("uint64", "U64"),
     ) if hasattr(torch, name)
 }
-_RANK = {dtype: rank for rank, dtype in enumerate(_SAFETENSORS_DTYPES)}
+_RANK = {dtype: rank for rank, dtype in enumerate(SAFETENSORS_DTYPES)}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = Non
     for name in order:
         tensor = tensors[name].detach()
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
         offset += size
         parts.append(tensor.contiguous().view(-1).view(torch.uint8).to("cpu"))
     data = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)

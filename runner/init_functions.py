@@ -55,7 +55,17 @@ def sinusoidal_(tensor: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     return tensor
 
 
-_REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_, "sinusoidal": sinusoidal_}
+def pretrained(tensor: torch.Tensor, path: str, rename: tuple[str, str] | None = None) -> torch.Tensor:
+    """Values from a safetensors file or a run of ours (runner.pretrained finds and checks them).
+
+    The lookup needs the tensor's name, which an init function is not given, so `apply_init`
+    copies the values runner.pretrained read; this signature is what a rule's arguments are
+    checked against.
+    """
+    raise TypeError("pretrained values are copied by runner.initialization.apply_init, which knows each tensor's name")
+
+
+_REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_, "sinusoidal": sinusoidal_, "pretrained": pretrained}
 
 
 def register_init(name: str, fn: Callable[..., Any]) -> None:
@@ -196,6 +206,9 @@ _DOMAINS: dict[tuple[str, str], Callable[[Any, dict], str | None]] = {
     ("piecewise", "low"): lambda v, a: None if _number(v) and v >= 0 else f"expected a number >= 0, got {v!r}",
     ("piecewise", "high"): _above("low", 5.0),
     ("sinusoidal", "base"): lambda v, a: None if _number(v) and v > 1 else f"expected a number > 1, got {v!r}",
+    ("pretrained", "path"): lambda v, a: None if isinstance(v, str) and v else f"expected the path of a .safetensors file, run directory or checkpoint, got {v!r}",
+    ("pretrained", "rename"): lambda v, a: None if v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(p, str) for p in v)) else
+        f"expected [<prefix in this model>, <prefix in the file>] (e.g. [fc1, '0']; '' for none), got {v!r}",
     ("lsuv", "tol"): _positive,
     ("lsuv", "max_iters"): _positive_int,
 }

@@ -24,6 +24,7 @@ from runner.spec import InitSpec, Rule
 from runner.tensors import TensorEntry, tensor_index
 
 Modifiers = dict[str, tuple[Rule, ...]]  # canonical tensor name -> the modifier rules it gets, in order
+Pretrained = dict[str, tuple[torch.Tensor, Any]]  # canonical tensor name -> (values, runner.pretrained.Source)
 
 
 def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems) -> tuple[dict[str, Rule], Modifiers]:
@@ -59,7 +60,7 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
         assignment[entry.name] = rule
     for rule, reached_names in wrong_dims.values():
         problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {dims_needed(rule.fn)}; it reaches "
-                                                  f"{_some(reached_names)} (narrow `match`, or set `kind: weight`)")
+                                                  f"{some_names(reached_names)} (narrow `match`, or set `kind: weight`)")
     _check_unused(setters, assignment, reached, problems)
     return assignment, modifiers
 
@@ -79,7 +80,7 @@ def _assign_modifiers(entries: list[TensorEntry], rules: tuple[Rule, ...], probl
     return {name: tuple(rules) for name, rules in found.items()}
 
 
-def _some(names: list[str]) -> str:
+def some_names(names: list[str]) -> str:
     """Returns up to three names, and how many more there are."""
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
@@ -105,7 +106,7 @@ def _check_unused(rules: tuple[Rule, ...], assignment: dict[str, Rule], reached:
         later = sorted({assignment[n].index for n in names if n in assignment and assignment[n].index > rule.index})
         if later:
             by = ", ".join(f"init.rules[{i}]" for i in later)
-            problems.add(f"init.rules[{rule.index}]", f"selects {_some([repr(n) for n in names])}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
+            problems.add(f"init.rules[{rule.index}]", f"selects {some_names([repr(n) for n in names])}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
 
 
 def _conflicting_aliases(chosen: dict[str, Rule]) -> tuple[tuple[str, Rule], tuple[str, Rule]] | None:
@@ -149,12 +150,14 @@ def following_gain(model: nn.Module, tensor_name: str) -> float:
 
 @torch.no_grad()
 def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: torch.Tensor | None = None,
-               modifiers: Modifiers | None = None) -> dict[str, Provenance]:
+               modifiers: Modifiers | None = None, pretrained: Pretrained | None = None) -> dict[str, Provenance]:
     """Applies the planned rules on the model's current (CPU) device, then the modifier rules in
     order; returns tensor name -> provenance.
 
     Without a batch, LSUV's data-dependent rescaling is skipped (loading a run: its weights come
-    from the checkpoint; every draw from the generator still happens, so other tensors match)."""
+    from the checkpoint; every draw from the generator still happens, so other tensors match).
+    `pretrained` holds the values `fn: pretrained` rules copy (runner.pretrained.read); a tensor
+    such a rule sets that it lacks keeps its value (loading a run: the checkpoint has it)."""
     generator = torch.Generator().manual_seed(seed)
     functions = init_functions()
     provenance: dict[str, Provenance] = {}
@@ -163,6 +166,12 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
         rule = assignment.get(entry.name)
         if rule is None:
             provenance[entry.name] = Provenance(_untouched(model, entry))
+            continue
+        if rule.fn == "pretrained":
+            values, source = (pretrained or {}).get(entry.name, (None, None))
+            if values is not None:
+                entry.tensor.copy_(values)
+            provenance[entry.name] = Provenance(source.label if source is not None else rule.label)
             continue
         fn, kwargs, label = functions[rule.fn], dict(rule.args), rule.label
         if rule.fn == "lsuv":
@@ -179,8 +188,7 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
         _lsuv_rescale(model, lsuv, batch)
     by_name = {entry.name: entry.tensor for entry in tensor_index(model)}
     for name, rules in (modifiers or {}).items():
-        for rule in rules:
-            apply_modifier(rule.fn, dict(rule.args), by_name[name])
+        modify(by_name[name], rules)
         before = provenance[name]
         labels = " + ".join(r.label for r in rules)
         std = before.predicted_std
@@ -188,6 +196,22 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
             std = _modified_std(std, rules)
         provenance[name] = Provenance(f"{before.source}, then {labels}", std)
     return provenance
+
+
+def modify(tensor: torch.Tensor, rules: tuple[Rule, ...]) -> None:
+    """Applies modifier rules to a tensor in place, in order."""
+    for rule in rules:
+        apply_modifier(rule.fn, dict(rule.args), tensor)
+
+
+@torch.no_grad()
+def copy_pretrained(model: nn.Module, pretrained: Pretrained, modifiers: Modifiers) -> None:
+    """Copies pretrained values again once the model is placed, then their modifiers: in the target
+    dtype (float64 would otherwise keep only the float32 of init), and exactly the file's."""
+    by_name = {entry.name: entry.tensor for entry in tensor_index(model)}
+    for name, (values, _) in pretrained.items():
+        by_name[name].copy_(values)
+        modify(by_name[name], modifiers.get(name, ()))
 
 
 def _modified_std(std: float, rules: tuple[Rule, ...]) -> float | None:

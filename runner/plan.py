@@ -22,6 +22,7 @@ from runner.data import Dataset
 from runner.errors import Problems, suggest
 from runner.initialization import Modifiers, assign_rules
 from runner.layers import Graph
+from runner import pretrained
 from runner.machine import check_machine
 from runner.optim import Membership, assign_groups, trainable
 from runner.registry import TASKS
@@ -129,6 +130,8 @@ def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset |
     spec = parse(cfg, problems)
     plan = make_plan(spec, problems)
     data = check_machine(spec, problems) if machine else None
+    if machine and plan is not None:
+        pretrained.check(plan, problems)  # the files' headers: names, shapes, dtypes
     problems.raise_if_any()
     assert plan is not None  # no problem was found, so the layers were built
     return plan, data

@@ -10,7 +10,8 @@ from torch import nn
 
 from runner.data import Dataset, load_data
 from runner.distributed import ddp_device
-from runner.initialization import Provenance, apply_init
+from runner import pretrained
+from runner.initialization import Provenance, apply_init, copy_pretrained
 from runner.layers import Normalize
 from runner.placement import DTYPES, place, resolve_device
 from runner.plan import Plan
@@ -46,10 +47,12 @@ def prepare(plan: Plan, data: Dataset | None = None) -> Prepared:
     data = data if data is not None else load_data(spec.data)
     model = plan.materialize()
     fitted = _fit_buffers(model, data.train_x)
-    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH], modifiers=plan.modifiers), **fitted}
+    loaded = pretrained.read(plan)
+    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH], modifiers=plan.modifiers, pretrained=loaded), **fitted}
     device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
     dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
+    copy_pretrained(model, loaded, plan.modifiers)
     verify_ties(model, plan.declarations.ties)
     return Prepared(plan, model, data, provenance, device, dtype)
 
