@@ -42,3 +42,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         [sys.executable, "-m", "runner", *args], cwd=cwd or REPO, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def mlp_weights(tmp_path_factory):
+    """A safetensors file of the default mlp's weights: what `init=finetune` and `experiment=finetune` start from."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "mlp.safetensors"
+    save_file(runner.build(runner.compose(["trainer.progress=off"])).state_dict(), path)
+    return path
+
+
+def needs(option: str, weights: Path) -> list[str]:
+    """The overrides a preset requires: the fine-tune presets name the weights to start from."""
+    return [f"init.rules.0.path={weights}"] if option == "finetune" else []

@@ -10,7 +10,7 @@ import runner
 from runner.config import conf_dir
 from runner.plan import validate
 
-from conftest import config_names, model_choice
+from conftest import config_names, model_choice, needs
 
 
 def test_conf_dir_is_found_and_holds_every_group():
@@ -27,8 +27,8 @@ def test_every_model_config_composes_and_builds(compose, model):
 
 
 @pytest.mark.parametrize("init", config_names("init"))
-def test_every_init_config_composes_and_builds(compose, init):
-    runner.build(compose(f"init={init}"))
+def test_every_init_config_composes_and_builds(compose, init, mlp_weights):
+    runner.build(compose(f"init={init}", *needs(init, mlp_weights)))
 
 
 @pytest.mark.parametrize("optim", config_names("optim"))
@@ -43,8 +43,8 @@ def test_every_data_config_validates(compose, data):
 
 
 @pytest.mark.parametrize("experiment", config_names("experiment"))
-def test_every_experiment_preset_trains_a_step(compose, experiment, tmp_path):
-    assert runner.train(compose(f"experiment={experiment}", "trainer.max_steps=1"), tmp_path)["steps"] == 1
+def test_every_experiment_preset_trains_a_step(compose, experiment, tmp_path, mlp_weights):
+    assert runner.train(compose(f"experiment={experiment}", "trainer.max_steps=1", *needs(experiment, mlp_weights)), tmp_path)["steps"] == 1
 
 
 def test_a_misspelt_key_fails_at_compose_time_naming_it(compose):

@@ -146,6 +146,7 @@ TABLE = [
     (["trainer.early_stopping={metric: val_acc}"], 2, "trainer.early_stopping.metric: 'val_acc' is not a metric of this run; did you mean 'val_accuracy'?"),
     (["trainer.early_stopping={patience: 0}"], 2, "trainer.early_stopping.patience: expected a whole number of evaluations >= 1, got 0"),
     (["trainer.ema_decay=1.5"], 2, "trainer.ema_decay: expected null or a number strictly between 0 and 1 (0.999 is common), got 1.5"),
+    (["init.rules=[{match: 'fc1.*', fn: pretrained, path: /nonexistent/w.safetensors}]"], 2, "init.rules[0].path: no such file or directory: /nonexistent/w.safetensors"),
     (["trainer.autocast=float16", "trainer.device=cpu"], 2, "trainer.autocast: float16 autocast needs a CUDA device (trainer.device is cpu); use trainer.autocast=bfloat16 on the CPU"),
     (["+model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}"], 2, "model.layers: the override was merged into the existing mapping"),
     (["init.rules=[{fn: normal_, std: -1}]"], 2, "init.rules[0].std: expected a number > 0, got -1"),
