@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -83,6 +86,51 @@ def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | 
     started = time.perf_counter() if started is None else started
     plan, data = check(cfg)
     return _train_plan(plan, data, run_dir, latest, started)
+
+
+# What a run writes into its directory (Hydra's .hydra/ and log are Hydra's): cleared before a
+# sweep job runs again from scratch in a directory an earlier, failed or different run used.
+OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "error.json", "job.json", "environment.json", "config.yaml",
+           "tensors.md", "tensors.json", "model.md", "loss.png", "grad_norms.png", "activations.png", "events.out.tfevents.*")
+
+
+def sweep_job(cfg: DictConfig, run_dir: Path) -> tuple[dict, str]:
+    """One job of a multirun, continuing what an earlier run of the same sweep left in `run_dir`.
+
+    Returns the summary and how it came about: `reused` (that run finished with the same config:
+    nothing is trained), `resumed` (it stopped early with the same config: on from its newest
+    checkpoint), `rerun` (it failed, or had another config: trained again from scratch) or `trained`.
+    """
+    started = time.perf_counter()
+    plan, data = check(cfg)
+    earlier = _earlier_run(plan, run_dir)
+    if earlier == "finished":
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")), "reused"
+    if earlier == "unfinished":
+        return _train_plan(plan, data, run_dir, checkpoint.latest_checkpoint(run_dir), started), "resumed"
+    cleared = _clear_outputs(run_dir)
+    return _train_plan(plan, data, run_dir, None, started), "rerun" if cleared else "trained"
+
+
+def _earlier_run(plan: Plan, run_dir: Path) -> str | None:
+    """`finished` or `unfinished` for a run of this very config in run_dir (not failed), else None."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or (run_dir / "error.json").is_file():
+        return None
+    if yaml.safe_load(saved.read_text(encoding="utf-8")) != yaml.safe_load(OmegaConf.to_yaml(_saved(plan))):
+        return None
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    return "unfinished" if checkpoint.list_checkpoints(run_dir / "checkpoints") else None
+
+
+def _clear_outputs(run_dir: Path) -> bool:
+    """Removes what an earlier run wrote into run_dir; returns whether there was anything."""
+    found = [path for pattern in OUTPUTS for path in run_dir.glob(pattern)] if run_dir.is_dir() else []
+    with writing(run_dir):
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return bool(found)
 
 
 def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -107,22 +108,36 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     error.json holds `error`, the message; for an unexpected exception (a bug) also `traceback`.
     """
     import json
-    import logging
     import traceback
 
-    from runner.api import train
+    from runner.api import sweep_job
+    from runner.observe import write_hparams
 
+    started = time.perf_counter()
     try:
-        return train(cfg, run_dir)["val_loss"]
+        summary, how = sweep_job(cfg, run_dir)
     except (ConfigError, RunError) as error:
         record = {"error": str(error)}
     except Exception as error:  # a bug in a job must not take the whole sweep down; the report shows it
         headline = f"{type(error).__name__}: {error}".splitlines()[0]  # one line for the report; the traceback has the rest
         record = {"error": headline, "traceback": traceback.format_exc()}
+    else:
+        if how != "reused" and cfg.trainer.tensorboard:
+            write_hparams(run_dir, list(HydraConfig.get().overrides.task), summary)
+        _job_record(run_dir, {"status": "ok", "how": how, "seconds": time.perf_counter() - started})
+        return summary["val_loss"]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.json").write_text(json.dumps(record), encoding="utf-8")
-    logging.getLogger("runner").error("job failed: %s", record["error"])
+    _job_record(run_dir, {"status": "failed", "how": "failed", "seconds": time.perf_counter() - started, "error": record["error"]})
     return float("inf")  # a sweeper that minimizes the return value ranks it last
+
+
+def _job_record(run_dir: Path, record: dict) -> None:
+    """job.json: how this run of the sweep ended the job (what the sweep's progress and report read)."""
+    from runner.rundir import write_json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "job.json", record)
 
 
 def job_threads(requested: int, hydra_cfg) -> int:

@@ -68,6 +68,10 @@ class EventFile:
         summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
         self._add(self._event(wall_time=time.time(), step=step, summary=summary))
 
+    def summary(self, step: int, summary: Any) -> None:
+        """Adds one event holding a Summary proto made elsewhere (the HParams plugin's)."""
+        self._add(self._event(wall_time=time.time(), step=step, summary=summary))
+
     def histograms(self, step: int, tags: list[str], numels: list[int], stats: torch.Tensor) -> None:
         """Adds one event with a histogram per tag, from `histogram_summaries`' rows."""
         values = []
@@ -208,6 +212,32 @@ class Writer:
             return
         if values:
             self.events.scalars(record["step"], values)
+
+
+# Summary keys shown as HParams metrics, by the scalar tag the run logged them under.
+HPARAMS_METRICS = {"eval/val_loss": "val_loss", "eval/val_accuracy": "val_accuracy"}
+
+
+def write_hparams(run_dir: Path, overrides: list[str], summary: dict[str, Any]) -> Path:
+    """Writes a sweep job's overrides and final metrics in TensorBoard's HParams format, in an event
+    file of its own in the job's directory, so `tensorboard --logdir <sweep dir>` compares the jobs
+    in its HParams dashboard (a metric's value there is the last of the run's scalars of its tag)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from torch.utils.tensorboard.summary import hparams
+
+    params: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):  # Hydra's own reading: `off` is text
+        value = override.value()
+        if isinstance(value, bool):
+            value = str(value).lower()  # shown as true/false, not as the number torch would make of it
+        params[override.key_or_group] = value if isinstance(value, (int, float, str)) else override.get_value_element_as_str()
+    metrics = {tag: summary[key] for tag, key in HPARAMS_METRICS.items() if summary.get(key) is not None}
+    events = EventFile(run_dir)
+    with writing(run_dir, events.path):
+        for proto in hparams(params, metrics):
+            events.summary(summary.get("steps") or 0, proto)
+        events.close()
+    return events.path
 
 
 class NullWriter:

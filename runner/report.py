@@ -1,4 +1,8 @@
-"""The comparison report of a sweep: report.md, report.csv and report.png in the sweep directory.
+"""The comparison report of a sweep: report.md, report.csv, report_groups.csv and report.png in the sweep directory.
+
+Jobs that differ only in `seed` form one configuration: report_groups.csv and report.md's "By
+configuration" table give each configuration's mean and sample standard deviation over its
+finished jobs, and report.png draws its mean validation curve with a band of one deviation.
 
 Written by a Hydra callback at the end of every multirun; `python -m runner.report <sweep dir>`
 writes it again, also for a sweep with failed or unfinished jobs.
@@ -9,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +30,12 @@ from runner.rundir import read_metrics, reproduce_command
 
 COLUMNS = (
     "job", "overrides", "status", "train_loss", "val_loss", "val_accuracy", "grad_norm_first", "grad_norm_last",
-    "steps_per_second", "weights_sha256", "seed", "error", "rerun",
+    "steps_per_second", "weights_sha256", "seed", "run", "error", "rerun",
 )
+
+
+GROUP_METRICS = ("val_loss", "val_accuracy", "train_loss", "grad_norm_first", "grad_norm_last")
+GROUP_COLUMNS = ("configuration", "n", "failed", "seeds", *(f"{m}_{s}" for m in GROUP_METRICS for s in ("mean", "std")))
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Job:
     shared: frozenset[str] = frozenset()  # overrides every job of the sweep has: left out of labels
     train: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    how: str = ""  # the last run of the sweep: trained | reused | resumed | rerun | failed (job.json)
 
     @property
     def label(self) -> str:
@@ -61,9 +71,58 @@ class Job:
             "train_loss": s.get("train_loss"), "val_loss": s.get("val_loss"), "val_accuracy": s.get("val_accuracy"),
             "grad_norm_first": first.get("grad_norm"), "grad_norm_last": last.get("grad_norm"),
             "steps_per_second": s.get("steps_per_second"), "weights_sha256": s.get("weights_sha256"),
-            "seed": s.get("seed"), "error": self.error,
+            "seed": s.get("seed"), "run": self.how, "error": self.error,
             "rerun": reproduce_command(self.directory) if (self.directory / "config.yaml").is_file() else "",
         }
+
+
+def is_seed(override: str) -> bool:
+    """True for an override of the top-level `seed` (`seed=3`, `+seed=3`)."""
+    return override.split("=", 1)[0].lstrip("+~") == "seed"
+
+
+@dataclass
+class Configuration:
+    """The jobs of a sweep that differ only in `seed`."""
+
+    overrides: tuple[str, ...]  # the jobs' overrides, seed left out
+    jobs: list[Job]
+    shared: frozenset[str] = frozenset()
+
+    @property
+    def label(self) -> str:
+        return " ".join(o for o in self.overrides if o not in self.shared) or "(every job)"
+
+    @property
+    def finished(self) -> list[Job]:
+        return [j for j in self.jobs if j.status == "ok"]
+
+    def stats(self, metric: str) -> tuple[float | None, float | None]:
+        """The mean and sample standard deviation of `metric` over finished jobs (std None below 2 values)."""
+        values = [v for v in (j.row()[metric] for j in self.finished) if v is not None]
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+    def row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"configuration": self.label, "n": len(self.finished), "failed": len(self.jobs) - len(self.finished),
+                               "seeds": " ".join(str(j.summary.get("seed", _seed_of(j))) for j in self.jobs)}
+        for metric in GROUP_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = self.stats(metric)
+        return row
+
+
+def _seed_of(job: Job) -> str:
+    return next((o.split("=", 1)[1] for o in job.overrides if is_seed(o)), "-")
+
+
+def configurations(jobs: list[Job]) -> list[Configuration]:
+    """Groups jobs by their overrides without `seed`, in the order their first job comes."""
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(o for o in job.overrides if not is_seed(o)), []).append(job)
+    shared = jobs[0].shared if jobs else frozenset()
+    return [Configuration(key, members, frozenset(o for o in shared if not is_seed(o))) for key, members in groups.items()]
 
 
 def read_jobs(sweep_dir: Path) -> list[Job]:
@@ -77,6 +136,8 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
             job.status, job.summary = "ok", json.loads((directory / "summary.json").read_text())
         elif (directory / "error.json").is_file():
             job.status, job.error = "failed", json.loads((directory / "error.json").read_text())["error"]
+        if (directory / "job.json").is_file():
+            job.how = json.loads((directory / "job.json").read_text()).get("how", "")
         if (directory / "metrics.jsonl").is_file():
             records = read_metrics(directory / "metrics.jsonl")
             job.train = [r for r in records if r.get("kind") == "train"]
@@ -100,24 +161,53 @@ def tally(jobs: list[Job]) -> str:
 
 
 def write_report(sweep_dir: str | Path, jobs: list[Job] | None = None) -> list[Path]:
-    """Writes report.md, report.csv and report.png into the sweep directory; returns their paths.
+    """Writes report.md, report.csv, report_groups.csv and report.png into the sweep directory; returns their paths.
 
     `jobs` are the sweep's jobs when already read (read_jobs), read from the directory otherwise.
     """
     sweep_dir = Path(sweep_dir)
     jobs = read_jobs(sweep_dir) if jobs is None else jobs
     rows = [job.row() for job in jobs]
-    with open(sweep_dir / "report.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+    groups = configurations(jobs)
+    _write_csv(sweep_dir / "report.csv", COLUMNS, rows)
+    _write_csv(sweep_dir / "report_groups.csv", GROUP_COLUMNS, [group.row() for group in groups])
+    (sweep_dir / "report.md").write_text(_markdown(jobs, rows, groups), encoding="utf-8")
+    _plot(jobs, groups, sweep_dir / "report.png")
+    return [sweep_dir / "report.md", sweep_dir / "report.csv", sweep_dir / "report_groups.csv", sweep_dir / "report.png"]
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    (sweep_dir / "report.md").write_text(_markdown(jobs, rows), encoding="utf-8")
-    _plot(jobs, sweep_dir / "report.png")
-    return [sweep_dir / "report.md", sweep_dir / "report.csv", sweep_dir / "report.png"]
 
 
-def _markdown(jobs: list[Job], rows: list[dict[str, Any]]) -> str:
-    lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.", ""]
+def _continued(jobs: list[Job]) -> str:
+    """` Continued: 3 jobs reused, 1 resumed, 1 rerun.` when this run of the sweep found earlier work."""
+    counts = {how: sum(j.how == how for j in jobs) for how in ("reused", "resumed", "rerun")}
+    if not any(counts.values()):
+        return ""
+    return " Continued from an earlier run of this sweep: " + ", ".join(f"{n} {how}" for how, n in counts.items() if n) + "."
+
+
+def _by_configuration(groups: list[Configuration]) -> list[str]:
+    """report.md's table of configurations: each metric as mean ± std over the finished seeds."""
+    if not any(len(g.jobs) > 1 for g in groups):
+        return []  # one job per configuration: the job table says it all
+    lines = ["", "## By configuration", "", "Mean ± sample standard deviation over each configuration's finished jobs (seeds).", "",
+             "| configuration | n | failed | " + " | ".join(GROUP_METRICS) + " |", "|" + "---|" * (3 + len(GROUP_METRICS))]
+    for group in groups:
+        cells = []
+        for metric in GROUP_METRICS:
+            mean, std = group.stats(metric)
+            cells.append("-" if mean is None else f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+        lines.append(f"| {_cell(group.label)} | {len(group.finished)} | {len(group.jobs) - len(group.finished)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configuration]) -> str:
+    lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.{_continued(jobs)}", ""]
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
     if done:
         best = min(done, key=lambda j: j.summary["val_loss"])
@@ -129,7 +219,8 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]]) -> str:
     if failed:
         lines.append("")
         lines.append("**Not finished:** " + "; ".join(f"job {j.directory.name} (`{j.label}`): {j.status}{': ' + j.error if j.error else ''}" for j in failed))
-    lines += ["", "| " + " | ".join(c for c in COLUMNS if c != "rerun") + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    lines += _by_configuration(groups)
+    lines += ["", "## Jobs", "", "| " + " | ".join(c for c in COLUMNS if c != "rerun") + " |", "|" + "---|" * (len(COLUMNS) - 1)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS if c != "rerun") + " |")
     lines += ["", "Rerun any job alone:", ""]
@@ -172,7 +263,18 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _plot(jobs: list[Job], path: Path) -> None:
+def _mean_curve(jobs: list[Job]) -> tuple[list[int], Any, Any]:
+    """The mean validation loss over jobs at the steps every one of them evaluated, and its sample std (None for one job)."""
+    import numpy as np
+
+    if not jobs:
+        return [], None, None
+    steps = sorted(set.intersection(*({r["step"] for r in j.evals} for j in jobs)))
+    table = np.array([[next(r["val_loss"] for r in j.evals if r["step"] == step) for step in steps] for j in jobs], dtype=float)
+    return steps, table.mean(axis=0), table.std(axis=0, ddof=1) if len(jobs) > 1 else None
+
+
+def _plot(jobs: list[Job], groups: list[Configuration], path: Path) -> None:
     import logging
 
     import numpy as np
@@ -181,10 +283,15 @@ def _plot(jobs: list[Job], path: Path) -> None:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     fig = Figure(figsize=(19, 4.5))
     curves, bars, acts = fig.subplots(1, 3)
-    for job in jobs:
-        if job.evals:
-            curves.plot([r["step"] for r in job.evals], [r["val_loss"] for r in job.evals], "o-", ms=3, label=job.label)
-    curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss")
+    for group in groups:
+        steps, mean, std = _mean_curve([j for j in group.jobs if j.evals])
+        if steps:
+            evaluated = sum(bool(j.evals) for j in group.jobs)
+            line, = curves.plot(steps, mean, "o-", ms=3, label=group.label + (f" (n={evaluated})" if evaluated > 1 else ""))
+            if std is not None:
+                curves.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    seeded = any(len(g.jobs) > 1 for g in groups)
+    curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss" + (" (mean ± std over seeds)" if seeded else ""))
     with_stats = [j for j in jobs if j.per_layer(0)]
     names = list(dict.fromkeys(n for j in with_stats for n in j.per_layer(0)))  # model order
     width = 0.8 / max(len(with_stats), 1)

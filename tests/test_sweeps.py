@@ -138,7 +138,7 @@ def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
 
 def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
-    assert [p.name for p in written] == ["report.md", "report.csv", "report.png"]
+    assert [p.name for p in written] == ["report.md", "report.csv", "report_groups.csv", "report.png"]
     assert json.loads((sequential_sweep / "0" / "summary.json").read_text())["weights_sha256"] == rows(sequential_sweep)[0]["weights_sha256"]
 
 

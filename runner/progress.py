@@ -1,0 +1,96 @@
+"""A sweep's progress while it runs: jobs done of the total, failures so far, and the time left; a
+failing job's error the moment it fails.
+
+A Hydra callback (conf/config.yaml). It counts the job.json files the jobs wrote during this run
+of the sweep, so the count holds under parallel launchers, where each joblib worker calls
+`on_job_end` for its own jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.report import Callback
+from runner.rundir import write_json
+
+STATE = ".progress.json"  # in the sweep directory: the job count and when this run of the sweep started
+
+
+def sweep_size(config: Any) -> int | None:
+    """Returns how many jobs the multirun launches: Optuna's n_trials, or the size of the basic
+    sweeper's product of sweep overrides (`hydra.sweeper.params`, then the command line's)."""
+    sweeper = config.hydra.sweeper
+    if "optuna" in str(sweeper.get("_target_", "")).lower():
+        return int(sweeper.n_trials)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    by_key = {str(k): f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()}
+    by_key.update({o.split("=", 1)[0]: o for o in config.hydra.overrides.task})  # the command line wins, as in Hydra
+    parsed = OverridesParser.create().parse_overrides(list(by_key.values()))
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+def duration(seconds: float) -> str:
+    """`45s`, `3m 05s`, `2h 10m`."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def progress_line(sweep_dir: Path, state: dict[str, Any], now: float) -> str:
+    """`sweep: 3/8 jobs done (1 reused), 1 failed, about 2m 10s left`, from the job.json files of this run."""
+    records = []
+    for path in sweep_dir.glob("*/job.json"):
+        try:
+            if path.stat().st_mtime >= state["started"]:
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue  # a file another worker is replacing right now: counted next time
+    done, total = len(records), state.get("total")
+    reused = sum(r.get("how") == "reused" for r in records)
+    failed = sum(r.get("status") == "failed" for r in records)
+    line = f"sweep: {done}/{total if total is not None else '?'} jobs done"
+    line += f" ({reused} reused)" if reused else ""
+    line += f", {failed} failed"
+    worked = done - reused  # reused jobs take no time: the rate is that of the jobs that ran
+    if total is not None and worked and total > done:
+        line += f", about {duration((now - state['started']) / worked * (total - done))} left"
+    return line
+
+
+def one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+class SweepProgress(Callback):  # type: ignore[misc,valid-type]
+    """Hydra callback: the sweep's size at its start; after each job, the count so far and a failure's error."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            total = sweep_size(config)
+        except Exception:  # noqa: BLE001 - a sweeper this does not know: progress without a total
+            total = None
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_json(sweep_dir / STATE, {"total": total, "started": time.time()})
+        print(f"sweep: {total if total is not None else 'an unknown number of'} jobs into {sweep_dir}", file=sys.stderr, flush=True)
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        sweep_dir, run_dir = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir)
+        try:
+            state = json.loads((sweep_dir / STATE).read_text(encoding="utf-8"))
+            record = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # no job.json: the job never reached our code (Hydra reports why)
+        if record.get("status") == "failed":
+            label = " ".join(job_return.overrides or [])
+            print(f"sweep: job {config.hydra.job.num} ({label}) failed: {one_line(record.get('error', ''))}", file=sys.stderr, flush=True)
+        print(progress_line(sweep_dir, state, time.time()), file=sys.stderr, flush=True)
