@@ -13,7 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner import checkpoint, pretrained
+from runner import checkpoint, pretrained, tracking
 from runner.config import compose, resume_composition
 from runner.data import Dataset
 from runner.distributed import current_rank
@@ -144,11 +144,19 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
                 with writing(run_dir):
                     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(_saved(plan)), encoding="utf-8")
                     write_tensor_table(prepared, run_dir)
-            summary = run_training(prepared, run_dir, resume_from)
-            summary["wall_seconds"] = time.perf_counter() - started
-            if main:
-                with writing(run_dir):
-                    write_json(run_dir / "summary.json", summary)
+            tracker = tracking.start(plan.spec.tracker, plan.spec.config, run_dir, resume_from is not None) if main else None
+            try:
+                summary = run_training(prepared, run_dir, resume_from, tracker)
+                summary["wall_seconds"] = time.perf_counter() - started
+                if main:
+                    with writing(run_dir):
+                        write_json(run_dir / "summary.json", summary)
+            except BaseException:
+                if tracker is not None:
+                    tracker.finish("FAILED")
+                raise
+            if tracker is not None:
+                tracker.finish()
     return summary
 
 

@@ -46,6 +46,8 @@ def task(cfg: DictConfig) -> float | None:
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
     report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg))
     if hydra_cfg.mode == RunMode.MULTIRUN:
+        if cfg.get("tracker") is not None and cfg.tracker.get("experiment") is None:
+            cfg.tracker.experiment = str(hydra_cfg.sweep.dir)  # the sweep is one MLflow experiment
         return _sweep_job(cfg, run_dir)
     from runner import api
 

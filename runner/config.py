@@ -152,6 +152,17 @@ class TrainerConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """`+tracker=mlflow`: where a run's parameters, metrics and files are also sent."""
+
+    name: str = "mlflow"
+    # MLflow's tracking URI: a SQLite store in the working directory unless given (http://..., sqlite:///...).
+    uri: str = "sqlite:///mlflow.db"
+    # The MLflow experiment (null: the sweep directory for a multirun job, else `runner`).
+    experiment: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     init: InitConfig = MISSING
@@ -161,6 +172,8 @@ class RunConfig:
     seed: int = 0
     # A run directory (or checkpoint) to continue from, with its own saved config.
     resume: Optional[str] = None
+    # Also track the run elsewhere (`+tracker=mlflow`); null: the run directory only.
+    tracker: Optional[TrackerConfig] = None
 
 
 def register_schema() -> None:

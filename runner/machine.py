@@ -6,6 +6,7 @@ only the first, so a run trained on a GPU loads on a laptop and needs no trainin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -20,6 +21,8 @@ def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:
     """Adds a problem for each thing this machine lacks; returns the loaded data when it could be read."""
     check_device(spec.trainer.device, "trainer.device", problems)
     check_autocast(spec, problems)
+    if spec.tracker is not None and spec.tracker.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        problems.add("tracker", "MLflow is not installed here: pip install 'runner[mlflow]' (mlflow-skinny with SQLAlchemy and Alembic)")
     if spec.trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:
         problems.add("trainer.strategy", "ddp needs torchrun: torchrun --nproc_per_node=N -m runner trainer.strategy=ddp")
     if any(p.key.startswith("data") for p in problems.items):

@@ -124,9 +124,10 @@ def histogram_summaries(tensors: list[torch.Tensor], bins: int = HISTOGRAM_BINS)
 class Writer:
     """The writer thread: metrics.jsonl (every record) and TensorBoard (when `tensorboard`), in hand-over order."""
 
-    def __init__(self, run_dir: Path, truncate_after_step: int | None = None, tensorboard: bool = False):
-        """A fresh run starts metrics.jsonl anew; a resumed one keeps what was logged up to its checkpoint."""
-        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, truncate_after_step: int | None = None, tensorboard: bool = False, tracker: Any = None):
+        """A fresh run starts metrics.jsonl anew; a resumed one keeps what was logged up to its checkpoint.
+        `tracker` (runner.tracking) gets each batch of records after they are written."""
+        self.run_dir, self.path, self.tracker = run_dir, run_dir / "metrics.jsonl", tracker
         start_metrics(self.path, truncate_after_step)
         with writing(run_dir):
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -176,7 +177,7 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            lines = []
+            lines, records = [], []
             try:
                 for item in batch:
                     if item is _CLOSE:
@@ -185,6 +186,7 @@ class Writer:
                     kind, payload = item
                     if kind == "record":
                         lines.append(json.dumps(payload) + "\n")
+                        records.append(payload)
                         if self.events is not None:
                             self._scalars(payload)
                     else:
@@ -197,6 +199,8 @@ class Writer:
                 if self.events is not None:
                     with writing(self.run_dir, self.events.path):
                         self.events.flush()
+                if self.tracker is not None and records:
+                    self.tracker.log(records)  # after the files: the run directory is the record of truth
             except BaseException as error:  # noqa: BLE001 - handed to the training thread
                 self._error = error  # and stop: what is queued after a failed write is not written
                 closing = True

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config import DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrainerConfig
+from runner.config import DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrackerConfig, TrainerConfig
 from runner.errors import ConfigError, Problem, Problems, suggest
 from runner.layers import Graph
 from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
@@ -57,6 +57,7 @@ def _frozen(schema: type) -> type:
 
 DataSpec = _frozen(DataConfig)
 TrainerSpec = _frozen(TrainerConfig)
+TrackerSpec = _frozen(TrackerConfig)
 SchedulerSpec = _frozen(SchedulerConfig)
 
 
@@ -263,6 +264,7 @@ class RunSpec:
     trainer: TrainerSpec  # type: ignore[valid-type]
     seed: int
     config: dict = field(default_factory=dict)  # the resolved config, as plain containers
+    tracker: TrackerSpec | None = None  # type: ignore[valid-type]
 
 
 # ---------------------------------------------------------------- entry point
@@ -277,7 +279,8 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     """
     container = to_container(cfg)
     wrong = [Problem(name, f"expected a mapping of {name} settings, got {_at(container, name, None)!r}")
-             for name in _SECTIONS if name and not isinstance(_at(container, name, {}), dict)]
+             for name in _SECTIONS if name and not isinstance(_at(container, name, {}), dict)
+             and not (name in OPTIONAL_SECTIONS and _at(container, name, {}) is None)]
     if wrong:  # nothing inside can be read
         raise ConfigError(wrong)
     optim_extras = _check_unknown_keys(container, problems)
@@ -300,6 +303,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         trainer=trainer,
         seed=typed.seed,
         config=container,
+        tracker=_parse_tracker(typed.tracker, problems),
     )
 
 
@@ -343,7 +347,8 @@ def _omegaconf_problem(key: str, error: Exception) -> Problem:
 
 # Each mapping of the schema, by its dotted path ("" is the top level).
 _SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
-             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig}
+             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
+OPTIONAL_SECTIONS = ("tracker",)  # null when not used
 
 
 def _names(schema: type) -> list[str]:
@@ -900,6 +905,21 @@ def _check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.path", "required when data.name=file: the path of a .npz, .csv or .pt file")
         elif not data.path.endswith((".npz", ".csv", ".pt")):
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
+
+
+TRACKERS = ("mlflow",)
+
+
+def _parse_tracker(tracker: TrackerConfig | None, problems: Problems) -> Any:
+    if tracker is None:
+        return None
+    spec = _freeze(tracker, TrackerSpec)
+    _check_choice(spec.name, TRACKERS, "tracker.name", problems)
+    if not isinstance(spec.uri, str) or not spec.uri:
+        problems.add("tracker.uri", f"expected MLflow's tracking URI (sqlite:///mlflow.db, http://host:5000, ...), got {spec.uri!r}")
+    if spec.experiment is not None and not str(spec.experiment).strip():
+        problems.add("tracker.experiment", "expected an experiment name, or null")
+    return spec
 
 
 def _check_trainer(trainer: TrainerSpec, problems: Problems) -> None:

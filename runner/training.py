@@ -148,17 +148,18 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None) -> dict:
+def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None, tracker: Any = None) -> dict:
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary.
 
     The caller's RNG states and environment are as they were when it returns. A failed write into
     run_dir raises RunDirWriteError; any other OSError (a lost gloo connection) is left as it is.
+    `tracker` (runner.tracking) also gets every record, from the writer thread.
     """
     with own_rng(prepared.device):
-        return _train(prepared, run_dir, resume_from)
+        return _train(prepared, run_dir, resume_from, tracker)
 
 
-def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any) -> dict:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None) -> dict:
     if main:
         write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
     truncate = position.step if resume_from else None
-    writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard) if main else NullWriter()
+    writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
     saver = checkpoint.BackgroundSaver(run_dir / "checkpoints", trainer.keep_last, _report_saved(trainer.progress))
     try:
         loop = _Loop(prepared, data, batches, optimizer, scheduler, writer, saver, run_dir, total_steps, group)
