@@ -1,4 +1,5 @@
-"""Figures 2-13: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast.
+"""Figures 2-14: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast,
+MLflow tracking.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -326,5 +327,37 @@ def autocast_speedup(repeats: int, smoke: bool) -> list[Row]:
                          "weights stay float32", repeats, smoke, goal=goal)
 
 
+def tracking_overhead(repeats: int, smoke: bool) -> list[Row]:
+    """14. steps/s with +tracker=mlflow (a SQLite store) over without: the writer thread hands MLflow the records."""
+    from runner import tracking
+    from runner.config import TrackerConfig
+    from runner.spec import TrackerSpec
+
+    rows = []
+    with tempfile.TemporaryDirectory() as store:
+        spec = TrackerSpec(**dataclasses.asdict(TrackerConfig(uri=f"sqlite:///{store}/bench.db", experiment="bench")))
+
+        def run(base, tracked: bool) -> float:
+            prepared = copy.copy(base)
+            prepared.model = copy.deepcopy(base.model)
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker = tracking.start(spec, base.spec.config, Path(tmp), False) if tracked else None
+                result = run_training(prepared, Path(tmp), tracker=tracker)["steps_per_second"]
+                if tracker is not None:
+                    tracker.finish()
+                return result
+
+        # The logging process runs at idle priority: what it costs is the CPU training leaves it. The last
+        # row leaves it a core (1 torch thread) over a run long enough to hide its start-up.
+        settings = [(size, overrides, "all cores to torch") for size, overrides in SIZES.items()]
+        digits = next(iter(SIZES))
+        settings.append((digits, [*SIZES[digits], "trainer.threads=1", "trainer.epochs=60"], "1 torch thread, 60 epochs"))
+        for size, overrides, note in settings:
+            base = _prepared([*overrides, *(["trainer.max_steps=40"] if smoke else [])])
+            with_it, without = alternate(lambda: run(base, True), lambda: run(base, False), repeats)
+            rows.append(Row("14. steps/s, MLflow tracking (SQLite) / none", size, with_it / without, ">= 0.97", note))
+    return rows
+
+
 ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution,
-       checkpoint_overhead, ema_overhead, autocast_speedup]
+       checkpoint_overhead, ema_overhead, autocast_speedup, tracking_overhead]

@@ -1,19 +1,22 @@
 """`+tracker=mlflow`: a run's parameters, metrics and files also in MLflow.
 
 One MLflow run per run directory (a sweep's job included; a sweep is one experiment). The
-parameters are the resolved config, flattened to dotted keys. The metrics are the metrics.jsonl
-stream: the writer thread (runner.observe) hands each batch of records to `log`, so the training
-thread never waits on MLflow. At the end, summary.json, tensors.md and the plots are logged as
-artifacts and the run is marked finished (or failed). tracker.json in the run directory keeps the
-MLflow run's id, so a resumed run goes on in the same MLflow run.
-
-Only MlflowClient is used (no fluent API, no global active run), so the writer thread may call it.
+parameters are the resolved config, flattened to dotted keys, logged before training starts. The
+metrics are the metrics.jsonl stream: the writer thread (runner.observe) hands each batch of
+records to `log`, which passes them down a pipe to a logging process of its own
+(runner/mlflow_child.py): MLflow's SQLAlchemy work would otherwise take the training process's
+GIL (bench figure 14). At the end the process drains, summary.json, tensors.md and the plots are
+logged as artifacts, and the run is marked finished (or failed). tracker.json in the run
+directory keeps the MLflow run's id, so a resumed run goes on in the same MLflow run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,6 @@ from runner.rundir import RunDirWriteError, write_json
 log = logging.getLogger("runner")
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit on one log_batch
 ARTIFACTS = ("summary.json", "tensors.md", "loss.png", "grad_norms.png", "activations.png")
 SKIPPED_KEYS = ("kind", "step", "epoch")
 
@@ -55,41 +57,61 @@ class MlflowTracker:
         if previous is not None and previous.get("uri") == spec.uri:
             self.run_id = previous["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
-            return
+        else:
+            self.run_id = self._create(spec, config, run_dir)
+        self.errors = tempfile.TemporaryFile()  # the process's stderr: a file, so that it never blocks on a full pipe
+        self.child = subprocess.Popen(child_command(spec.uri, self.run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=self.errors)
+
+    def _create(self, spec: Any, config: dict, run_dir: Path) -> str:
         name = spec.experiment or "runner"
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
         run = self.client.create_run(experiment_id, run_name=_run_name(run_dir), tags={"runner.run_dir": str(run_dir.resolve())})
-        self.run_id = run.info.run_id
         from mlflow.entities import Param
 
         params = [Param(key, value) for key, value in flatten(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
-            self.client.log_batch(self.run_id, params=params[start : start + 100])
-        write_json(saved, {"uri": spec.uri, "experiment_id": experiment_id, "run_id": self.run_id})
+            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        write_json(run_dir / "tracker.json", {"uri": spec.uri, "experiment_id": experiment_id, "run_id": run.info.run_id})
+        return run.info.run_id
 
     def log(self, records: list[dict[str, Any]]) -> None:
-        """Logs the numbers of metrics.jsonl records (train and eval) at their steps. Called by the writer thread.
-
-        A tracking failure does not stop training: it is logged once and tracking stops.
-        """
+        """Passes the numbers of metrics.jsonl records (train and eval), at their steps, to the logging
+        process. Called by the writer thread. A tracking failure does not stop training: it is said
+        once, and tracking stops."""
         if self.failed:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, record["step"]) for record in records if record.get("kind") in ("train", "eval")
+        metrics = [[key, float(value), now, record["step"]] for record in records if record.get("kind") in ("train", "eval")
                    for key, value in record.items()
                    if key not in SKIPPED_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)]
         try:
-            for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH], synchronous=True)
-        except Exception as error:  # noqa: BLE001 - the run directory has every record; MLflow is a copy
+            self.child.stdin.write((json.dumps(metrics) + "\n").encode())
+            self.child.stdin.flush()
+        except OSError:  # the logging process is gone: it says why on its stderr, read in `finish`
             self.failed = True
-            log.warning("MLflow tracking stopped (the run goes on; metrics.jsonl has every record): %s", error)
+            log.warning("MLflow tracking stopped (the run goes on; metrics.jsonl has every record): %s", self._child_error())
+
+    def _child_error(self) -> str:
+        """Closes the pipe, waits for the process to log what it holds; returns the last line it said."""
+        try:
+            self.child.stdin.close()
+        except OSError:
+            pass
+        self.child.wait()
+        self.errors.seek(0)
+        said = self.errors.read().decode(errors="replace").strip().splitlines()
+        self.errors.close()
+        return said[-1] if said else f"the logging process exited {self.child.returncode}"
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Logs the run's files as artifacts and marks the MLflow run FINISHED (or FAILED)."""
+        """Waits for the logging process to log what it was given, then logs the run's files as
+        artifacts and marks the MLflow run FINISHED (or FAILED)."""
+        if not self.failed:
+            error = self._child_error()
+            if self.child.returncode != 0:
+                log.warning("MLflow tracking stopped (the run goes on; metrics.jsonl has every record): %s", error)
         try:
             if status == "FINISHED":
                 for name in ARTIFACTS:
@@ -98,6 +120,15 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as error:  # noqa: BLE001 - as in `log`
             log.warning("MLflow: could not finish run %s: %s", self.run_id, error)
+
+
+def child_command(uri: str, run_id: str) -> list[str]:
+    """The logging process: runner/mlflow_child.py's code, which imports MLflow, not runner or torch.
+
+    Given with -c, not as a script path: a script's folder comes first on sys.path, and runner/'s
+    modules (inspect.py) would shadow the standard library's.
+    """
+    return [sys.executable, "-c", Path(__file__).with_name("mlflow_child.py").read_text(encoding="utf-8"), uri, run_id]
 
 
 def _run_name(run_dir: Path) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 
 import pytest
 import yaml
 
 import runner
-from runner import checkpoint
+from runner import checkpoint, tracking
 from runner.errors import ConfigError, RunError
 from runner.plan import validate
 from runner.rundir import read_metrics
@@ -94,19 +95,18 @@ def test_a_run_that_fails_is_marked_failed(compose, tmp_path, monkeypatch):
 
 
 def test_a_tracking_failure_mid_run_does_not_stop_training(compose, tmp_path, monkeypatch, caplog):
+    # A logging process that dies at once, as one would when the tracking server goes away.
+    died = [sys.executable, "-c", "import sys; sys.stdin.close(); sys.exit('ConnectionError: the tracking server went away')"]
+    monkeypatch.setattr(tracking, "child_command", lambda uri, run_id: died)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    real = mlflow.MlflowClient.log_batch
-
-    def failing(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
-        if metrics:
-            raise ConnectionError("the tracking server went away")
-        return real(self, run_id, metrics=metrics, params=params, tags=tags, synchronous=synchronous)
-
-    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", failing)
     with caplog.at_level(logging.WARNING, logger="runner"):
         summary = runner.train(compose("+tracker=mlflow", f"tracker.uri={uri}", "trainer.max_steps=30"), tmp_path / "run")
     assert summary["steps"] == 30 and len([r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]) == 3
-    assert sum("MLflow tracking stopped" in r.message for r in caplog.records) == 1
+    warnings = [r.message for r in caplog.records if "MLflow tracking stopped" in r.message]
+    assert len(warnings) == 1 and warnings[0].endswith("ConnectionError: the tracking server went away")
+    client = _client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    assert run.info.status == "FINISHED" and "summary.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_a_store_that_cannot_open_stops_before_training(compose, tmp_path):
