@@ -44,7 +44,7 @@ class Job:
 
     directory: Path
     overrides: list[str]
-    status: str  # ok | failed | unfinished
+    status: str  # ok | pruned (by an Optuna search) | failed | unfinished
     summary: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     shared: frozenset[str] = frozenset()  # overrides every job of the sweep has: left out of labels
@@ -133,7 +133,8 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         job = Job(directory, [str(o) for o in overrides or []], "unfinished")
         if (directory / "summary.json").is_file():
-            job.status, job.summary = "ok", json.loads((directory / "summary.json").read_text())
+            job.summary = json.loads((directory / "summary.json").read_text())
+            job.status = "pruned" if job.summary.get("pruned") else "ok"
         elif (directory / "error.json").is_file():
             job.status, job.error = "failed", json.loads((directory / "error.json").read_text())["error"]
         if (directory / "job.json").is_file():
@@ -157,7 +158,9 @@ def tally(jobs: list[Job]) -> str:
     """Returns how many jobs failed out of how many, e.g. "2 of 3 jobs failed" (and how many did not finish)."""
     failed = sum(j.status == "failed" for j in jobs)
     unfinished = sum(j.status == "unfinished" for j in jobs)
-    return f"{failed} of {len(jobs)} jobs failed" + (f", {unfinished} did not finish" if unfinished else "")
+    pruned = sum(j.status == "pruned" for j in jobs)
+    return (f"{failed} of {len(jobs)} jobs failed" + (f", {unfinished} did not finish" if unfinished else "")
+            + (f", {pruned} pruned by the search" if pruned else ""))
 
 
 def write_report(sweep_dir: str | Path, jobs: list[Job] | None = None) -> list[Path]:
@@ -326,7 +329,7 @@ class SweepReport(Callback):  # type: ignore[misc,valid-type]
         jobs = read_jobs(sweep_dir)
         written = write_report(sweep_dir, jobs)
         print(f"sweep report: {written[0]}")
-        failed = [j for j in jobs if j.status != "ok"]  # the sweep is over: an unfinished job died
+        failed = [j for j in jobs if j.status in ("failed", "unfinished")]  # the sweep is over: an unfinished job died
         if not failed:
             return
         message = f"runner: sweep: {tally(jobs)} (see {written[0]})"

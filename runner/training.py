@@ -39,6 +39,7 @@ from runner.gradstats import GradStats
 from runner.observe import NullWriter, Writer, histogram_summaries
 from runner.optim import make_optimizer, make_scheduler, trainable
 from runner.precision import Precision
+from runner.search import JobTrial
 from runner.prepare import Prepared
 from runner.registry import LOSSES, TASKS
 from runner.spec import MonitorSpec
@@ -262,6 +263,9 @@ class _Loop:
         self.monitor = Monitor(trainer.early_stopping, bool(trainer.keep_best))
         self.ema = Average(self.model, trainer.ema_decay) if trainer.ema_decay is not None else None
         self.precision = Precision(trainer.autocast, prepared.device, optimizer)
+        # An Optuna trial (+search=...): each evaluation's val_loss is reported; the pruner may stop the run.
+        self.trial = JobTrial.from_environment()
+        self.evaluations, self.pruned = 0, False
         self.at_step = 0  # the optimizer step being taken, for messages
         self.last_eval: Evaluation | None = None
         self.last_eval_ema: Evaluation | None = None
@@ -460,6 +464,11 @@ class _Loop:
             accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
             log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.total_steps, self.train_loss or float("nan"), result.loss, accuracy)
         improved = self.monitor.observe(record, step)
+        self.evaluations += 1
+        # Optuna's step is the evaluation's index (0, 1, ...): pruners compare trials at equal steps.
+        if self.trial is not None and self.monitor.stopped is None and self.trial.pruned(result.loss, self.evaluations - 1):
+            self.pruned = True
+            self.monitor.stopped = f"pruned by the Optuna search at evaluation {self.evaluations} (val_loss {result.loss:.6g})"
         if self.monitor.stopped is not None:
             log.warning("step %d: stopping early: %s", step, self.monitor.stopped)
         return improved
@@ -616,6 +625,7 @@ def _summarize(prepared: Prepared, loop: _Loop, final: Position) -> dict:
         "val_accuracy_ema": loop.last_eval_ema.accuracy if loop.last_eval_ema else None,
         "best": loop.monitor.summary(),
         "stopped_early": loop.monitor.stopped,
+        "pruned": loop.pruned,
         "autocast": prepared.spec.trainer.autocast,
         "skipped_steps": loop.precision.skipped if loop.precision.scaler is not None else None,
     }

@@ -148,6 +148,6 @@ def test_sweep_size_counts_the_product_of_sweeps():
                                                     "params": {"optim.lr": "0.1,0.01", "seed": "0,1"}},
                                         "overrides": {"task": ["init=xavier,kaiming,normal", "seed=range(4)", "trainer.epochs=2"]}}})
     assert sweep_size(basic) == 2 * 3 * 4  # the command line's seed replaces the params' seed
-    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_trials": 7},
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.runner_optuna.optuna_sweeper.OptunaSweeper", "n_trials": 7},
                                          "overrides": {"task": []}}})
     assert sweep_size(optuna) == 7

@@ -1,0 +1,133 @@
+"""`hydra/sweeper=optuna`: a thin Hydra sweeper over Optuna's ask-and-tell, with pruning.
+
+hydra-optuna-sweeper 1.3 pins optuna 2.10 (2021) and cannot prune; this replaces it under the same
+config name. Each batch of `n_jobs` trials is asked of the study, launched as Hydra jobs (by any
+launcher), and told how each ended: its return value (the validation loss), PRUNED when the job
+stopped on the pruner's word, FAIL when it failed. The study is kept in `storage` (default: SQLite
+in the sweep directory), so running the same command into the same `hydra.sweep.dir` continues
+it: finished trials count toward `n_trials`, and trials left running by a crash are marked failed.
+"""
+
+# No `from __future__ import annotations`: Hydra imports plugin modules without registering them in
+# sys.modules, where dataclasses cannot resolve string annotations.
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.runner_optuna.optuna_sweeper.OptunaSweeper"
+    study_name: Optional[str] = None  # default: the sweep directory's name
+    storage: Optional[str] = None  # default: sqlite:///<sweep dir>/optuna.db
+    n_trials: int = 20
+    n_jobs: int = 1  # trials launched together (the launcher decides whether they run in parallel)
+    sampler: Dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": None})
+    # Optuna's step is the index of the job's evaluation (0, 1, ...); n_warmup_steps: 1 never prunes at the first.
+    pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    params: Dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | range(...)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="runner")
+
+
+class OptunaSweeper(Sweeper):
+    """Minimizes the jobs' return value (the validation loss) over `params` and the command line's sweeps."""
+
+    def __init__(self, study_name: Optional[str], storage: Optional[str], n_trials: int, n_jobs: int,
+                 sampler: Dict[str, Any], pruner: Dict[str, Any], params: Dict[str, str]):
+        self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, max(1, n_jobs)
+        self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
+        self.params = {str(k): str(v) for k, v in (_plain(params) or {}).items()}
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: List[str]) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        from runner.search import distribution, job_environment, make_pruner, make_sampler
+
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        space, fixed = {}, {}
+        for override in parsed:  # the command line comes last: it wins over `params`
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                space[key] = distribution(key, override.value())
+                fixed.pop(key, None)
+            else:
+                fixed[key] = override.input_line
+                space.pop(key, None)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = self.storage or f"sqlite:///{self.sweep_dir.resolve() / 'optuna.db'}"
+        name = self.study_name or self.sweep_dir.name
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(self.sampler_cfg),
+                                    pruner=make_pruner(self.pruner_cfg), direction="minimize", load_if_exists=True)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # left running by a crash
+        done = len(study.get_trials(deepcopy=False))
+        log.info("optuna: study %r in %s: %d trials done, %d to go", name, storage, done, max(0, self.n_trials - done))
+        while done < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            batch = [[*fixed.values(), *(f"{key}={_text(value)}" for key, value in trial.params.items()),
+                      *job_environment(storage, name, trial._trial_id, self.pruner_cfg)]  # the id the job's Trial needs
+                     for trial in trials]
+            self.validate_batch_is_legal(batch)
+            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, job in zip(trials, returns):
+                study.tell(trial, **_outcome(job))
+            done += len(trials)
+        _write_results(study, self.sweep_dir)
+
+
+def _outcome(job: Any) -> Dict[str, Any]:
+    """How a job ended, for Optuna: its value, or PRUNED (summary.json says so), or FAIL."""
+    from optuna.trial import TrialState
+
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg is not None else None
+    summary_file = run_dir / "summary.json" if run_dir is not None else None
+    if summary_file is not None and summary_file.is_file() and json.loads(summary_file.read_text()).get("pruned"):
+        return {"state": TrialState.PRUNED}
+    try:
+        value = job.return_value
+    except Exception:  # noqa: BLE001 - the job raised: Hydra re-raises on access
+        return {"state": TrialState.FAIL}
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return {"values": float(value)}
+    return {"state": TrialState.FAIL}
+
+
+def _write_results(study: Any, sweep_dir: Path) -> None:
+    """optimization_results.yaml: the best trial's parameters and value (as hydra-optuna-sweeper wrote)."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    results: Dict[str, Any] = {"name": "optuna", "trials": counts}
+    if complete:
+        results.update(best_params=dict(study.best_params), best_value=study.best_value, best_trial=study.best_trial.number)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
