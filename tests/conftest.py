@@ -57,3 +57,11 @@ def mlp_weights(tmp_path_factory):
 def needs(option: str, weights: Path) -> list[str]:
     """The overrides a preset requires: the fine-tune presets name the weights to start from."""
     return [f"init.rules.0.path={weights}"] if option == "finetune" else []
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file the sweep report wrote, as dicts of strings."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -3,7 +3,6 @@ with Optuna's own API, a continued study, the search-space grammar."""
 
 from __future__ import annotations
 
-import csv
 import statistics
 
 import optuna
@@ -17,7 +16,7 @@ from runner.errors import ConfigError
 from runner.rundir import read_metrics
 from runner.search import distribution, make_pruner
 
-from conftest import run_cli
+from conftest import read_csv, run_cli
 
 # Four epochs of digits: evaluations 0-3. Learning rates a decade apart, so some trials trail the rest.
 SEARCH = ["+search=lr_init", "hydra.sweeper.n_trials=8", "hydra.sweeper.sampler.name=random", "seed=3",
@@ -27,8 +26,7 @@ SEARCH = ["+search=lr_init", "hydra.sweeper.n_trials=8", "hydra.sweeper.sampler.
 
 
 def _rows(sweep_dir) -> list[dict]:
-    with open(sweep_dir / "report.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv(sweep_dir / "report.csv")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -18,14 +17,12 @@ import runner
 from runner.progress import duration, progress_line, sweep_size
 from runner.report import GROUP_METRICS
 
-from conftest import REPO, run_cli
+from conftest import REPO, read_csv, run_cli
 
 TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.plots=false"]
 
 
-def _csv(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+_csv = read_csv
 
 
 @pytest.fixture(scope="module")

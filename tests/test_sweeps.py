@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import torch
 import runner
 from runner.report import write_report
 
-from conftest import REPO, run_cli
+from conftest import REPO, read_csv, run_cli
 
 pytestmark = pytest.mark.slow
 TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
@@ -22,8 +21,7 @@ SCHEMES = "init=xavier,kaiming,normal,orthogonal"
 
 
 def rows(sweep_dir) -> list[dict]:
-    with open(sweep_dir / "report.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv(sweep_dir / "report.csv")
 
 
 @pytest.fixture(scope="module")
