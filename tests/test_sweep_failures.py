@@ -67,7 +67,7 @@ def _explode(cfg, run_dir):
 
 
 def test_an_unexpected_error_in_a_sweep_job_keeps_its_traceback(compose, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.api, "train", _explode)
+    monkeypatch.setattr(runner.api, "sweep_job", _explode)
     assert cli._sweep_job(compose(), tmp_path) == float("inf")
     record = json.loads((tmp_path / "error.json").read_text())
     assert record["error"] == "ValueError: bad value"
