@@ -46,7 +46,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 @pytest.fixture(scope="session")
 def mlp_weights(tmp_path_factory):
-    """A safetensors file of the default mlp's weights: what `init=finetune` and `experiment=finetune` start from."""
+    """A safetensors file of the default mlp's weights: what `experiment=finetune` starts from."""
     from safetensors.torch import save_file
 
     path = tmp_path_factory.mktemp("weights") / "mlp.safetensors"
@@ -55,7 +55,7 @@ def mlp_weights(tmp_path_factory):
 
 
 def needs(option: str, weights: Path) -> list[str]:
-    """The overrides a preset requires: the fine-tune presets name the weights to start from."""
+    """The overrides a preset requires: the fine-tune preset names the weights to start from."""
     return [f"init.rules.0.path={weights}"] if option == "finetune" else []
 
 
