@@ -40,6 +40,7 @@ class PlannedTensor:
     kind: str
     rule: Rule | None
     group: str | None
+    dtype: str = "float32"  # as built; placement casts floating tensors to trainer.dtype and leaves the rest
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
     groups = assign_groups(trainable(model), spec.optim, problems)
     group_of = {name: group.label for group, names in groups for name in names}
     tensors = tuple(
-        PlannedTensor(e.name, e.aliases, tuple(e.tensor.shape), e.kind, init.get(e.name), group_of.get(e.name))
+        PlannedTensor(e.name, e.aliases, tuple(e.tensor.shape), e.kind, init.get(e.name), group_of.get(e.name),
+                      str(e.tensor.dtype).removeprefix("torch."))
         for e in entries
     )
     eval_modules = _resolve_eval_modules(model, spec.model.eval_modules, problems)

@@ -45,7 +45,9 @@ def write_plots(run_dir: Path) -> list[Path]:
         fig = Figure(figsize=(7, 4))
         ax = fig.subplots()
         for name in names:
-            ax.plot([r["step"] for r in train], [r[f"grad_norm/{name}"] for r in train], label=name)
+            key = f"grad_norm/{name}"
+            points = [(r["step"], r[key]) for r in train if key in r]  # a float16 step skipped for overflow has none
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
         ax.set_xlabel("step")
         ax.set_ylabel("gradient L2 norm")
         ax.set_yscale("log")

@@ -62,7 +62,6 @@ def check(plan: Any, problems: Problems, kinds: tuple[str, ...] | None = None) -
     adding a problem (naming the rule) for each unreadable file, missing key, shape or dtype that
     does not fit. Headers only."""
     sources: dict[str, Source] = {}
-    want_dtype = plan.spec.trainer.dtype
     for rule, tensors in _by_rule(plan, kinds):
         key = f"init.rules[{rule.index}]"
         args = dict(rule.args)
@@ -80,11 +79,14 @@ def check(plan: Any, problems: Problems, kinds: tuple[str, ...] | None = None) -
                 missing.append((tensor.name, wanted))
                 continue
             shape, dtype = header[wanted]
+            floating = tensor.dtype.startswith(("float", "bfloat"))
+            want_dtype = plan.spec.trainer.dtype if floating else tensor.dtype  # placement casts floating tensors only
             if shape != tensor.shape:
                 problems.add(key, f"{file} [{wanted}] has shape {shape}; {tensor.name!r} has {tensor.shape}")
             elif dtype != want_dtype:
-                other = f", or set trainer.dtype={dtype}" if dtype in DTYPES else ""
-                problems.add(key, f"{file} [{wanted}] is {dtype}; {tensor.name!r} is {want_dtype} (trainer.dtype): convert the file{other}")
+                where = " (trainer.dtype)" if floating else ""
+                other = f", or set trainer.dtype={dtype}" if floating and dtype in DTYPES else ""
+                problems.add(key, f"{file} [{wanted}] is {dtype}; {tensor.name!r} is {want_dtype}{where}: convert the file{other}")
             else:
                 sources[tensor.name] = Source(file, wanted)
         if outside:

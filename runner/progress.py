@@ -88,6 +88,8 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
         try:
             state = json.loads((sweep_dir / STATE).read_text(encoding="utf-8"))
             record = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+            if (run_dir / "job.json").stat().st_mtime < state["started"]:
+                return  # an earlier run's record: this job never reached our code (Hydra reports why)
         except (OSError, ValueError):
             return  # no job.json: the job never reached our code (Hydra reports why)
         if record.get("status") == "failed":

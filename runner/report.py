@@ -105,7 +105,7 @@ class Configuration:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
     def row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"configuration": self.label, "n": len(self.finished), "failed": len(self.jobs) - len(self.finished),
+        row: dict[str, Any] = {"configuration": self.label, "n": len(self.finished), "failed": sum(j.status == "failed" for j in self.jobs),
                                "seeds": " ".join(str(j.summary.get("seed", _seed_of(j))) for j in self.jobs)}
         for metric in GROUP_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = self.stats(metric)
@@ -138,7 +138,10 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
         elif (directory / "error.json").is_file():
             job.status, job.error = "failed", json.loads((directory / "error.json").read_text())["error"]
         if (directory / "job.json").is_file():
-            job.how = json.loads((directory / "job.json").read_text()).get("how", "")
+            record = json.loads((directory / "job.json").read_text())
+            job.how = record.get("how", "")
+            if record.get("status") == "failed":  # the last run of the sweep failed: an older summary is stale
+                job.status, job.summary, job.error = "failed", {}, record.get("error", "")
         if (directory / "metrics.jsonl").is_file():
             records = read_metrics(directory / "metrics.jsonl")
             job.train = [r for r in records if r.get("kind") == "train"]
@@ -205,7 +208,7 @@ def _by_configuration(groups: list[Configuration]) -> list[str]:
         for metric in GROUP_METRICS:
             mean, std = group.stats(metric)
             cells.append("-" if mean is None else f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
-        lines.append(f"| {_cell(group.label)} | {len(group.finished)} | {len(group.jobs) - len(group.finished)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(group.label)} | {len(group.finished)} | {group.row()['failed']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -287,9 +290,9 @@ def _plot(jobs: list[Job], groups: list[Configuration], path: Path) -> None:
     fig = Figure(figsize=(19, 4.5))
     curves, bars, acts = fig.subplots(1, 3)
     for group in groups:
-        steps, mean, std = _mean_curve([j for j in group.jobs if j.evals])
+        steps, mean, std = _mean_curve([j for j in group.finished if j.evals])
         if steps:
-            evaluated = sum(bool(j.evals) for j in group.jobs)
+            evaluated = sum(bool(j.evals) for j in group.finished)
             line, = curves.plot(steps, mean, "o-", ms=3, label=group.label + (f" (n={evaluated})" if evaluated > 1 else ""))
             if std is not None:
                 curves.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)

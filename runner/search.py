@@ -56,16 +56,22 @@ def distribution(key: str, sweep: Any) -> Any:
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+    if not isinstance(sweep, IntervalSweep) and sweep.tags:
+        raise ConfigError([Problem(f"hydra.sweeper.params.{key}", f"tags ({', '.join(sorted(sweep.tags))}) are read on interval(...) only: "
+                                                                  "tag(log, interval(lo, hi)) searches log-uniformly")])
     if isinstance(sweep, ChoiceSweep):
         return CategoricalDistribution(list(sweep.list))
     if isinstance(sweep, IntervalSweep):  # Hydra reads an interval's ends as floats: integers come from range(...)
         return FloatDistribution(float(sweep.start), float(sweep.end), log="log" in sweep.tags)
     if isinstance(sweep, RangeSweep):
         start, stop, step = sweep.start, sweep.stop, sweep.step
+        count = math.ceil((stop - start) / step)  # Hydra's range: start, start + step, ... below stop
+        if count < 1:
+            raise ConfigError([Problem(f"hydra.sweeper.params.{key}", f"range({start}, {stop}, {step}) holds no value")])
         if all(isinstance(v, int) for v in (start, stop, step)):
-            return IntDistribution(start, stop - step, step=step)
-        count = math.floor((stop - start) / step)
-        return FloatDistribution(float(start), float(start + (count - 1) * step), step=float(step))
+            return IntDistribution(start, start + (count - 1) * step, step=step)
+        # Rounded: 0 + 3 * 0.3 is 0.8999999999999999, which Optuna would cut back to 0.6.
+        return FloatDistribution(float(start), round(start + (count - 1) * step, 12), step=float(step))
     raise ConfigError([Problem(f"hydra.sweeper.params.{key}", f"expected choice(...), interval(...) or range(...), got {sweep!r}")])
 
 

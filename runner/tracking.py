@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ log = logging.getLogger("runner")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
 ARTIFACTS = ("summary.json", "tensors.md", "loss.png", "grad_norms.png", "activations.png")
 SKIPPED_KEYS = ("kind", "step", "epoch")
+OPEN_ATTEMPTS = 3
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -60,13 +63,27 @@ class MlflowTracker:
         else:
             self.run_id = self._create(spec, config, run_dir)
         self.errors = tempfile.TemporaryFile()  # the process's stderr: a file, so that it never blocks on a full pipe
+        # A session of its own: Ctrl-C stops training, and this process still logs what it was given.
         self.child = subprocess.Popen(child_command(spec.uri, self.run_id), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=self.errors)
+                                      stderr=self.errors, start_new_session=True)
+        # The pipe is fed by a thread of its own: a slow store fills the pipe and blocks this thread, not the writer.
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, name="runner-mlflow-feeder", daemon=True)
+        self._feeder.start()
 
     def _create(self, spec: Any, config: dict, run_dir: Path) -> str:
         name = spec.experiment or "runner"
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            try:
+                experiment_id = self.client.create_experiment(name)
+            except Exception:  # noqa: BLE001 - a parallel job of the sweep created it first
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
         run = self.client.create_run(experiment_id, run_name=_run_name(run_dir), tags={"runner.run_dir": str(run_dir.resolve())})
         from mlflow.entities import Param
 
@@ -86,12 +103,19 @@ class MlflowTracker:
         metrics = [[key, float(value), now, record["step"]] for record in records if record.get("kind") in ("train", "eval")
                    for key, value in record.items()
                    if key not in SKIPPED_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)]
-        try:
-            self.child.stdin.write((json.dumps(metrics) + "\n").encode())
-            self.child.stdin.flush()
-        except OSError:  # the logging process is gone: it says why on its stderr, read in `finish`
-            self.failed = True
-            log.warning("MLflow tracking stopped (the run goes on; metrics.jsonl has every record): %s", self._child_error())
+        self._lines.put((json.dumps(metrics) + "\n").encode())
+
+    def _feed(self) -> None:
+        """The feeder thread: lines down the pipe until `finish` puts None; a dead process is said once."""
+        while (line := self._lines.get()) is not None:
+            if self.failed:
+                continue
+            try:
+                self.child.stdin.write(line)
+                self.child.stdin.flush()
+            except OSError:  # the logging process is gone: it says why on its stderr
+                self.failed = True
+                log.warning("MLflow tracking stopped (the run goes on; metrics.jsonl has every record): %s", self._child_error())
 
     def _child_error(self) -> str:
         """Closes the pipe, waits for the process to log what it holds; returns the last line it said."""
@@ -108,6 +132,8 @@ class MlflowTracker:
     def finish(self, status: str = "FINISHED") -> None:
         """Waits for the logging process to log what it was given, then logs the run's files as
         artifacts and marks the MLflow run FINISHED (or FAILED)."""
+        self._lines.put(None)
+        self._feeder.join()
         if not self.failed:
             error = self._child_error()
             if self.child.returncode != 0:
@@ -146,9 +172,14 @@ def start(spec: Any, config: dict, run_dir: Path, resumed: bool) -> MlflowTracke
     training, when MLflow cannot open the run."""
     if spec is None:
         return None
-    try:
-        return MlflowTracker(spec, config, run_dir, resumed)
-    except RunDirWriteError:
-        raise
-    except Exception as error:  # noqa: BLE001 - whatever the store raised, said in one line
-        raise RunError(f"tracker: MLflow at {spec.uri} could not open the run: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return MlflowTracker(spec, config, run_dir, resumed)
+        except RunDirWriteError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever the store raised, said in one line
+            if attempt + 1 < OPEN_ATTEMPTS:  # parallel jobs creating one SQLite store or experiment: once more
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise RunError(f"tracker: MLflow at {spec.uri} could not open the run: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    return None

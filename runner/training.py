@@ -291,7 +291,7 @@ class _Loop:
                 self.step(group, logged)
                 if logged:
                     self.log_step(step, epoch)
-                if self.hist_every and step % self.hist_every == 0:
+                if self.hist_every and step % self.hist_every == 0 and not self.precision.last_skipped:
                     self._histograms(step)  # its own interval: a step need not be logged to get histograms
                 if bar is not None:
                     bar.update(1)

@@ -87,6 +87,14 @@ def test_float16_steps_with_overflow_equal_a_plain_grad_scaler_loop(compose, tmp
     assert all(r["grad_norm"] > 0 for r in records if not r.get("step_skipped"))
 
 
+def test_plots_and_histograms_take_logged_steps_that_were_skipped(compose, tmp_path):
+    cfg = compose(*LOUD, "trainer.autocast=float16", "trainer.max_steps=12", "trainer.log_every=1", "trainer.hist_every=1",
+                  "trainer.plots=true", "trainer.tensorboard=true")
+    summary = run_training(prepare(validate(cfg)), tmp_path)
+    assert 2 <= summary["skipped_steps"] < 12  # logged steps of both kinds
+    assert (tmp_path / "grad_norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_skipped_float16_step_does_not_advance_the_schedule(compose, tmp_path):
     cfg = compose(*LOUD, "optim=sgd", "optim.lr=0.001", "optim.scheduler.name=cosine", "trainer.autocast=float16",
                   "trainer.max_steps=10", "trainer.log_every=1")

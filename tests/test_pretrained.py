@@ -80,6 +80,16 @@ def test_a_buffer_can_come_from_a_file(compose, tmp_path):
     assert "proj.weight" in dict(model.named_buffers()) and torch.equal(model.proj.weight, projection)
 
 
+def test_integer_buffers_keep_their_own_dtype(compose, tmp_path):
+    # BatchNorm's num_batches_tracked is int64 whatever trainer.dtype is: it comes across as it is.
+    runner.train(compose("model=cnn", "trainer.max_steps=2"), tmp_path / "base")
+    model = runner.build(compose("model=cnn", f"init.rules=[{_rule(tmp_path / 'base', '*', kind='any')}]"))
+    trained = runner.load(tmp_path / "base").state_dict()
+    assert trained["bn1.num_batches_tracked"].item() == 2
+    for name, tensor in trained.items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
 def test_the_finetune_preset_trains_only_the_head_of_a_trained_run(compose, tmp_path):
     base, tuned = tmp_path / "base", tmp_path / "tuned"
     for args in ([f"hydra.run.dir={base}", "trainer.epochs=3"],

@@ -86,13 +86,21 @@ def test_the_same_command_continues_the_study(search):
     ("tag(log, interval(1e-4, 1e-2))", FloatDistribution(1e-4, 1e-2, log=True)),
     ("interval(1, 8)", FloatDistribution(1.0, 8.0)),  # Hydra reads interval ends as floats
     ("range(16, 80, 16)", IntDistribution(16, 64, step=16)),
+    ("range(1, 10, 4)", IntDistribution(1, 9, step=4)),  # Hydra's range: 1, 5, 9
     ("range(0.1, 0.5, 0.1)", FloatDistribution(0.1, 0.4, step=0.1)),
+    ("range(0, 1, 0.3)", FloatDistribution(0.0, 0.9, step=0.3)),
 ])
 def test_sweep_grammar_becomes_optuna_distributions(text, expected):
     (override,) = OverridesParser.create().parse_overrides([f"x={text}"])
     got = distribution("x", override.value())
     assert type(got) is type(expected)
     assert got == expected if isinstance(got, CategoricalDistribution) else got._asdict() == pytest.approx(expected._asdict())
+
+
+def test_a_tag_outside_an_interval_is_named():
+    (override,) = OverridesParser.create().parse_overrides(["x=tag(log, choice(1, 10))"])
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.params.x: tags \(log\) are read on interval\(...\) only"):
+        distribution("x", override.value())
 
 
 def test_an_unknown_pruner_is_named():

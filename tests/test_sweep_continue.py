@@ -125,6 +125,19 @@ def test_a_killed_sweep_continues_with_every_job_done_once(tmp_path):
     assert not (sweep / "0" / "error.json").exists() and [r["status"] for r in _csv(sweep / "report.csv")] == ["ok"] * 3
 
 
+def test_a_failure_in_the_last_run_of_a_sweep_outranks_an_older_summary(tmp_path):
+    from runner.report import read_jobs
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- init=xavier\n")
+    (job / "summary.json").write_text(json.dumps({"val_loss": 0.5, "seed": 0}))  # from an earlier run of the sweep
+    (job / "error.json").write_text(json.dumps({"error": "config error: data.path: no such file"}))
+    (job / "job.json").write_text(json.dumps({"status": "failed", "how": "failed", "error": "config error: data.path: no such file"}))
+    (found,) = read_jobs(tmp_path)
+    assert found.status == "failed" and found.summary == {} and found.error == "config error: data.path: no such file"
+
+
 def test_progress_arithmetic(tmp_path):
     now = 1_000_000.0
     for job, how in enumerate(["reused", "trained", "trained", "failed"]):

@@ -82,6 +82,9 @@ class OptunaSweeper(Sweeper):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # left running by a crash
         done = len(study.get_trials(deepcopy=False))
+        if done and self.sampler_cfg.get("seed") is not None:
+            # A seeded sampler made anew would draw the first trials' parameters again: it goes on from a seed of its own.
+            study.sampler = make_sampler({**self.sampler_cfg, "seed": int(self.sampler_cfg["seed"]) + done})
         log.info("optuna: study %r in %s: %d trials done, %d to go", name, storage, done, max(0, self.n_trials - done))
         while done < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
@@ -91,7 +94,7 @@ class OptunaSweeper(Sweeper):
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, job in zip(trials, returns):
-                study.tell(trial, **_outcome(job))
+                study.tell(trial, **_outcome(job), skip_if_finished=True)
             done += len(trials)
         _write_results(study, self.sweep_dir)
 
