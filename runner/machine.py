@@ -9,11 +9,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import torch
-
 from runner.data import Dataset, load_data
 from runner.errors import ConfigError, Problems
-from runner.placement import available_devices
+from runner.placement import available_devices, resolve_device
 from runner.spec import DEVICE_FORM, RunSpec, check_device_name
 
 
@@ -40,12 +38,9 @@ def check_autocast(spec: RunSpec, problems: Problems) -> None:
     trainer = spec.trainer
     if trainer.autocast != "float16" or not DEVICE_FORM.match(str(trainer.device)):
         return
-    if trainer.device in ("auto", "cuda") or trainer.device.startswith("cuda:"):
-        if torch.cuda.is_available():
-            return
-        where = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA device is available here"
-    else:
-        where = f"trainer.device is {trainer.device}"
+    if resolve_device(trainer.device).type == "cuda":
+        return  # an absent cuda:N is check_device's problem
+    where = "auto found no CUDA device here" if trainer.device == "auto" else f"trainer.device is {trainer.device}"
     problems.add("trainer.autocast", f"float16 autocast needs a CUDA device ({where}); use trainer.autocast=bfloat16 on the {'CPU' if trainer.device != 'mps' else 'MPS'}")
 
 

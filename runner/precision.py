@@ -15,9 +15,10 @@ from typing import ContextManager
 
 import torch
 
+from runner import spec
 from runner.errors import RunError
 
-AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTOCAST = {name: getattr(torch, name) for name in spec.AUTOCAST}  # trainer.autocast's names -> dtypes
 
 # A float16 run whose every step overflows for this long will never train: the scale would fall to 0.
 MAX_CONSECUTIVE_SKIPS = 50

@@ -78,7 +78,7 @@ class MlflowTracker:
             experiment_id = experiment.experiment_id
         else:
             try:
-                experiment_id = self.client.create_experiment(name)
+                experiment_id = self.client.create_experiment(name, artifact_location=artifact_root(spec.uri))
             except Exception:  # noqa: BLE001 - a parallel job of the sweep created it first
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -146,6 +146,14 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as error:  # noqa: BLE001 - as in `log`
             log.warning("MLflow: could not finish run %s: %s", self.run_id, error)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a SQLite store's artifacts go: `mlruns/` beside the database file (MLflow's own default is
+    `./mlruns` in whatever the working directory is). None for a server, which decides itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
 
 
 def child_command(uri: str, run_id: str) -> list[str]:

@@ -316,10 +316,6 @@ class _Loop:
 
     def _groups(self, epoch: int, start: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
         """Yields the epoch's batches from `start`, `accumulate` to an optimizer step (the epoch's last group may be shorter)."""
-        if self.accumulate == 1:
-            for pair in self.batches.epoch(epoch, start):
-                yield (pair,)
-            return
         group: list[tuple[torch.Tensor, torch.Tensor]] = []
         for pair in self.batches.epoch(epoch, start):
             group.append(pair)
@@ -347,19 +343,14 @@ class _Loop:
         if hooked:
             self.acts.attach()  # only for this step's forward passes: other steps run without hooks
         try:
-            if len(group) == 1:
-                loss = self._loss(net, *group[0], 1.0)
-                self.precision.backward(loss)
-                loss = loss.detach()
-            else:
-                rows, loss = sum(len(x) for x, _ in group), None
-                for index, (x, y) in enumerate(group):
-                    # Under DDP the gradients are all-reduced once, on the group's last backward pass.
-                    skip_sync = self.group.active and index < len(group) - 1
-                    with self.net.no_sync() if skip_sync else contextlib.nullcontext():
-                        part = self._loss(net, x, y, len(x) / rows)
-                        self.precision.backward(part)
-                    loss = part.detach() if loss is None else loss + part.detach()
+            rows, loss = sum(len(x) for x, _ in group), None
+            for index, (x, y) in enumerate(group):  # one batch, unless accumulating
+                # Under DDP the gradients are all-reduced once, on the group's last backward pass.
+                skip_sync = self.group.active and index < len(group) - 1
+                with self.net.no_sync() if skip_sync else contextlib.nullcontext():
+                    part = self._loss(net, x, y, len(x) / rows)  # a lone batch's weight is exactly 1: no multiply
+                    self.precision.backward(part)
+                loss = part.detach() if loss is None else loss + part.detach()
         finally:
             if hooked:
                 self.acts.detach()

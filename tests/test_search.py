@@ -106,3 +106,11 @@ def test_a_tag_outside_an_interval_is_named():
 def test_an_unknown_pruner_is_named():
     with pytest.raises(ConfigError, match="hydra.sweeper.pruner.name: expected one of median, percentile"):
         make_pruner({"name": "mediam"})
+
+
+@pytest.mark.slow
+def test_a_bad_sweeper_setting_exits_2_naming_it_before_any_trial(tmp_path):
+    result = run_cli("-m", "+search=lr_init", "hydra.sweeper.pruner.name=mediam", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "runner: config error:\n  hydra.sweeper.pruner.name: expected one of median, percentile" in result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "0").exists()

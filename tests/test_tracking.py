@@ -73,6 +73,7 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(compose, tmp_path):
     client = _client(uri)
     runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
     assert [r.info.run_id for r in runs] == [first] and runs[0].info.status == "FINISHED"
+    assert runs[0].info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())  # beside the store, not in the working directory
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
     assert _history(client, first, "val_loss")[-1] == (evals[-1]["step"], pytest.approx(evals[-1]["val_loss"]))
 

@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -61,24 +61,16 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from runner.search import distribution, job_environment, make_pruner, make_sampler
+        from runner.cli import report_errors
+        from runner.search import job_environment, make_sampler
 
-        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        space, fixed = {}, {}
-        for override in parsed:  # the command line comes last: it wins over `params`
-            key = override.get_key_element()
-            if override.is_sweep_override():
-                space[key] = distribution(key, override.value())
-                fixed.pop(key, None)
-            else:
-                fixed[key] = override.input_line
-                space.pop(key, None)
+        # Every setting is checked before any trial: a bad one exits 2 with its key, as a bad config does.
+        space, fixed, sampler, pruner = report_errors(lambda: self._settings(arguments))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve() / 'optuna.db'}"
         name = self.study_name or self.sweep_dir.name
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(self.sampler_cfg),
-                                    pruner=make_pruner(self.pruner_cfg), direction="minimize", load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # left running by a crash
         done = len(study.get_trials(deepcopy=False))
@@ -97,6 +89,23 @@ class OptunaSweeper(Sweeper):
                 study.tell(trial, **_outcome(job), skip_if_finished=True)
             done += len(trials)
         _write_results(study, self.sweep_dir)
+
+    def _settings(self, arguments: List[str]) -> Tuple[Dict[str, Any], Dict[str, str], Any, Any]:
+        """The search space (sweep overrides), the fixed overrides, the sampler and the pruner."""
+        from runner.search import distribution, make_pruner, make_sampler
+
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        space: Dict[str, Any] = {}
+        fixed: Dict[str, str] = {}
+        for override in parsed:  # the command line comes last: it wins over `params`
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                space[key] = distribution(key, override.value())
+                fixed.pop(key, None)
+            else:
+                fixed[key] = override.input_line
+                space.pop(key, None)
+        return space, fixed, make_sampler(self.sampler_cfg), make_pruner(self.pruner_cfg)
 
 
 def _outcome(job: Any) -> Dict[str, Any]:
