@@ -7,6 +7,7 @@ wrong type fails at compose time with the key named.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -33,6 +34,9 @@ def conf_dir() -> Path:
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # The model's own hyper-parameters, referenced elsewhere as ${model.vars.<name>} (and in
+    # arithmetic: ${floordiv:${model.vars.n_embd},${model.vars.n_head}}); resolved before the spec.
+    vars: Dict[str, Any] = field(default_factory=dict)
     # Layer name -> {type: <registered class>, <constructor args>...}, in forward order.
     layers: Dict[str, Any] = MISSING
     # Tensor-level ties: [{target: dec.weight, source: enc.weight, transpose: false | true | [i, j]}].
@@ -182,6 +186,49 @@ def register_schema() -> None:
 
 
 register_schema()
+
+
+def _number(op: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"${{{op}:...}} takes numbers, got {value!r}")
+    return value
+
+
+def _arithmetic(op: str, fn: Any, arity: int | None) -> Any:
+    def resolve(*args: Any) -> float | int:
+        if arity is not None and len(args) != arity:
+            raise ValueError(f"${{{op}:...}} takes {arity} argument{'s' if arity > 1 else ''}, got {len(args)}")
+        return fn(*(_number(op, a) for a in args))
+
+    return resolve
+
+
+def _floordiv(a: float | int, b: float | int) -> float | int:
+    if isinstance(a, int) and isinstance(b, int) and a % b:
+        raise ValueError(f"${{floordiv:{a},{b}}}: {b} does not divide {a} (use div for a fraction)")
+    return a // b
+
+
+# Safe arithmetic for model files, as OmegaConf resolvers: numbers in, a number out; no eval.
+ARITHMETIC = {
+    "add": _arithmetic("add", lambda *xs: sum(xs), None),
+    "sub": _arithmetic("sub", lambda a, b: a - b, 2),
+    "mul": _arithmetic("mul", lambda *xs: math.prod(xs), None),
+    "div": _arithmetic("div", lambda a, b: a / b, 2),
+    "floordiv": _arithmetic("floordiv", _floordiv, 2),
+    "pow": _arithmetic("pow", lambda a, b: a ** b, 2),
+    "sqrt": _arithmetic("sqrt", math.sqrt, 1),
+}
+
+
+def register_resolvers() -> None:
+    """Registers runner's arithmetic resolvers (${add:...}, ${div:...}, ...) once per process."""
+    for name, fn in ARITHMETIC.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
 
 
 def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = None) -> DictConfig:

@@ -278,12 +278,14 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     other problem leaves a spec for the plan to check further.
     """
     container = to_container(cfg)
+    referenced = _referenced_vars(cfg) if isinstance(cfg, DictConfig) else None
     wrong = [Problem(name, f"expected a mapping of {name} settings, got {_at(container, name, None)!r}")
              for name in _SECTIONS if name and not isinstance(_at(container, name, {}), dict)
              and not (name in OPTIONAL_SECTIONS and _at(container, name, {}) is None)]
     if wrong:  # nothing inside can be read
         raise ConfigError(wrong)
     optim_extras = _check_unknown_keys(container, problems)
+    _check_vars(container["model"], referenced, problems)
     _check_booleans(container, problems)
     try:
         typed: RunConfig = OmegaConf.to_object(with_schema(container))  # type: ignore[assignment]
@@ -305,6 +307,47 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         config=container,
         tracker=_parse_tracker(typed.tracker, problems),
     )
+
+
+_VAR_REFERENCE = re.compile(r"\$\{[^{}]*?\bmodel\.vars\.([A-Za-z_]\w*)")
+
+
+def _referenced_vars(cfg: DictConfig) -> set[str]:
+    """Returns the names of the model variables some interpolation of the (unresolved) config reads."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            found.update(_VAR_REFERENCE.findall(node))
+
+    walk({k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"})  # type: ignore[union-attr]
+    return found
+
+
+def _check_vars(model: Any, referenced: set[str] | None, problems: Problems) -> None:
+    """Checks model.vars and removes it: its values now live where they are used, so the saved
+    config holds the numbers themselves (a resumed run's model is the saved one)."""
+    if not isinstance(model, dict):
+        return
+    declared = model.pop("vars", None) or {}
+    if not isinstance(declared, dict):
+        problems.add("model.vars", f"expected a mapping of name -> value (n_embd: 64), got {declared!r}")
+        return
+    for name, value in declared.items():
+        key = f"model.vars.{name}"
+        if not str(name).isidentifier():
+            problems.add(key, f"a variable name must be an identifier (letters, digits, '_'), got {name!r}")
+        elif isinstance(value, (dict, list)):
+            problems.add(key, f"expected a number, string or boolean, got {value!r}")
+        elif referenced is not None and name not in referenced:
+            problems.add(key, f"no key of the config reads it (use it as ${{model.vars.{name}}}); "
+                              "a variable nothing reads would change nothing")
 
 
 def _at(container: dict, dotted: str, default: Any) -> Any:
