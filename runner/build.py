@@ -87,7 +87,7 @@ def _build_layer(layer: LayerSpec, path: str, built: dict[str, nn.Module], probl
     else:
         module = nn.Sequential()
         for index in range(layer.repeat):
-            module.add_module(str(index), _construct(layer, f"{path}.{index}", built, problems))
+            module.add_module(str(index), _construct(layer.copy(index), f"{path}.{index}", built, problems))
     built[path] = module
     return module
 

@@ -44,7 +44,7 @@ def task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
-    report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg))
+    report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg, hydra_cfg.runtime))
     if hydra_cfg.mode == RunMode.MULTIRUN:
         if cfg.get("tracker") is not None and cfg.tracker.get("experiment") is None:
             cfg.tracker.experiment = str(hydra_cfg.sweep.dir)  # the sweep is one MLflow experiment
@@ -96,10 +96,11 @@ def _refuse(key: str, message: str) -> None:
     raise ConfigError([Problem(key, message)])
 
 
-def _check_overrides(overrides: list[str], cfg: DictConfig) -> None:
-    from runner.config import merged_overrides
+def _check_overrides(overrides: list[str], cfg: DictConfig, runtime: DictConfig) -> None:
+    from runner.config import merged_overrides, model_file_problems
 
-    problems = merged_overrides(list(overrides), cfg)
+    problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
+    problems += merged_overrides(list(overrides), cfg)
     if problems:
         raise ConfigError(problems)
 

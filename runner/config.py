@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 
 def conf_dir() -> Path:
@@ -37,8 +37,9 @@ class ModelConfig:
     # The model's own hyper-parameters, referenced elsewhere as ${model.vars.<name>} (and in
     # arithmetic: ${floordiv:${model.vars.n_embd},${model.vars.n_head}}); resolved before the spec.
     vars: Dict[str, Any] = field(default_factory=dict)
-    # Layer name -> {type: <registered class>, <constructor args>...}, in forward order.
-    layers: Dict[str, Any] = MISSING
+    # Layer name -> {type: <registered class>, <constructor args>...}, in forward order. (Typed Any:
+    # the spec names a numbered layer written unquoted, `0:`, rather than OmegaConf's key-type error.)
+    layers: Any = MISSING
     # Tensor-level ties: [{target: dec.weight, source: enc.weight, transpose: false | true | [i, j]}].
     ties: List[Any] = field(default_factory=list)
     # Globs of tensors whose requires_grad is False (never optimized, never changed).
@@ -241,16 +242,87 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
 
     from runner.errors import ConfigError
 
+    from hydra.errors import HydraException
+
     overrides = list(overrides or [])
-    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    problems = merged_overrides(overrides, cfg)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except HydraException as error:  # a bad override or option: the same report as every other config error
+        raise ConfigError([hydra_problem(error, overrides)]) from None
+    runtime = cfg.hydra.runtime
+    problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    problems += merged_overrides(overrides, cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
+def hydra_problem(error: Exception, overrides: List[str]) -> Any:
+    """Returns Hydra's refusal of an override or option as a Problem naming its key, without Hydra's traceback."""
+    from runner.errors import Problem, suggest
+
+    cause = error.__cause__
+    key = getattr(cause, "full_key", None) or ""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if key and "not in" in str(cause):  # a misspelt key: Hydra would advise `+key=`, which only adds the typo
+        parent, _, name = key.rpartition(".")
+        schema = _SCHEMAS.get(parent)
+        known = [f.name for f in fields(schema)] if schema is not None else []
+        if parent == "model.layers" or (parent and schema is None):
+            return Problem(key, f"{name!r} is not in the composed {parent}; a mapping given on the command line is merged key "
+                                f"by key (declare a model's layers on the empty model: model=custom '+model.layers={{...}}')")
+        hint = suggest(name, known) or (f" it takes: {', '.join(known)}" if known else "")
+        return Problem(key, f"unknown key;{hint}" + ("" if parent != "optim" else f" (an optimizer argument of its own is added with +{key}=...)"))
+    if key:
+        return Problem(key, str(cause).splitlines()[0])
+    if lines and lines[0].startswith("In 'config': Could not find"):
+        options = [line.strip() for line in lines[2:] if line.startswith("\t") and "provider=" not in line]
+        group = lines[0].split("'")[3].split("/")[0] if lines[0].count("'") >= 4 else "config"
+        wanted = lines[0].split("'")[3].rpartition("/")[2] if lines[0].count("'") >= 4 else ""
+        hint = suggest(wanted, options) or f" available: {', '.join(options)}"
+        return Problem(group, f"no option {wanted!r} in {group};{hint}")
+    return Problem("overrides", " ".join(lines[:2]))
+
+
+def model_file_problems(choices: dict, sources: list[dict]) -> list:
+    """Returns a problem for a model file that sets anything but the model (`optim:`, `trainer:` or a
+    defaults list under `# @package _global_`): the optim group, composed after the model, would
+    silently replace its optimizer settings. Such settings belong in an experiment preset."""
+    import yaml
+
+    from runner.errors import Problem
+
+    choice = choices.get("model")
+    path = next((Path(s["path"]) / "model" / f"{choice}.yaml" for s in sources
+                 if s.get("schema") == "file" and (Path(s["path"]) / "model" / f"{choice}.yaml").is_file()), None)
+    if choice is None or path is None:
+        return []
+    text = path.read_text(encoding="utf-8")
+    header = next((line.split("@package", 1)[1].strip() for line in text.splitlines()
+                   if line.startswith("#") and "@package" in line), "model")
+    try:
+        body = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return []  # Hydra reported it already
+    if header in ("model", "_group_") or not isinstance(body, dict):
+        return []
+    if header != "_global_":
+        return [Problem("model", f"{path}: a model file's package is `model`, not {header!r}")]
+    others = sorted(str(k) for k in body if k not in ("model", "defaults"))
+    others += ["defaults"] if any(entry != "_self_" for entry in body.get("defaults") or []) else []
+    if not others:
+        return []
+    return [Problem("model", f"{path} sets {', '.join(others)} beside the model; a model file holds only the model (the groups "
+                             "composed after it would silently replace those settings): put them in an experiment preset "
+                             "(conf/experiment/*.yaml, see experiment=transformer_lm) or on the command line")]
+
+
 GROUPS = ("data", "model", "init", "optim")
+_SCHEMAS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
+            "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
 
 
 def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:

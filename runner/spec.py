@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import inspect
 import re
+import types
+import typing
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from dataclasses import dataclass, field
@@ -32,8 +34,8 @@ DTYPES = ("float32", "float64", "bfloat16")
 AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")
 DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_LAYER_KEYS = ("type", "shared", "repeat", "layers", "inputs", "tensors", "output", "call")
-_CONTAINER_KEYS = ("type", "repeat", "layers", "inputs", "tensors", "output", "call")
+_LAYER_KEYS = ("type", "shared", "repeat", "override", "layers", "inputs", "tensors", "output", "call")
+_CONTAINER_KEYS = ("type", "repeat", "override", "layers", "inputs", "tensors", "output", "call")
 INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) own input
 TENSOR_KINDS = ("parameter", "frozen", "buffer")
 _RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
@@ -98,10 +100,16 @@ class LayerSpec:
     tensors: tuple[TensorSpec, ...] = ()
     output: str | None = None
     called: bool = True
+    # `repeat` copies with their own settings (`override: {'0': {stride: 2}}`): copy index -> its spec.
+    variants: tuple[tuple[int, "LayerSpec"], ...] = ()
 
     @property
     def is_graph(self) -> bool:
         return is_graph(self.children, self.tensors, self.output)
+
+    def copy(self, index: int) -> "LayerSpec":
+        """Returns the spec of copy `index` of a repeated layer: its override merged in, if it has one."""
+        return dict(self.variants).get(index, self)
 
 
 def is_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None) -> bool:
@@ -450,16 +458,25 @@ def parse_layers(declared: Any, key: str, problems: Problems) -> tuple[LayerSpec
     if not isinstance(declared, dict) or not declared:
         problems.add(key, "expected a non-empty mapping of layer name -> {type: ..., args...}")
         return ()
-    return tuple(
-        spec
-        for name, body in declared.items()
-        if (spec := _parse_layer(str(name), body, f"{key}.{name}", problems)) is not None
-    )
+    specs = []
+    for name, body in declared.items():
+        if not isinstance(name, str):
+            problems.add(f"{key}.{name}", f"a layer name is text: write it quoted ('{name}': ...), so that an override "
+                                          f"such as {key}.{name}.<arg>=... finds it")
+        elif (spec := _parse_layer(name, body, f"{key}.{name}", problems)) is not None:
+            specs.append(spec)
+    return tuple(specs)
+
+
+def layer_name_ok(name: str) -> bool:
+    """True for an identifier or a non-negative integer written plainly ('0', '12'): torchvision's and
+    Hugging Face's numbered children (`layer1.0.conv1`) are names too."""
+    return name.isidentifier() or (name.isdigit() and str(int(name)) == name)
 
 
 def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpec | None:
-    if not name.isidentifier():
-        problems.add(key, f"layer name {name!r} must be an identifier (letters, digits, '_'; no dots)")
+    if not layer_name_ok(name):
+        problems.add(key, f"layer name {name!r} must be an identifier (letters, digits, '_'; no dots) or a number such as '0'")
         return None
     if name == INPUT:
         problems.add(key, f"{INPUT!r} is reserved: in `inputs:` it names the model's (or the container's) input")
@@ -470,6 +487,8 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     if not isinstance(body, dict):
         problems.add(key, f"expected a mapping like {{type: Linear, in_features: 4, out_features: 8}}, got {body!r}")
         return None
+    if "override" in body and "shared" not in body:
+        return _parse_overrides(name, body, key, problems)
     repeat = body.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         problems.add(f"{key}.repeat", f"expected a positive integer, got {repeat!r}")
@@ -480,6 +499,7 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     called = _parse_call(body, key, inputs, problems)
     if "shared" in body:
         return _parse_shared(name, body, key, repeat, inputs, problems)
+
     type_name = body.get("type")
     types = layer_types()
     if not isinstance(type_name, str):
@@ -497,7 +517,7 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
         tensors = parse_tensors(body.get("tensors") or {}, f"{key}.tensors", problems)
         children = parse_layers(body.get("layers"), f"{key}.layers", problems)
         output = _parse_output(body.get("output"), f"{key}.output", problems)
-        check_graph(children, tensors, output, key, problems)
+        check_graph(children, tensors, output, key, problems, residual=type_name == "Residual")
         return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output, called)
     for arg in ("layers", "tensors", "output"):
         if arg in body:
@@ -505,6 +525,58 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
     args = {k: _plain(v) for k, v in body.items() if k not in _LAYER_KEYS}
     _check_constructor_args(types[type_name], args, key, problems)
     return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs, called=called)
+
+
+def _parse_overrides(name: str, body: dict, key: str, problems: Problems) -> LayerSpec | None:
+    """A repeated layer whose copies differ: `override` maps a copy's index to settings merged into
+    that copy's body (the first block of a ResNet stage downsamples: {'0': {layers: {conv1: {stride: 2}}}})."""
+    declared = body["override"]
+    base_body = {k: v for k, v in body.items() if k != "override"}
+    base = _parse_layer(name, base_body, key, problems)
+    if base is None:
+        return None
+    repeat = base.repeat
+    if repeat == 1:
+        problems.add(f"{key}.override", "only a repeated layer (repeat: N > 1) has copies to override")
+        return base
+    if not isinstance(declared, dict) or not declared:
+        problems.add(f"{key}.override", f"expected a mapping of copy index -> settings, such as {{'0': {{stride: 2}}}}, got {declared!r}")
+        return base
+    variants: dict[int, LayerSpec] = {}
+    for index, settings in declared.items():
+        where = f"{key}.override.{index}"
+        number = int(index) if isinstance(index, int) or (isinstance(index, str) and index.isdigit()) else None
+        if isinstance(index, bool) or number is None or not 0 <= number < repeat:
+            problems.add(where, f"expected a copy index from 0 to {repeat - 1}, got {index!r}")
+            continue
+        if number in variants:
+            problems.add(where, f"copy {number} is overridden twice")
+            continue
+        if not isinstance(settings, dict):
+            problems.add(where, f"expected a mapping of settings merged into copy {number}, got {settings!r}")
+            continue
+        fixed = sorted(set(settings) & {"repeat", "override", "inputs", "call", "shared"})
+        for setting in fixed:
+            problems.add(f"{where}.{setting}", f"`{setting}` is the repeated layer's own; a copy can change its type, arguments and layers")
+        if fixed:
+            continue
+        found = Problems()
+        variant = _parse_layer(name, _merged(base_body, settings), where, found)
+        ours = {(p.key, p.message) for p in problems.items}
+        for problem in found.items:  # what the base already reported is not reported again per copy
+            if (problem.key.replace(where, key, 1), problem.message) not in ours:
+                problems.add(problem.key, problem.message)
+        if variant is not None:
+            variants[number] = variant
+    return dataclasses.replace(base, variants=tuple(sorted(variants.items())))
+
+
+def _merged(base: dict, settings: dict) -> dict:
+    """Returns `base` with `settings` merged in: mappings key by key, any other value replaced."""
+    merged = dict(base)
+    for k, v in settings.items():
+        merged[k] = _merged(merged[k], v) if isinstance(merged.get(k), dict) and isinstance(v, dict) else v
+    return merged
 
 
 def _parse_call(body: dict, key: str, inputs: tuple[str, ...] | None, problems: Problems) -> bool:
@@ -529,8 +601,10 @@ def _module_attributes() -> frozenset[str]:
 def _parse_inputs(declared: Any, key: str, problems: Problems) -> tuple[str, ...] | None:
     if declared is None:
         return None
-    if isinstance(declared, str):
+    if isinstance(declared, (str, int)) and not isinstance(declared, bool):
         declared = [declared]
+    if isinstance(declared, list):  # a numbered layer read as `inputs: [0]`
+        declared = [str(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else n for n in declared]
     if not isinstance(declared, list) or not declared or not all(isinstance(n, str) and n for n in declared):
         problems.add(key, f"expected a non-empty list of names (earlier layers, tensors, or `input`), got {declared!r}")
         return None
@@ -538,6 +612,8 @@ def _parse_inputs(declared: Any, key: str, problems: Problems) -> tuple[str, ...
 
 
 def _parse_output(declared: Any, key: str, problems: Problems) -> str | None:
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0:
+        declared = str(declared)  # a numbered layer
     if declared is not None and (not isinstance(declared, str) or not declared):
         problems.add(key, f"expected the name of a layer or tensor, got {declared!r}")
         return None
@@ -583,7 +659,8 @@ def parse_tensors(declared: Any, key: str, problems: Problems) -> tuple[TensorSp
     return tuple(tensors)
 
 
-def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, key: str, problems: Problems) -> None:
+def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, key: str, problems: Problems,
+                residual: bool = False) -> None:
     """Checks the wiring of one container (or the model): every input names `input`, an earlier layer
     or a tensor of this container; nothing is read before it is made (so there is no cycle); every
     layer and tensor is read by something or is the output."""
@@ -630,6 +707,65 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
     for tensor in tensors:
         if tensor.name not in read and tensor.kind != "buffer":
             problems.add(tensor.key, f"nothing reads {tensor.name!r}: name it in some layer's `inputs` (only a buffer may be kept without being read)")
+    _check_in_place(layers, {t.name for t in tensors}, result, residual, problems)
+
+
+# Layers whose output may be their input itself or a view of it (Dropout is the identity in eval
+# mode): an in-place layer after one of them overwrites the value it was given.
+_VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
+                    "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads"})
+
+
+def overwrites_input(layer: LayerSpec) -> bool:
+    """True when calling the layer overwrites the value it reads (`inplace: true`, at any depth of a
+    container that passes its input to such a layer unchanged)."""
+    if layer.shared is not None or not layer.called:
+        return False
+    if layer.children:
+        return _container_overwrites(layer.copy(0).children)
+    return dict(layer.args).get("inplace") is True
+
+
+def _container_overwrites(layers: tuple[LayerSpec, ...]) -> bool:
+    roots = {INPUT: INPUT}
+    for layer, reads in wiring(layers):
+        if reads is None:
+            continue
+        if len(reads) == 1 and roots.get(reads[0]) == INPUT and overwrites_input(layer):
+            return True
+        roots[layer.name] = roots.get(reads[0]) if len(reads) == 1 and layer.type in _VIEWS else layer.name
+    return False
+
+
+def _check_in_place(layers: tuple[LayerSpec, ...], tensors: set[str], output: str, residual: bool, problems: Problems) -> None:
+    """An in-place layer must be the only reader of the value it overwrites (and of every view of
+    it): any other reader, the container's output or a residual sum would silently see new values."""
+    root: dict[str, str] = {INPUT: INPUT, **{t: t for t in tensors}}
+    readers: dict[str, list[str]] = {}  # storage -> who reads it (views are not readers: they copy nothing)
+    overwriting: list[tuple[LayerSpec, str]] = []
+    for layer, reads in wiring(layers):
+        if reads is None:
+            continue
+        view = len(reads) == 1 and layer.type in _VIEWS and layer.repeat == 1
+        root[layer.name] = root.get(reads[0], reads[0]) if view else layer.name
+        if not view:
+            for name in reads:
+                readers.setdefault(root.get(name, name), []).append(f"layer {layer.name!r}")
+        if len(reads) == 1 and overwrites_input(layer):
+            overwriting.append((layer, reads[0]))
+    readers.setdefault(root.get(output, output), []).append(f"the output ({output!r})")
+    if residual:
+        readers.setdefault(INPUT, []).append("the residual sum (input + output)")
+    for layer, value in overwriting:
+        storage = root.get(value, value)
+        others = [r for r in readers.get(storage, []) if r != f"layer {layer.name!r}"]
+        if storage in tensors:
+            others.insert(0, f"the tensor {storage!r} itself")
+        if others:
+            what = repr(value) if storage == value else f"{value!r} (a view of {storage!r})"
+            problems.add(f"{layer.key}.inplace" if not layer.children else layer.key,
+                         f"{layer.name!r} overwrites {what} in place, but {others[0]} also reads it and would see the "
+                         f"overwritten values; set inplace: false (or give {layer.name!r} a value no one else reads)")
 
 
 def _parse_shared(name: str, body: dict, key: str, repeat: int, inputs: tuple[str, ...] | None, problems: Problems) -> LayerSpec | None:
@@ -660,9 +796,89 @@ def _check_constructor_args(cls: type, args: dict, key: str, problems: Problems)
     for p in params:
         if p.default is p.empty and p.name not in args and p.name not in ("device", "dtype"):
             problems.add(f"{key}.{p.name}", f"missing: {cls.__name__} requires `{p.name}`")
+    hints = _type_hints(cls)
+    by_name = {p.name: p for p in params}
     for arg, value in args.items():
         if isinstance(value, int) and not isinstance(value, bool) and value < 0 and _looks_like_size(arg):
             problems.add(f"{key}.{arg}", f"expected a size >= 0, got {value}")
+        elif arg in by_name:
+            expected = _type_problem(value, hints.get(arg, by_name[arg].annotation), by_name[arg].default)
+            if expected:
+                problems.add(f"{key}.{arg}", f"expected {expected} ({cls.__name__}'s `{arg}`), got {value!r}")
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Returns the constructor's annotations resolved to types ({} where they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation naming what its module does not import: fall back to the raw one
+        return {}
+
+
+_SIMPLE = {bool: "bool", int: "int", float: "float", str: "str", type(None): "none"}
+
+
+def _kinds(annotation: Any) -> set[str] | None:
+    """Returns the kinds of value an annotation admits (bool, int, float, str, none, sequence, or a
+    Literal's options as 'literal:<repr>'), or None when it admits something this check cannot judge."""
+    if isinstance(annotation, str):  # an unresolved `from __future__` annotation: read the plain names
+        names = {part.strip() for part in annotation.replace("Optional[", "").rstrip("]").split("|")}
+        simple = {"bool": "bool", "int": "int", "float": "float", "str": "str", "None": "none"}
+        return {simple[n] for n in names} if names <= set(simple) else None
+    if annotation in _SIMPLE:
+        return {_SIMPLE[annotation]}
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        for member in typing.get_args(annotation):
+            inner = _kinds(member)
+            if inner is None:
+                return None
+            kinds |= inner
+        return kinds
+    if origin is typing.Literal:
+        return {f"literal:{option!r}" for option in typing.get_args(annotation)}
+    if annotation in (tuple, list) or origin in (tuple, list) or annotation is getattr(__import__("torch"), "Size", None):
+        return {"sequence"}
+    return None
+
+
+def _type_problem(value: Any, annotation: Any, default: Any) -> str | None:
+    """Returns what a constructor argument expects when `value` is not of it, else None: a string where a
+    bool belongs (Hydra reads `bias=no` as the text 'no') must not build a layer with a bias."""
+    kinds = _kinds(annotation) if annotation is not inspect.Parameter.empty else None
+    if kinds is None:  # unannotated: judge by the default's type alone
+        if isinstance(default, bool):
+            kinds = {"bool"}
+        elif isinstance(default, (int, float)):
+            kinds = {"int", "float"} if isinstance(default, float) else {"int", "float", "bool"} if default in (0, 1) else {"int", "float"}
+        else:
+            return None
+    if default is None:
+        kinds = kinds | {"none"}
+    if value is None:
+        ok = "none" in kinds
+    elif isinstance(value, bool):
+        ok = "bool" in kinds
+    elif isinstance(value, int):
+        ok = bool({"int", "float"} & kinds)
+    elif isinstance(value, float):
+        ok = "float" in kinds
+    elif isinstance(value, str):
+        ok = "str" in kinds or f"literal:{value!r}" in kinds
+    elif isinstance(value, tuple):
+        ok = "sequence" in kinds
+    else:
+        return None
+    if ok:
+        return None
+    words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "none": "null",
+             "sequence": "a list"}
+    described = [words[k] for k in ("bool", "int", "float", "str", "sequence", "none") if k in kinds]
+    if "int" in kinds and "float" in kinds:
+        described.remove("an integer")
+    described += [k.removeprefix("literal:") for k in sorted(kinds) if k.startswith("literal:")]
+    return " or ".join(described)
 
 
 def _looks_like_size(arg: str) -> bool:
@@ -819,6 +1035,10 @@ def _parse_optim(optim: dict, scheduler: SchedulerSpec, problems: Problems) -> O
         name = None
     structural = {"name", "param_groups", "no_decay_bias_and_norm", "scheduler", "clip_grad_norm"}
     args = {k: v for k, v in optim.items() if k not in structural and v is not None}
+    # lr 0 is a default no tensor uses when every group sets its own (torch accepts it): checked below.
+    zero_lr = args.get("lr") == 0 and not isinstance(args.get("lr"), bool)
+    if zero_lr:
+        del args["lr"]
     if name is not None:
         args = _check_optimizer_args(name, args, "optim", problems)
     groups = []
@@ -834,6 +1054,13 @@ def _parse_optim(optim: dict, scheduler: SchedulerSpec, problems: Problems) -> O
             group_args = _check_optimizer_args(name, group_args, key, problems, inherited=args)
         groups.append(GroupSpec(index, group_name, patterns, tuple(group_args.items())))
     _check_groups(groups, problems)
+    if zero_lr:
+        without = [f"optim.param_groups[{g.index}]" for g in groups if "lr" not in dict(g.args)]
+        if groups and not without:
+            args["lr"] = 0.0
+        else:
+            problems.add("optim.lr", "expected a number > 0; 0 is allowed only as a default that no tensor uses, when "
+                                     f"every param group sets its own lr ({', '.join(without) + ' does not' if without else 'no param_groups are declared'})")
     clip = optim.get("clip_grad_norm")
     if clip is not None and clip <= 0:
         problems.add("optim.clip_grad_norm", f"expected a number > 0 (or null for no clipping), got {clip}")
