@@ -153,6 +153,8 @@ def _describe(layer: LayerSpec) -> str:
             break
         parts.append(part)
     text = " ".join([str(layer.type), *parts]) + (f" x{layer.repeat}" if layer.repeat > 1 else "")
+    if layer.variants:
+        text += f" (copy {', '.join(str(i) for i, _ in layer.variants)} overridden)"
     return text + (" (+ input)" if layer.type == "Residual" else "")
 
 

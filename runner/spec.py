@@ -460,10 +460,11 @@ def parse_layers(declared: Any, key: str, problems: Problems) -> tuple[LayerSpec
         return ()
     specs = []
     for name, body in declared.items():
-        if not isinstance(name, str):
-            problems.add(f"{key}.{name}", f"a layer name is text: write it quoted ('{name}': ...), so that an override "
-                                          f"such as {key}.{name}.<arg>=... finds it")
-        elif (spec := _parse_layer(name, body, f"{key}.{name}", problems)) is not None:
+        if isinstance(name, int) and not isinstance(name, bool) and str(name) in declared:
+            # YAML's `0:` is a number; an override such as model.layers.0.stride=2 adds the text '0' beside it.
+            problems.add(f"{key}.{name}", f"layer {name} is given both as the number {name} and as the text '{name}' (a command-line "
+                                          f"override names the text): quote the key in the YAML file ('{name}': ...)")
+        elif (spec := _parse_layer(str(name), body, f"{key}.{name}", problems)) is not None:
             specs.append(spec)
     return tuple(specs)
 
