@@ -3,12 +3,15 @@
     - {match: "fc1.*", fn: pretrained, path: backbone.safetensors, rename: [fc1, "0"]}
 
 Each tensor the rule sets is looked up under its canonical name, with `rename: [ours, theirs]`
-swapping the leading `ours` for `theirs` (`fc1.weight` -> `0.weight`). A run directory means its
-newest checkpoint's model.safetensors (its SHA-256 checked against the manifest). Only
-safetensors is read: a pickle file is refused, since unpickling can run code.
+swapping the leading `ours` for `theirs` (`fc1.weight` -> `0.weight`; `fc1.` means `fc1`). A tied
+tensor is read once; a file that also holds it under another of its names must hold the same
+values there (the transpose, for a transposed tie), or the rule is refused rather than one key
+ignored. A run directory means its newest checkpoint's model.safetensors (its SHA-256 checked
+against the manifest). Only safetensors is read: a pickle file is refused, since unpickling can
+run code.
 
-`check` reads headers only (names, shapes, dtypes) and reports every problem before any work;
-`read` returns the tensors for `prepare`.
+`check` reads headers (names, shapes, dtypes), and the values of tied tensors a file holds twice,
+and reports every problem before any work; `read` returns the tensors for `prepare`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from safetensors.torch import load
 from runner import checkpoint
 from runner.errors import ConfigError, Problem, Problems, RunError, suggest
 from runner.initialization import some_names
-from runner.spec import DTYPES, Rule
+from runner.spec import DTYPES, Rule, TieSpec
+from runner.tensors import TRANSPOSED_SUFFIX, display_name
 
 # The suffixes torch.save's files go by; a file starting like a pickle or a zip (torch.save) is refused too.
 PICKLED = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -47,10 +51,11 @@ class Source:
 
 def file_key(name: str, rename: tuple[str, str] | None) -> str | None:
     """Returns the key a tensor is read from: its name, its leading `ours` swapped for `theirs`
-    (on dot boundaries; either may be empty), or None when the name does not start with `ours`."""
+    (on dot boundaries; either may be empty, and a trailing dot changes nothing), or None when
+    the name is not under `ours`."""
     if rename is None:
         return name
-    ours, theirs = rename
+    ours, theirs = (prefix.rstrip(".") for prefix in rename)
     if ours and name != ours and not name.startswith(ours + "."):
         return None
     rest = name[len(ours):].lstrip(".") if ours else name
@@ -70,6 +75,7 @@ def check(plan: Any, problems: Problems, kinds: tuple[str, ...] | None = None) -
             continue
         missing: list[tuple[str, str]] = []
         outside: list[str] = []
+        twice: list[tuple[Any, str]] = []
         for tensor in tensors:
             wanted = file_key(tensor.name, args.get("rename"))
             if wanted is None:
@@ -89,9 +95,13 @@ def check(plan: Any, problems: Problems, kinds: tuple[str, ...] | None = None) -
                 problems.add(key, f"{file} [{wanted}] is {dtype}; {tensor.name!r} is {want_dtype}{where}: convert the file{other}")
             else:
                 sources[tensor.name] = Source(file, wanted)
+                if tensor.aliases:
+                    twice.append((tensor, wanted))
+        if twice:
+            _check_tied(file, header, twice, args.get("rename"), _transposed_views(plan.declarations.ties), key, problems)
         if outside:
-            ours = args["rename"][0]
-            problems.add(f"{key}.rename", f"the rule sets {some_names(outside)}, which do not start with {ours!r}; narrow `match` to tensors under {ours!r}")
+            ours = args["rename"][0].rstrip(".")
+            problems.add(f"{key}.rename", f"the rule sets {some_names(outside)}, which are not {ours!r} nor under {ours + '.'!r}; narrow `match` to tensors under {ours!r}")
         if missing:
             (name, first), more = missing[0], len(missing) - 1
             hint = suggest(first, list(header)) or f" it holds: {', '.join(list(header)[:8])}{' ...' if len(header) > 8 else ''}"
@@ -111,6 +121,40 @@ def read(plan: Any, kinds: tuple[str, ...] | None = None) -> dict[str, tuple[tor
         tensors = _load(file, [s.key for s in sources.values() if s.file == file])
         values.update({name: (tensors[s.key], s) for name, s in sources.items() if s.file == file})
     return values
+
+
+def _transposed_views(ties: tuple[TieSpec, ...]) -> dict[str, TieSpec]:
+    """Returns each name a transposed tie's target goes by in the tensor index -> its tie."""
+    views: dict[str, TieSpec] = {}
+    for tie in ties:
+        if tie.dims is not None:
+            owner, _, attr = tie.target.rpartition(".")
+            views[tie.target] = views[display_name(owner + TRANSPOSED_SUFFIX.format(attr))] = tie
+    return views
+
+
+def _check_tied(file: Path, header: dict[str, tuple[tuple[int, ...], str]], tied: list[tuple[Any, str]],
+                rename: tuple[str, str] | None, views: dict[str, TieSpec], key: str, problems: Problems) -> None:
+    """Adds a problem for each tied tensor whose other name the file also holds with other values
+    (for a transposed target: other than the loaded values transposed); only one key is loaded."""
+    pairs = []
+    for tensor, wanted in tied:
+        for alias in tensor.aliases:
+            tie = views.get(alias)
+            name = tie.target if tie is not None else alias
+            other = file_key(name, rename)
+            if other is not None and other != wanted and other in header:
+                pairs.append((tensor.name, wanted, name, other, tie.dims if tie is not None else None))
+    if not pairs:
+        return
+    with safe_open(str(file), framework="pt") as handle:
+        for name, wanted, alias, other, dims in pairs:
+            loaded, held = handle.get_tensor(wanted), handle.get_tensor(other)
+            expected = loaded.transpose(*dims) if dims is not None else loaded
+            if expected.shape != held.shape or expected.dtype != held.dtype or not torch.equal(expected, held):
+                how = f"{name!r} transposed on dims {list(dims)}" if dims is not None else f"the same tensor as {name!r}"
+                problems.add(key, f"{file} holds two different tensors, [{wanted}] for {name!r} and [{other}] for {alias!r}, "
+                                  f"but here {alias!r} is {how}: only [{wanted}] would be read; make the two equal in the file, or drop one")
 
 
 def _by_rule(plan: Any, kinds: tuple[str, ...] | None) -> Iterator[tuple[Rule, list[Any]]]:

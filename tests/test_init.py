@@ -25,10 +25,16 @@ def with_rules(cfg, rules, strict=False):
 
 def test_xavier_uniform_std_on_256x256_matches_theory(compose):
     model = runner.build(compose("init=xavier", *WIDE))
-    weight = model.fc1.weight  # 256x256, followed by ReLU: gain sqrt(2)
-    expected = math.sqrt(2.0) * math.sqrt(2.0 / (256 + 256))
+    weight = model.fc1.weight  # 256x256, followed by ReLU; Glorot's scheme is gain 1 whatever follows
+    expected = math.sqrt(2.0 / (256 + 256))
     assert weight.std().item() == pytest.approx(expected, rel=0.05)
     assert weight.abs().max().item() <= expected * math.sqrt(3) + 1e-6  # uniform's bound
+
+
+def test_xavier_gain_scales_by_the_following_relu(compose):
+    model = runner.build(compose("init=xavier_gain", *WIDE))
+    expected = math.sqrt(2.0) * math.sqrt(2.0 / (256 + 256))  # calculate_gain('relu') = sqrt(2)
+    assert model.fc1.weight.std().item() == pytest.approx(expected, rel=0.05)
 
 
 def test_kaiming_normal_std_matches_theory(compose):
@@ -39,7 +45,7 @@ def test_kaiming_normal_std_matches_theory(compose):
 
 
 def test_gain_auto_reads_the_following_activation(compose):
-    model = runner.build(compose("init=xavier", *WIDE, "model.layers.act1.type=Tanh"))
+    model = runner.build(compose("init=xavier_gain", *WIDE, "model.layers.act1.type=Tanh"))
     expected = (5.0 / 3.0) * math.sqrt(2.0 / 512)  # calculate_gain('tanh') = 5/3
     assert model.fc1.weight.std().item() == pytest.approx(expected, rel=0.05)
 

@@ -1,4 +1,4 @@
-"""`fn: pretrained`: values from safetensors files and runs, rename, ties, buffers, dtypes, the fine-tune preset, bad files."""
+"""`fn: pretrained`: values from safetensors files and runs, rename, ties (a file holding both names), buffers, dtypes, the fine-tune preset, bad files."""
 
 from __future__ import annotations
 
@@ -37,6 +37,52 @@ def test_a_plain_sequential_fills_the_mlp_through_rename(compose, tmp_path):
     x = torch.randn(7, 64)
     with torch.no_grad():
         assert torch.equal(model(x), sequential(x))
+
+
+def test_a_prefix_with_a_trailing_dot_means_the_same_prefix(compose, tmp_path):
+    sequential = _sequential()
+    save_file(sequential.state_dict(), tmp_path / "seq.safetensors")
+    file = tmp_path / "seq.safetensors"
+    plain, dotted = (runner.build(compose(f"init.rules=[{_rule(file, 'fc1.*', rename)}]")) for rename in ("[fc1, 0]", "['fc1.', '0.']"))
+    for name, theirs in (("fc1.weight", "0.weight"), ("fc1.bias", "0.bias")):
+        assert torch.equal(plain.state_dict()[name], sequential.state_dict()[theirs]), name
+        assert torch.equal(dotted.state_dict()[name], sequential.state_dict()[theirs]), name
+
+
+def _tied_file(path, weights: dict, **replaced) -> str:
+    """Saves a model's weights (tied names stored separately, as nanoGPT's checkpoint does) with some replaced."""
+    save_file({k: v.clone().contiguous() for k, v in {**weights, **replaced}.items()}, path)
+    return str(path)
+
+
+def test_a_file_holding_both_names_of_a_tie_must_hold_one_tensor(compose, tmp_path):
+    # transformer_lm ties head.weight to embed.weight: a file with both keys is read once, so they must agree.
+    overrides = ("experiment=transformer_lm",)
+    weights = {k: v + 0.5 for k, v in runner.build(compose(*overrides)).state_dict().items()}
+    equal = _tied_file(tmp_path / "equal.safetensors", weights)
+    model = runner.build(compose(*overrides, f"init.rules=[{_rule(equal, '*')}]"))
+    assert model.head.weight is model.embed.weight and torch.equal(model.head.weight, weights["embed.weight"])
+    different = _tied_file(tmp_path / "different.safetensors", weights, **{"head.weight": weights["embed.weight"] + 1})
+    with pytest.raises(ConfigError) as raised:
+        runner.train(compose(*overrides, f"init.rules=[{_rule(different, '*')}]"), tmp_path / "run")
+    assert f"init.rules[0]: {different} holds two different tensors, [embed.weight] for 'embed.weight' and [head.weight] for 'head.weight'" in str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_transposed_tie_compares_the_file_s_target_with_the_transpose(compose, tmp_path):
+    # autoencoder: dec.weight (64, 32) reads enc.weight (32, 64) transposed.
+    weights = {k: v for k, v in runner.build(compose("experiment=autoencoder")).state_dict().items() if ".parametrizations." not in k}
+    source = weights["enc.weight"] + 0.5
+    equal = _tied_file(tmp_path / "equal.safetensors", weights, **{"enc.weight": source, "dec.weight": source.T})
+    model = runner.build(compose("experiment=autoencoder", f"init.rules=[{_rule(equal, '*')}]"))
+    assert torch.equal(model.enc.weight, source) and torch.equal(model.dec.weight, source.T)
+    # The same shape and the same numbers, laid out untransposed: not the tensor dec.weight reads.
+    different = _tied_file(tmp_path / "different.safetensors", weights, **{"enc.weight": source, "dec.weight": source.reshape(64, 32)})
+    done = run_cli("experiment=autoencoder", f"init.rules=[{_rule(different, '*')}]", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert (f"init.rules[0]: {different} holds two different tensors, [enc.weight] for 'enc.weight' and [dec.weight] for 'dec.weight', "
+            "but here 'dec.weight' is 'enc.weight' transposed on dims [0, 1]") in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_provenance_names_the_file_and_key(compose, tmp_path):
@@ -134,7 +180,8 @@ def _bad_files(tmp_path):
     ("{match: 'fc1.*', fn: pretrained, path: DIR/junk.safetensors}", "junk.safetensors is not a readable safetensors file"),
     ("{match: 'fc1.*', fn: pretrained, path: DIR/none.safetensors}", "no such file or directory"),
     ("{match: 'fc1.*', fn: pretrained, path: DIR/empty_dir}", "is a directory but neither a run directory nor a checkpoint of ours"),
-    ("{match: '*', fn: pretrained, path: SEQ, rename: [fc1, 0]}", "init.rules[0].rename: the rule sets 'fc2.weight', 'fc2.bias', 'head.weight' and 1 more, which do not start with 'fc1'"),
+    ("{match: '*', fn: pretrained, path: SEQ, rename: [fc1, 0]}", "init.rules[0].rename: the rule sets 'fc2.weight', 'fc2.bias', 'head.weight' and 1 more, which are not 'fc1' nor under 'fc1.'"),
+    ("{match: '*', fn: pretrained, path: SEQ, rename: ['fc1.', '0.']}", "init.rules[0].rename: the rule sets 'fc2.weight', 'fc2.bias', 'head.weight' and 1 more, which are not 'fc1' nor under 'fc1.'"),
     ("{match: 'fc1.*', fn: pretrained, path: SEQ, rename: fc1}", "init.rules[0].rename: expected [<prefix in this model>, <prefix in the file>]"),
     ("{match: 'fc1.*', fn: pretrained}", "init.rules[0].path: missing: pretrained requires `path`"),
 ])
