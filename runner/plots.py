@@ -61,8 +61,11 @@ def write_plots(run_dir: Path) -> list[Path]:
 
 
 def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
-    """activations.png: each layer's output std at the first logged step (depth on x), and over time."""
+    """activations.png: each layer's output std at the first logged step (step 1, on the initial weights,
+    in a run that logged from its start) with depth on x, and over time."""
     from matplotlib.figure import Figure
+
+    from runner.report import on_initial_weights
 
     fig = Figure(figsize=(14, 4.5))
     depth, time = fig.subplots(1, 2)
@@ -70,7 +73,8 @@ def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
     shown = [name for name in layers if f"act_std/{name}" in first]
     depth.plot(range(len(shown)), [first[f"act_std/{name}"] for name in shown], "o-")
     depth.set_xticks(range(len(shown)), shown, rotation=60, ha="right", fontsize=7)
-    depth.set(yscale="log", ylabel="output std", title=f"activation std per layer at step {first['step']}")
+    initial = " (initial weights)" if on_initial_weights(first) else ""
+    depth.set(yscale="log", ylabel="output std", title=f"activation std per layer at step {first['step']}{initial}")
     for name in layers:
         key = f"act_std/{name}"
         points = [(r["step"], r[key]) for r in train if key in r]

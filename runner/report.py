@@ -11,6 +11,7 @@ writes it again, also for a sweep with failed or unfinished jobs.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -56,15 +57,21 @@ class Job:
     def label(self) -> str:
         return " ".join(o for o in self.overrides if o not in self.shared) or self.directory.name
 
-    def per_layer(self, which: int, stat: str = "grad_norm") -> dict[str, float]:
-        """Returns name -> `stat` (grad_norm: per tensor; act_std: per layer) at the first (0) or last (-1) logged step."""
-        if not self.train:
-            return {}
-        record = self.train[which]
-        return {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith(f"{stat}/")}
+    @property
+    def initial(self) -> dict:
+        """Returns the train record that describes the initial weights: step 1's, or under float16,
+        when step 1 was skipped for overflow, the first step applied after only skipped ones (its
+        gradients are still those of the initial weights); {} when the run logged none (metrics
+        written before step 1 was always logged)."""
+        initial = list(itertools.takewhile(on_initial_weights, self.train))  # they lead the run's records
+        return next((r for r in initial if not r.get("step_skipped")), initial[0] if initial else {})
+
+    def at_init(self, stat: str = "grad_norm") -> dict[str, float]:
+        """Returns name -> `stat` (grad_norm: per tensor; act_std: per layer) in the initial-weights record."""
+        return {k.split("/", 1)[1]: v for k, v in self.initial.items() if k.startswith(f"{stat}/")}
 
     def row(self) -> dict[str, Any]:
-        first, last = (self.train[0], self.train[-1]) if self.train else ({}, {})
+        first, last = self.initial, self.train[-1] if self.train else {}
         s = self.summary
         return {
             "job": self.directory.name, "overrides": " ".join(self.overrides), "status": self.status,
@@ -74,6 +81,13 @@ class Job:
             "seed": s.get("seed"), "run": self.how, "error": self.error,
             "rerun": reproduce_command(self.directory) if (self.directory / "config.yaml").is_file() else "",
         }
+
+
+def on_initial_weights(record: dict) -> bool:
+    """True for a train record of a step taken on the initial weights: step 1, or a step after only
+    float16 steps skipped for overflow (`skipped_steps` counts the record's own step when it was skipped)."""
+    skipped_before = record.get("skipped_steps", 0) - bool(record.get("step_skipped"))
+    return record.get("step") == skipped_before + 1
 
 
 def is_seed(override: str) -> bool:
@@ -231,34 +245,42 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configur
         lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS if c != "rerun") + " |")
     lines += ["", "Rerun any job alone:", ""]
     lines += [f"- job {row['job']}: `{row['rerun']}`" for row in rows if row["rerun"]]
-    lines += ["", "![loss curves, gradient norms and activation std at initialization](report.png)", ""]
+    lines += ["", "![loss curves, gradient norms and activation std at step 1 (initial weights)](report.png)", ""]
     return "\n".join(lines)
 
 
 def _why(done: list[Job]) -> list[str]:
-    """Returns sentences that point at vanishing or exploding gradients and activations at initialization."""
-    starts = [(j, j.train[0]["grad_norm"]) for j in done if j.train and "grad_norm" in j.train[0]]
+    """Returns sentences that point at vanishing or exploding gradients and activations at initialization
+    (each job's initial-weights record: step 1's, or the step named when float16 skipped step 1)."""
+    starts = [(j, j.initial["grad_norm"]) for j in done if "grad_norm" in j.initial]
     lines = []
     if len(starts) >= 2:
         low, high = min(starts, key=lambda p: p[1]), max(starts, key=lambda p: p[1])
-        lines.append(f"Global gradient norm at the first logged step ranges from {low[1]:.3g} (`{low[0].label}`) "
-                     f"to {high[1]:.3g} (`{high[0].label}`).")
+        lines.append(f"Global gradient norm at step 1 (initial weights) ranges from {low[1]:.3g} (`{low[0].label}`{_later(low[0])}) "
+                     f"to {high[1]:.3g} (`{high[0].label}`{_later(high[0])}).")
     for job, norm in starts:
-        layers = job.per_layer(0)
+        layers = job.at_init()
         if len(layers) >= 2:
             smallest, largest = min(layers.values()), max(layers.values())
             if smallest > 0 and largest / smallest > 100:
-                lines.append(f"`{job.label}`: per-tensor gradient norms at the start span {largest / smallest:.3g}x "
+                lines.append(f"`{job.label}`: per-tensor gradient norms at step 1 (initial weights{_later(job)}) span {largest / smallest:.3g}x "
                              f"(smallest {min(layers, key=layers.get)}, largest {max(layers, key=layers.get)}).")
     for job in done:
-        stds = job.per_layer(0, "act_std")
+        stds = job.at_init("act_std")
         positive = {name: value for name, value in stds.items() if value > 0}
         if len(positive) >= 2:
             (first, start), (last, end) = next(iter(positive.items())), list(positive.items())[-1]
             if end / start < 0.1 or end / start > 10:  # a tenfold change through the network
                 trend = "falls" if end < start else "grows"
-                lines.append(f"`{job.label}`: activation std {trend} from {start:.3g} ({first}) to {end:.3g} ({last}) at the first logged step.")
+                lines.append(f"`{job.label}`: activation std {trend} from {start:.3g} ({first}) to {end:.3g} ({last}) "
+                             f"at step 1 (initial weights{_later(job)}).")
     return [" ".join(lines)] if lines else []
+
+
+def _later(job: Job) -> str:
+    """`, step 3` when float16 skipped the first steps and the job's initial-weights record is a later step's."""
+    step = job.initial.get("step", 1)
+    return f", step {step}" if step != 1 else ""
 
 
 def _cell(value: Any) -> str:
@@ -298,22 +320,23 @@ def _plot(jobs: list[Job], groups: list[Configuration], path: Path) -> None:
                 curves.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     seeded = any(len(g.jobs) > 1 for g in groups)
     curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss" + (" (mean ± std over seeds)" if seeded else ""))
-    with_stats = [j for j in jobs if j.per_layer(0)]
-    names = list(dict.fromkeys(n for j in with_stats for n in j.per_layer(0)))  # model order
+    with_stats = [j for j in jobs if j.at_init()]
+    names = list(dict.fromkeys(n for j in with_stats for n in j.at_init()))  # model order
     width = 0.8 / max(len(with_stats), 1)
     for index, job in enumerate(with_stats):
-        values = [job.per_layer(0).get(n, np.nan) for n in names]
+        norms = job.at_init()
+        values = [norms.get(n, np.nan) for n in names]
         bars.bar(np.arange(len(names)) + index * width, values, width, label=job.label)
     bars.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=7)
-    bars.set(yscale="log", ylabel="gradient L2 norm", title="per-tensor gradient norm at the first logged step")
-    layers = list(dict.fromkeys(n for j in jobs for n in j.per_layer(0, "act_std")))  # model order
+    bars.set(yscale="log", ylabel="gradient L2 norm", title="per-tensor gradient norm at step 1 (initial weights)")
+    layers = list(dict.fromkeys(n for j in jobs for n in j.at_init("act_std")))  # model order
     for job in jobs:
-        stds = job.per_layer(0, "act_std")
+        stds = job.at_init("act_std")
         if stds:
             acts.plot([layers.index(n) for n in stds], list(stds.values()), "o-", ms=3, label=job.label)
     if layers:
         acts.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
-    acts.set(yscale="log", ylabel="output std", title="per-layer activation std at the first logged step")
+    acts.set(yscale="log", ylabel="output std", title="per-layer activation std at step 1 (initial weights)")
     for axes in (curves, bars, acts):
         if axes.has_data():  # a sweep whose jobs all failed has nothing to label
             axes.legend(fontsize=7)

@@ -3,8 +3,11 @@
 The step does only what a step needs: no config lookups, no device op beyond the model's own,
 and no host synchronization. Logged steps add the gradient and activation statistics and one
 synchronization, which also checks every loss since the last check for NaN/Inf, so a bad step is
-named exactly. Histogram steps (every `hist_every`, logged or not) check the losses the same way,
-then summarize weights and gradients on the device and move the small summaries to the host.
+named exactly. The logged steps are every multiple of `log_every`, and the steps taken on the
+initial weights: step 1, and under float16 each step after it while every step before was skipped
+for overflow (so the first gradient statistics describe the initial weights). Histogram steps
+(every `hist_every`, logged or not) check the losses the same way, then summarize weights and
+gradients on the device and move the small summaries to the host.
 
 Writing happens off the training thread: records go to the writer thread (runner.observe), and
 checkpoints are copied at their step and written by a background saver (runner.checkpoint).
@@ -287,7 +290,7 @@ class _Loop:
                 step += 1
                 self.at_step = step
                 batch += len(group)
-                logged = step % self.log_every == 0
+                logged = step % self.log_every == 0 or self.on_initial_weights(step)
                 self.step(group, logged)
                 if logged:
                     self.log_step(step, epoch)
@@ -313,6 +316,12 @@ class _Loop:
         final = Position(step, epoch, start)
         self.save(final)
         return final
+
+    def on_initial_weights(self, step: int) -> bool:
+        """Returns whether `step` starts from the initial weights: it is step 1, or every step before it
+        was a float16 step skipped for overflow (which changed nothing). The skip count is checkpointed,
+        so a resumed run logs the same steps as an uninterrupted one, and never step 1 again."""
+        return self.precision.skipped == step - 1
 
     def _groups(self, epoch: int, start: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
         """Yields the epoch's batches from `start`, `accumulate` to an optimizer step (the epoch's last group may be shorter)."""

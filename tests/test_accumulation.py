@@ -33,7 +33,7 @@ def test_steps_logging_and_epochs_count_optimizer_steps(compose, tmp_path):
     summary = runner.train(compose("trainer.batch_size=16", "trainer.accumulate_grad_batches=4", "trainer.epochs=2", "trainer.log_every=5"), tmp_path)
     assert summary["steps"] == 2 * 23  # ceil(90 batches of 16 / 4) optimizer steps per epoch
     records = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 47, 5))
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, *range(5, 47, 5)]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [23, 46]
 
 

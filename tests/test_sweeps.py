@@ -57,9 +57,10 @@ def test_the_report_points_at_vanishing_activations(sequential_sweep):
     report = (sequential_sweep / "report.md").read_text()
     job = next(r["job"] for r in rows(sequential_sweep) if r["overrides"].startswith("init=normal"))
     first = next(json.loads(line) for line in (sequential_sweep / job / "metrics.jsonl").read_text().splitlines() if '"train"' in line)
+    assert first["step"] == 1
     fc1, head = first["act_std/fc1"], first["act_std/head"]
     assert head / fc1 < 0.1
-    assert f"`init=normal`: activation std falls from {fc1:.3g} (fc1) to {head:.3g} (head) at the first logged step." in report
+    assert f"`init=normal`: activation std falls from {fc1:.3g} (fc1) to {head:.3g} (head) at step 1 (initial weights)." in report
     assert "`init=xavier`: activation std" not in report
 
 
