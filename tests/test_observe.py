@@ -99,7 +99,7 @@ def test_hooks_exist_only_on_logged_steps(compose, tmp_path, monkeypatch):
     monkeypatch.setattr(training.ActivationStats, "attach", attach)
     monkeypatch.setattr(training._Loop, "step", step)
     _train(compose, tmp_path, "trainer.max_steps=12", "trainer.log_every=5")
-    assert len(attached) == 2 and not any(hooked_steps)
+    assert len(attached) == 3 and not any(hooked_steps)  # steps 1, 5, 10
 
 
 def test_activation_stats_off_writes_none(compose, tmp_path):
@@ -245,9 +245,9 @@ def test_a_resumed_run_replaces_the_tensorboard_points_after_its_checkpoint(comp
     (tmp_path / "summary.json").unlink()
     runner.resume(tmp_path)
     events = EventAccumulator(str(tmp_path)).Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 5, 10, 15, 20]
     logged = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"}
-    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in (5, 10, 15, 20)])
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in (1, 5, 10, 15, 20)])
 
 
 def test_an_interrupt_mid_run_leaves_no_writer_or_saver_thread(compose, tmp_path, monkeypatch):
