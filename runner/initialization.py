@@ -33,13 +33,11 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
     initialize and win at least one; a modifier must reach some tensor."""
     setters = tuple(rule for rule in spec.rules if not rule.modifies)
     assignment: dict[str, Rule] = {}
-    reached: dict[int, list[str]] = {rule.index: [] for rule in spec.rules}
+    reached: dict[int, list[tuple[str, str]]] = {rule.index: [] for rule in spec.rules}  # (name selected, canonical name)
     wrong_dims: dict[int, tuple[Rule, list[str]]] = {}  # rule index -> (rule, the tensors it cannot set)
     modifiers = _assign_modifiers(entries, tuple(rule for rule in spec.rules if rule.modifies), problems)
     for entry in entries:
-        type_names = module_type_names(entry.module_type)
-        exact = entry.module_type.__name__
-        per_alias = {name: _last_rule(setters, name, entry.role, type_names, exact, reached) for name in entry.names}
+        per_alias = {entry.rule_name(name): _last_rule(setters, entry, name, reached) for name in entry.names}
         chosen = {name: rule for name, rule in per_alias.items() if rule is not None}
         if not chosen:
             if spec.strict and entry.kind == "parameter":
@@ -55,8 +53,9 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
             )
             continue
         rule = max(chosen.values(), key=lambda r: r.index)
+        name, dims = reach(entry, rule)
         if not fits_dims(rule.fn, entry.tensor.dim()):
-            wrong_dims.setdefault(rule.index, (rule, []))[1].append(f"{entry.name!r} {tuple(entry.tensor.shape)}")
+            wrong_dims.setdefault(rule.index, (rule, []))[1].append(f"{name!r} {tuple(entry.view(dims).shape)}")
         assignment[entry.name] = rule
     for rule, reached_names in wrong_dims.values():
         problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {dims_needed(rule.fn)}; it reaches "
@@ -68,13 +67,15 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
 def _assign_modifiers(entries: list[TensorEntry], rules: tuple[Rule, ...], problems: Problems) -> Modifiers:
     found: dict[str, list[Rule]] = {}
     for rule in rules:
-        hits = [e for e in entries if any(rule.selects(n, e.role, module_type_names(e.module_type), e.module_type.__name__) for n in e.names)]
+        hits = [e for e in entries if any(_selects(rule, e, n) for n in e.names)]
         if not hits and not rule.optional:
             problems.add(f"init.rules[{rule.index}]", f"selects no tensor ({rule.selector}); fix the selector or mark it `optional: true`")
         for entry in hits:
-            wrong = index_problem(dict(rule.args).get("index"), tuple(entry.tensor.shape))
+            name, dims = reach(entry, rule)
+            shape = tuple(entry.view(dims).shape)
+            wrong = index_problem(dict(rule.args).get("index"), shape)
             if wrong:
-                problems.add(f"init.rules[{rule.index}].index", f"{wrong} ({entry.name!r} is {tuple(entry.tensor.shape)})")
+                problems.add(f"init.rules[{rule.index}].index", f"{wrong} ({name!r} is {shape})")
                 break
             found.setdefault(entry.name, []).append(rule)
     return {name: tuple(rules) for name, rules in found.items()}
@@ -85,25 +86,43 @@ def some_names(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _last_rule(rules: tuple[Rule, ...], name: str, role: str, type_names: set[str], exact: str, reached: dict[int, list[str]]) -> Rule | None:
+def _selects(rule: Rule, entry: TensorEntry, name: str) -> bool:
+    """True when `rule` reaches `entry` through its name `name` (a transposed tie's target by its plain name)."""
+    return rule.selects(entry.rule_name(name), entry.role, module_type_names(entry.module_type), entry.module_type.__name__)
+
+
+def reach(entry: TensorEntry, rule: Rule) -> tuple[str, tuple[int, int] | None]:
+    """Returns the name through which `rule` sets `entry`, and the dims that name reads swapped (None:
+    the stored layout). A rule that reaches the tensor only through a transposed tie's target sees
+    the target's layout (its shape, fans and indices); one that reaches a name reading the stored
+    layout, or targets of different layouts, sees the stored layout."""
+    names = [name for name in entry.names if _selects(rule, entry, name)]
+    layouts = {entry.dims(name) for name in names}
+    if len(layouts) == 1 and None not in layouts:
+        return entry.rule_name(names[0]), layouts.pop()
+    return next((name for name in entry.names if entry.dims(name) is None), entry.name), None
+
+
+def _last_rule(rules: tuple[Rule, ...], entry: TensorEntry, name: str, reached: dict[int, list[tuple[str, str]]]) -> Rule | None:
     winner = None
     for rule in rules:
-        if rule.selects(name, role, type_names, exact):
-            reached[rule.index].append(name)
+        if _selects(rule, entry, name):
+            reached[rule.index].append((entry.rule_name(name), entry.name))
             winner = rule
     return winner
 
 
-def _check_unused(rules: tuple[Rule, ...], assignment: dict[str, Rule], reached: dict[int, list[str]], problems: Problems) -> None:
+def _check_unused(rules: tuple[Rule, ...], assignment: dict[str, Rule], reached: dict[int, list[tuple[str, str]]], problems: Problems) -> None:
     winners = {rule.index for rule in assignment.values()}
     for rule in rules:
         if rule.index in winners or rule.optional:
             continue
-        names = reached[rule.index]
+        names = [name for name, _ in reached[rule.index]]
         if not names:
             problems.add(f"init.rules[{rule.index}]", f"selects no tensor ({rule.selector}); fix the selector or mark it `optional: true`")
             continue
-        later = sorted({assignment[n].index for n in names if n in assignment and assignment[n].index > rule.index})
+        # By canonical name: a rule that reaches a tied tensor through an alias is overridden where its tensor is.
+        later = sorted({assignment[c].index for _, c in reached[rule.index] if c in assignment and assignment[c].index > rule.index})
         if later:
             by = ", ".join(f"init.rules[{i}]" for i in later)
             problems.add(f"init.rules[{rule.index}]", f"selects {some_names([repr(n) for n in names])}, but later rules set all of them ({by}), so it sets nothing; remove it or mark it `optional: true`")
@@ -161,7 +180,7 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
     generator = torch.Generator().manual_seed(seed)
     functions = init_functions()
     provenance: dict[str, Provenance] = {}
-    lsuv: list[tuple[TensorEntry, Rule]] = []
+    lsuv: list[tuple[str, TensorEntry, Rule]] = []
     for entry in tensor_index(model):
         rule = assignment.get(entry.name)
         if rule is None:
@@ -174,19 +193,25 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
             provenance[entry.name] = Provenance(source.label if source is not None else rule.label)
             continue
         fn, kwargs, label = functions[rule.fn], dict(rule.args), rule.label
+        name, dims = reach(entry, rule)
         if rule.fn == "lsuv":
             kwargs = {}  # tol and max_iters drive the rescaling below; the start is plain orthogonal
-            lsuv.append((entry, rule))
+            lsuv.append((name, entry, rule))
         if kwargs.get("gain") == "auto":
-            kwargs["gain"] = following_gain(model, entry.name)
+            kwargs["gain"] = following_gain(model, name)
             label += f" (gain {kwargs['gain']:.4g})"
         if "generator" in inspect.signature(fn).parameters:
             kwargs["generator"] = generator
-        fn(entry.tensor, **kwargs)
-        provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, entry.tensor))
+        # Through a transposed tie's target: a contiguous copy in its layout, so the draws land as they
+        # would in a tensor of that shape (and functions that reshape, such as orthogonal_, work).
+        values = entry.view(dims).contiguous() if dims is not None else entry.tensor
+        fn(values, **kwargs)
+        if dims is not None:
+            entry.view(dims).copy_(values)
+        provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, values))
     if lsuv and batch is not None:
         _lsuv_rescale(model, lsuv, batch)
-    by_name = {entry.name: entry.tensor for entry in tensor_index(model)}
+    by_name = {entry.name: entry for entry in tensor_index(model)}
     for name, rules in (modifiers or {}).items():
         modify(by_name[name], rules)
         before = provenance[name]
@@ -198,19 +223,19 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
     return provenance
 
 
-def modify(tensor: torch.Tensor, rules: tuple[Rule, ...]) -> None:
-    """Applies modifier rules to a tensor in place, in order."""
+def modify(entry: TensorEntry, rules: tuple[Rule, ...]) -> None:
+    """Applies modifier rules to a tensor in place, in order, each in the layout it reaches the tensor by."""
     for rule in rules:
-        apply_modifier(rule.fn, dict(rule.args), tensor)
+        apply_modifier(rule.fn, dict(rule.args), entry.view(reach(entry, rule)[1]))
 
 
 @torch.no_grad()
 def copy_pretrained(model: nn.Module, pretrained: Pretrained, modifiers: Modifiers) -> None:
     """Copies pretrained values again once the model is placed, then their modifiers: in the target
     dtype (float64 would otherwise keep only the float32 of init), and exactly the file's."""
-    by_name = {entry.name: entry.tensor for entry in tensor_index(model)}
+    by_name = {entry.name: entry for entry in tensor_index(model)}
     for name, (values, _) in pretrained.items():
-        by_name[name].copy_(values)
+        by_name[name].tensor.copy_(values)
         modify(by_name[name], modifiers.get(name, ()))
 
 
@@ -233,9 +258,10 @@ def _untouched(model: nn.Module, entry: TensorEntry) -> str:
     return "pytorch default" if entry.role != "buffer" else "module buffer"
 
 
-def _lsuv_rescale(model: nn.Module, targets: list[tuple[TensorEntry, Rule]], batch: torch.Tensor) -> None:
-    """Mishkin & Matas (2016): scale each selected layer, in forward order, to unit output variance."""
-    owners = {id(model.get_submodule(e.name.rpartition(".")[0])): (e, r) for e, r in targets}
+def _lsuv_rescale(model: nn.Module, targets: list[tuple[str, TensorEntry, Rule]], batch: torch.Tensor) -> None:
+    """Mishkin & Matas (2016): scale each selected layer, in forward order, to unit output variance.
+    The layer is the one of the name the rule reached the tensor by (a transposed tie's target: its own)."""
+    owners = {id(model.get_submodule(name.rpartition(".")[0])): (e, r) for name, e, r in targets}
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod)) for m in model.modules() if id(m) in owners]
     was_training = model.training

@@ -37,6 +37,16 @@ class Transpose(nn.Module):
 
 
 @dataclass(frozen=True)
+class TransposedName:
+    """A name under which a transposed tie reads the stored tensor: `dec.weight^T` is `dec.weight`,
+    which reads the stored tensor with `dims` swapped."""
+
+    name: str  # as displayed: dec.weight^T
+    plain: str  # as init rules know it: dec.weight
+    dims: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class TensorEntry:
     """One unique tensor of a model, under its canonical (first) name, with every other name it has."""
 
@@ -45,10 +55,23 @@ class TensorEntry:
     tensor: torch.Tensor
     kind: str  # parameter | frozen | buffer | non-persistent buffer
     module_type: type
+    transposed: tuple[TransposedName, ...] = ()  # the names (of `names`) that read the tensor transposed
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
+
+    def dims(self, name: str) -> tuple[int, int] | None:
+        """Returns the dims `name` reads swapped from the stored tensor: None for a name that reads it as stored."""
+        return next((t.dims for t in self.transposed if t.name == name), None)
+
+    def rule_name(self, name: str) -> str:
+        """Returns the name init rules select `name` by: `dec.weight` for a transposed tie's `dec.weight^T`."""
+        return next((t.plain for t in self.transposed if t.name == name), name)
+
+    def view(self, dims: tuple[int, int] | None) -> torch.Tensor:
+        """Returns the tensor as a name with these swapped dims reads it (a view: writes reach the stored tensor)."""
+        return self.tensor.transpose(*dims) if dims is not None else self.tensor
 
     @property
     def role(self) -> str:
@@ -71,16 +94,30 @@ def tensor_index(model: nn.Module) -> list[TensorEntry]:
     entries: list[TensorEntry] = []
     for named, kind_of in ((_all_parameters(model), _param_kind), (_all_buffers(model), _buffer_kind)):
         seen: dict[int, list[str]] = {}
+        transposed: dict[int, list[TransposedName]] = {}
         owners: dict[int, tuple[torch.Tensor, nn.Module, str]] = {}
         for name, tensor, module, local in named:
             if id(tensor) not in seen:
-                seen[id(tensor)] = []
+                seen[id(tensor)], transposed[id(tensor)] = [], []
                 owners[id(tensor)] = (tensor, module, local)
             seen[id(tensor)].append(display_name(name))
+            transposed[id(tensor)].extend(_transposed_name(model, name))
         for key, names in seen.items():
             tensor, module, local = owners[key]
-            entries.append(TensorEntry(names[0], tuple(names[1:]), tensor, kind_of(tensor, module, local), type(module)))
+            entries.append(TensorEntry(names[0], tuple(names[1:]), tensor, kind_of(tensor, module, local), type(module),
+                                       tuple(transposed[key])))
     return entries
+
+
+def _transposed_name(model: nn.Module, name: str) -> list[TransposedName]:
+    """Returns [the transposed name] when `name` is the stored tensor of a transposed tie, else []."""
+    if ".parametrizations." not in name or not name.endswith(".original"):
+        return []
+    chain = model.get_submodule(name.rpartition(".")[0])  # the ParametrizationList of the target
+    if len(chain) != 1 or not isinstance(chain[0], Transpose):
+        return []
+    owner, rest = name.split(".parametrizations.", 1)
+    return [TransposedName(display_name(name), f"{owner}.{rest[: -len('.original')]}", tuple(chain[0].dims))]
 
 
 def _all_parameters(model: nn.Module) -> Iterable[tuple[str, torch.Tensor, nn.Module, str]]:
