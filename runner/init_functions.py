@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from runner.errors import suggest
-from runner.modifiers import MODIFIERS
+from runner.modifiers import FILL_VALUE, MODIFIERS, is_fill_value
 from runner.registry import load_plugins, qualified_name
 
 TORCH_INIT = (
@@ -156,6 +156,10 @@ def _finite(value: Any, _args: dict) -> str | None:
     return None if _number(value) else f"expected a finite number, got {value!r}"
 
 
+def _fill_value(value: Any, _args: dict) -> str | None:
+    return None if is_fill_value(value) else f"{FILL_VALUE}, got {value!r}"
+
+
 def _above(other: str, default: float) -> Callable[[Any, dict], str | None]:
     def check(value: Any, args: dict) -> str | None:
         if not _number(value):
@@ -193,6 +197,7 @@ _DOMAINS: dict[tuple[str, str], Callable[[Any, dict], str | None]] = {
     ("*", "mean"): _finite,
     ("*", "gain"): _gain,
     ("*", "val"): _finite,
+    ("constant_", "val"): _fill_value,  # a mask of -inf
     ("uniform_", "a"): _finite,
     ("uniform_", "b"): _above("a", 0.0),
     ("trunc_normal_", "a"): _finite,

@@ -1,7 +1,10 @@
 """The project's own layer types, usable in model YAML beside every torch.nn layer.
 
 Graph is what a container (or the model) becomes when its layers are wired by name; the merge
-layers (Add, Mul, Concat, MatMul) take several inputs; Permute, Select and Slice reshape one.
+layers (Add, Mul, Concat, MatMul) take several inputs; Permute, Select and Slice reshape one;
+SplitHeads, ScaledDotProductAttention and MergeHeads are multi-head attention spelled out (as
+nanoGPT's CausalSelfAttention does); Item takes one element of a layer's tuple output; Detach,
+Sum and Mean are the notes' `.data` reads and `X.sum()`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 from functools import reduce
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -222,6 +226,113 @@ class TokensToRows(nn.Module):
         return x.reshape(-1, x.shape[-1])
 
 
+class Item(nn.Module):
+    """Element `index` of a layer's tuple output: MultiheadAttention returns (output, weights), so
+    `{type: Item, index: 0}` after it passes the output on."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: tuple | list) -> object:
+        if not isinstance(x, (tuple, list)):
+            raise TypeError(f"Item takes one element of a layer's tuple output, got a {type(x).__name__}"
+                            " (to pick along a tensor's dim, use Select)")
+        if not -len(x) <= self.index < len(x):
+            raise IndexError(f"index {self.index} is out of range for a tuple of {len(x)} elements")
+        return x[self.index]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
+class SplitHeads(nn.Module):
+    """(batch, seq, channels) -> (batch, num_heads, seq, channels / num_heads): nanoGPT's
+    `k.view(B, T, n_head, C // n_head).transpose(1, 2)`."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] % self.num_heads:
+            raise ValueError(f"expected (..., seq, channels) with channels divisible by num_heads={self.num_heads}, got shape {tuple(x.shape)}")
+        return x.unflatten(-1, (self.num_heads, x.shape[-1] // self.num_heads)).transpose(-3, -2)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"
+
+
+class MergeHeads(nn.Module):
+    """(batch, heads, seq, head_dim) -> (batch, seq, heads * head_dim), SplitHeads undone: nanoGPT's
+    `y.transpose(1, 2).contiguous().view(B, T, C)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"expected (..., heads, seq, head_dim), got shape {tuple(x.shape)}")
+        return x.transpose(-3, -2).flatten(-2)
+
+
+class ScaledDotProductAttention(nn.Module):
+    """softmax(q k^T * scale + mask) v over (batch, heads, seq, head_dim) inputs q, k, v
+    (torch.nn.functional.scaled_dot_product_attention; `scale` defaults to 1 / sqrt(head_dim)).
+
+    A fourth input, if wired, is the additive float mask (-inf where a query may not look) or a
+    boolean one (True where it may); `is_causal` is the causal mask without one. `dropout` drops
+    attention weights in training only.
+    """
+
+    def __init__(self, is_causal: bool = False, dropout: float = 0.0, scale: float | None = None):
+        super().__init__()
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        self.is_causal, self.dropout, self.scale = is_causal, dropout, scale
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None and self.is_causal:
+            raise ValueError("is_causal: true and a mask input exclude each other (the mask says where to look)")
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                              is_causal=self.is_causal, scale=self.scale)
+
+    def extra_repr(self) -> str:
+        return f"is_causal={self.is_causal}, dropout={self.dropout}" + (f", scale={self.scale}" if self.scale is not None else "")
+
+
+class Detach(nn.Module):
+    """Its input, cut from the autograd graph (x.detach()): the notes' forward reading `self.weight.data`,
+    so what comes before gets no gradient through here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach()
+
+
+class _Reduction(nn.Module):
+    def __init__(self, dim: int | tuple[int, ...] | None = None, keepdim: bool = False):
+        super().__init__()
+        if isinstance(dim, tuple) and not dim:
+            raise ValueError("dim: [] names no dim (null reduces over all of them)")
+        self.dim, self.keepdim = dim, keepdim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Sum(_Reduction):
+    """The sum over `dim` (an int, a list, or null: every dim, the notes' `X.sum()`), kept as size-1 dims with `keepdim`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sum(x, dim=self.dim, keepdim=self.keepdim)
+
+
+class Mean(_Reduction):
+    """The mean over `dim` (an int, a list, or null: every dim), kept as size-1 dims with `keepdim`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mean(x, dim=self.dim, keepdim=self.keepdim)
+
+
 PROJECT_LAYERS: dict[str, type[nn.Module]] = {
     "Residual": Residual,
     "Add": Add,
@@ -236,4 +347,11 @@ PROJECT_LAYERS: dict[str, type[nn.Module]] = {
     "LearnedPositionalEmbedding": LearnedPositionalEmbedding,
     "CausalEncoderLayer": CausalEncoderLayer,
     "TokensToRows": TokensToRows,
+    "Item": Item,
+    "SplitHeads": SplitHeads,
+    "MergeHeads": MergeHeads,
+    "ScaledDotProductAttention": ScaledDotProductAttention,
+    "Detach": Detach,
+    "Sum": Sum,
+    "Mean": Mean,
 }

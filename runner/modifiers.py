@@ -30,6 +30,9 @@ def _mask(t: torch.Tensor, below: float) -> None:
     t.mul_(t.abs() >= below)
 
 
+# What `fill` (and constant_'s `val`) accept: an attention mask's -inf is a value, NaN never is.
+FILL_VALUE = "expected a number: inf and -inf allowed (`-.inf` in a YAML file, `-inf` on the command line), NaN not"
+
 # name -> (function of the selected slice, its one required argument)
 MODIFIERS: dict[str, tuple[Callable[[torch.Tensor, float], None], str]] = {
     "add": (_add, "value"),
@@ -48,7 +51,9 @@ def modifier_problems(fn: str, args: dict[str, Any]) -> list[tuple[str, str]]:
     value = args.get(needed)
     if needed not in args:
         found.append((needed, f"missing: {fn} needs `{needed}` (a number)"))
-    elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    elif fn == "fill" and not is_fill_value(value):  # fill may write a mask's -inf
+        found.append((needed, f"{FILL_VALUE}, got {value!r}"))
+    elif fn != "fill" and not (is_fill_value(value) and math.isfinite(value)):
         found.append((needed, f"expected a finite number, got {value!r}"))
     elif fn == "mask" and value < 0:
         found.append((needed, f"expected a number >= 0 (entries with |x| below it become 0), got {value!r}"))
@@ -56,6 +61,12 @@ def modifier_problems(fn: str, args: dict[str, Any]) -> list[tuple[str, str]]:
     if "index" in args and not (isinstance(index, (list, tuple)) and index and all(isinstance(i, int) and not isinstance(i, bool) for i in index)):
         found.append(("index", f"expected a list of integers, a leading index such as [0, 0] (t[0, 0]), got {index!r}"))
     return found
+
+
+def is_fill_value(value: Any) -> bool:
+    """True for a number a tensor may be filled with: finite, inf or -inf (an attention mask's -inf,
+    YAML `-.inf`), never NaN, which means nothing; a bool is not a number here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def index_problem(index: tuple[int, ...] | None, shape: tuple[int, ...]) -> str | None:

@@ -21,7 +21,7 @@ from runner.config import conf_dir
 from runner.data import Dataset
 from runner.errors import Problems, suggest
 from runner.initialization import Modifiers, assign_rules
-from runner.layers import Graph
+from runner.layers import Graph, Item
 from runner import pretrained
 from runner.machine import check_machine
 from runner.optim import Membership, assign_groups, trainable
@@ -183,13 +183,18 @@ def _check_forward(model: nn.Module, spec: RunSpec, problems: Problems) -> None:
         # Failing before any layer changed the input's shape is what a model meant for other data does.
         untouched = all(shapes == (tuple(x.shape),) for _, shapes in running)
         hint = _preset_hint(spec, otherwise=" (is this model meant for other data? see the experiment presets: experiment=...)" if untouched else "")
+        if running and any(isinstance(s, str) for s in running[-1][1]) and not isinstance(model.get_submodule(running[-1][0]), Item):
+            hint += " (a tuple: take one element with {type: Item, index: 0})"
         problems.add("model.layers", f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}{hint}")
         return
     finally:
         for hook in hooks:
             hook.remove()
     want = expected_output_shape(spec, batch)
-    if tuple(out.shape) != want:
+    if not isinstance(out, torch.Tensor):  # a layer returning a tuple (MultiheadAttention: output, weights) came last
+        problems.add("model.layers", f"the model's output is {_shape(out)}, not a tensor; take one element with "
+                                     f"{{type: Item, index: 0}} (the task needs {want})")
+    elif tuple(out.shape) != want:
         problems.add(
             "model.layers",
             f"the model's output has shape {tuple(out.shape)} for input {tuple(x.shape)}; the {spec.data.task} "
@@ -204,8 +209,18 @@ def _preset_hint(spec: RunSpec, otherwise: str = "") -> str:
     return otherwise
 
 
-def _shapes(args: tuple) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+def _shapes(args: tuple) -> tuple[tuple[int, ...] | str, ...]:
+    """Returns each tensor argument's shape, and for a tuple argument (the output of MultiheadAttention) its description."""
+    return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else _shape(a) for a in args if isinstance(a, (torch.Tensor, tuple, list)))
+
+
+def _shape(value: object) -> str:
+    """Returns a value's shape for messages: `(2, 5, 4)`, or for a layer's tuple output `a tuple of (2, 5, 4), (2, 5, 5)`."""
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of " + ", ".join(_shape(v) if isinstance(v, (torch.Tensor, tuple, list)) else repr(v) for v in value)
+    return f"a {type(value).__name__}"
 
 
 def _describe_inputs(model: nn.Module, name: str, shapes: tuple) -> str:
@@ -214,7 +229,7 @@ def _describe_inputs(model: nn.Module, name: str, shapes: tuple) -> str:
     parent = model.get_submodule(parent_name)
     wiring = dict(parent.steps) if isinstance(parent, Graph) else {}
     if local in wiring and len(wiring[local]) == len(shapes) and (len(shapes) > 1 or wiring[local][0] not in (INPUT,)):
-        return "inputs " + ", ".join(f"{n} {s}" for n, s in zip(wiring[local], shapes))
+        return "inputs " + ", ".join(f"{n} ({s})" if isinstance(s, str) else f"{n} {s}" for n, s in zip(wiring[local], shapes))
     if len(shapes) == 1:
-        return f"its input of shape {shapes[0]}"
+        return f"its input, {shapes[0]}" if isinstance(shapes[0], str) else f"its input of shape {shapes[0]}"
     return "inputs of shapes " + ", ".join(str(s) for s in shapes)
