@@ -82,7 +82,7 @@ def _build_layer(layer: LayerSpec, path: str, built: dict[str, nn.Module], probl
             module = nn.Identity()
         built[path] = module
         return module
-    if layer.repeat == 1:
+    if not layer.numbered:
         module = _construct(layer, path, built, problems)
     else:
         module = nn.Sequential()

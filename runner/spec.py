@@ -102,6 +102,9 @@ class LayerSpec:
     called: bool = True
     # `repeat` copies with their own settings (`override: {'0': {stride: 2}}`): copy index -> its spec.
     variants: tuple[tuple[int, "LayerSpec"], ...] = ()
+    # Built as numbered copies (name.0, name.1, ...): `repeat` was given, even `repeat: 1`, so that a
+    # sweep over the count (model.vars.n_layer=1,2) keeps the tensor names (h.0.attn...).
+    numbered: bool = False
 
     @property
     def is_graph(self) -> bool:
@@ -519,13 +522,13 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
         children = parse_layers(body.get("layers"), f"{key}.layers", problems)
         output = _parse_output(body.get("output"), f"{key}.output", problems)
         check_graph(children, tensors, output, key, problems, residual=type_name == "Residual")
-        return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output, called)
+        return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output, called, numbered="repeat" in body)
     for arg in ("layers", "tensors", "output"):
         if arg in body:
             problems.add(f"{key}.{arg}", f"only the containers {' and '.join(CONTAINERS)} have `{arg}`; {type_name} does not")
     args = {k: _plain(v) for k, v in body.items() if k not in _LAYER_KEYS}
     _check_constructor_args(types[type_name], args, key, problems)
-    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs, called=called)
+    return LayerSpec(name, key, type_name, tuple(args.items()), (), repeat, None, inputs, called=called, numbered="repeat" in body)
 
 
 def _parse_overrides(name: str, body: dict, key: str, problems: Problems) -> LayerSpec | None:
@@ -714,7 +717,7 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
 # Layers whose output may be their input itself or a view of it (Dropout is the identity in eval
 # mode): an in-place layer after one of them overwrites the value it was given.
 _VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
-                    "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads"})
+                    "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads", "MergeHeads"})
 
 
 def overwrites_input(layer: LayerSpec) -> bool:
@@ -747,7 +750,7 @@ def _check_in_place(layers: tuple[LayerSpec, ...], tensors: set[str], output: st
     for layer, reads in wiring(layers):
         if reads is None:
             continue
-        view = len(reads) == 1 and layer.type in _VIEWS and layer.repeat == 1
+        view = len(reads) == 1 and layer.type in _VIEWS and not layer.numbered
         root[layer.name] = root.get(reads[0], reads[0]) if view else layer.name
         if not view:
             for name in reads:

@@ -582,12 +582,15 @@ class Monitor:
 
 
 def first_non_finite(model: nn.Module) -> str | None:
-    """Returns the name of the first parameter or buffer holding NaN or Inf, or None (one host sync)."""
+    """Returns the name of the first trainable parameter holding NaN or Inf, or of any other saved
+    tensor holding NaN, or None (one host sync). A buffer or frozen tensor may hold ±inf on purpose
+    (an attention mask of -inf set by an init rule); training never changes it."""
+    trained = {name for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
     if not named:
         return None
-    finite = torch.stack([t.isfinite().all() for _, t in named]).tolist()
-    return next((name for (name, _), ok in zip(named, finite) if not ok), None)
+    ok = torch.stack([t.isfinite().all() if n in trained else ~t.isnan().any() for n, t in named]).tolist()
+    return next((name for (name, _), good in zip(named, ok) if not good), None)
 
 
 def _progress_mode(mode: str) -> str:

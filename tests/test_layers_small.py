@@ -59,14 +59,18 @@ def test_infinite_constants_fill_declared_buffers(compose):
     assert torch.equal(model.floor, torch.full((2,), -inf))
 
 
-def test_a_non_persistent_infinite_mask_trains_and_is_rebuilt_on_load(compose, tmp_path):
-    # Checkpoints refuse persistent tensors holding NaN or Inf; a mask that is not saved is rebuilt by its rules.
-    cfg = compose(*[a.replace("floor: {shape: [2], kind: buffer}", "floor: {shape: [2], kind: buffer, persistent: false}")
-                    for a in ATTENTION], "trainer.max_steps=2")
+def test_infinite_masks_train_are_saved_and_load(compose, tmp_path):
+    # `mask` is not saved (its rules rebuild it on load); `floor`, persistent, is saved holding -inf:
+    # a buffer may hold ±inf on purpose, only a trainable tensor's Inf stops a checkpoint.
+    cfg = compose(*ATTENTION, "trainer.max_steps=2", "trainer.ckpt_every=1")
     assert runner.train(cfg, tmp_path)["steps"] == 2
     loaded = runner.load(tmp_path)
     assert torch.equal(loaded.mask, torch.triu(torch.full((3, 3), float("-inf")), diagonal=1))
     assert torch.equal(loaded.floor, torch.full((2,), float("-inf")))
+    from safetensors.torch import load_file
+
+    (saved,) = (tmp_path / "checkpoints").glob("*2*/model.safetensors")
+    assert torch.equal(load_file(saved)["floor"], torch.full((2,), float("-inf")))
 
 
 def test_masked_attention_in_a_graph_is_softmax_attention_written_out(compose):

@@ -151,11 +151,7 @@ def test_the_depth_is_a_model_variable_and_counts_match_the_plain_gpt(compose, n
     assert count_parameters(model)["unique"] == expected
 
 
-@pytest.mark.parametrize("n_layer", [
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="`repeat: 1` builds the block itself, not a one-child "
-                                                                "Sequential: transformer.h.ln_1, not transformer.h.0.ln_1")),
-    2, 3,
-])
+@pytest.mark.parametrize("n_layer", [1, 2, 3])
 def test_names_are_nanogpts_at_every_depth(compose, n_layer):
     model = runner.build(compose(*SMALL, f"model.vars.n_layer={n_layer}"))
     _reference_of(model, n_layer=n_layer, n_head=2, n_embd=16)  # strict load_state_dict: every name lines up
