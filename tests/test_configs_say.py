@@ -31,6 +31,8 @@ def problems_of(compose, *overrides: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------- 1. in-place layers
 
+RESNET18 = ("model=resnet18", "model.vars.channels=3", "model.vars.size=32", "data=synthetic", "data.num_features=3072", "data.num_outputs=10")
+
 ADD_OF_RELU = "+model.layers={{fc: {{type: Linear, in_features: 64, out_features: 10}}, act: {{type: ReLU, inplace: {}}}, add: {{type: Add, inputs: [fc, act]}}}}"
 
 
@@ -65,7 +67,7 @@ def test_in_place_overwrites_through_residuals_views_and_containers_are_refused(
 
 def test_torchvision_style_in_place_relus_are_accepted_and_exact(compose):
     # conv-bn-relu(inplace) chains and relu(inplace) after the residual add read values no one else reads.
-    cfg = compose("model=resnet18", "data=synthetic", "data.num_features=3072", "data.num_outputs=10")
+    cfg = compose(*RESNET18)
     model = runner.build(cfg).eval()
     plain = resnet18(10).eval()
     plain.load_state_dict(model.state_dict())
@@ -151,7 +153,7 @@ def resnet18(classes: int) -> nn.Module:
 def test_torchvision_resnet18_state_dict_loads_with_one_rule_and_no_rename(compose, tmp_path):
     plain = resnet18(10).eval()
     save_file(plain.state_dict(), tmp_path / "resnet18.safetensors")
-    cfg = compose("model=resnet18", "data=synthetic", "data.num_features=3072", "data.num_outputs=10",
+    cfg = compose(*RESNET18,
                   f"init.rules=[{{fn: pretrained, path: {tmp_path / 'resnet18.safetensors'}, kind: any}}]")
     model = runner.build(cfg).eval()
     ours = model.state_dict()
