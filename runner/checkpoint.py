@@ -91,7 +91,7 @@ def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = Non
     The layout is the one `safetensors.torch.save` writes (tensors by its dtype order, highest first,
     then name; compact JSON header padded with spaces), so the bytes are the same as its output, and
     `safetensors.torch.load` reads them. Building it here costs one copy and no per-tensor Python
-    conversion, which matters on the training thread (see the README's checkpoint notes).
+    conversion, which matters on the training thread (see docs/run-directory.md).
     """
     unstorable = [f"{name} ({t.dtype})" for name, t in tensors.items() if t.dtype not in _RANK]
     if unstorable:

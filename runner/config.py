@@ -147,7 +147,7 @@ class TrainerConfig:
     # float16 (CUDA only) adds loss scaling; steps whose gradients overflow are skipped and counted.
     autocast: Optional[str] = None  # null | bfloat16 | float16
     deterministic: Any = True
-    # Wrap the model in torch.compile for training (see the README's benchmarks for when it pays).
+    # Wrap the model in torch.compile for training (docs/benchmarks.md says when it pays).
     compile: Any = False
     # single | ddp (launch with torchrun --nproc_per_node=N -m runner trainer.strategy=ddp)
     strategy: str = "single"

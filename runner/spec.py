@@ -510,7 +510,7 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
         problems.add(f"{key}.type", "missing: every layer needs `type: <layer class>` or `shared: <earlier layer>`")
         return None
     if type_name not in types:
-        hint = suggest(type_name, types) or " see the README for the registry; a class of your own needs runner.register_layer or a `runner.layers` entry point"
+        hint = suggest(type_name, types) or " see docs/config.md for the registry; a class of your own needs runner.register_layer or a `runner.layers` entry point"
         problems.add(f"{key}.type", f"unknown layer type {type_name!r};{hint}")
         return None
     if type_name in CONTAINERS:

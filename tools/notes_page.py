@@ -1,4 +1,4 @@
-"""The README's section "The source notes, in YAML", generated from examples/notes/experiment/*.yaml.
+"""docs/notes.md, "The source notes, in YAML", generated from examples/notes/experiment/*.yaml.
 
 Each example's header comment is the source of truth:
 
@@ -10,8 +10,8 @@ Each example's header comment is the source of truth:
     # <prose>                                    (optional; `PARTLY:` says what cannot be expressed)
     <the YAML body>
 
-`python tests/test_notes_readme.py` rewrites the section in README.md (between the markers
-<!-- notes:begin --> and <!-- notes:end -->); the test fails when the README is out of date.
+`python tools/notes_page.py` writes docs/notes.md anew; tests/test_docs_current.py fails when it is
+out of date.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "notes" / "experiment"
-README = REPO / "README.md"
-BEGIN = "<!-- notes:begin -->"
-END = "<!-- notes:end -->"
+PAGE = REPO / "docs" / "notes.md"
 PACKAGE = "# @package _global_"
 CODE = "#   "          # a line of the notes' code (or, in the prose, an indented example)
 GIST_LIMIT = 200       # characters of a partly example's gist in the summary table
@@ -204,7 +202,7 @@ def details(ex: Example) -> list[str]:
     out = [f"<details><summary><b>{ex.name}</b>: {summary_text(title)}</summary>", ""]
     out.append(f"From the notes, {ex.source}:")
     out += fence("python", "\n".join(ex.code))
-    out.append(f"In YAML, [{ex.path}]({ex.path}):")
+    out.append(f"In YAML, [{ex.path}](../{ex.path}):")
     out += fence("yaml", ex.body)
     out += fence("bash", "\n".join(ex.commands))
     for kind, text in paragraphs(ex.prose):
@@ -216,14 +214,16 @@ def details(ex: Example) -> list[str]:
     return [line for k, line in enumerate(out) if line or (k and out[k - 1])]   # no double blank lines
 
 
-def section() -> str:
-    """The README section, from the examples' files; ends with a newline."""
+def page() -> str:
+    """docs/notes.md, from the examples' files; ends with a newline."""
     found = examples()
     out = [
-        "## The source notes, in YAML",
+        "# The source notes, in YAML",
+        "",
+        "Every pattern of the source notes, written in our YAML. Back to the [README](../README.md).",
         "",
         "<!-- Generated from the header comments of examples/notes/experiment/*.yaml: edit those, then run",
-        "     `python tests/test_notes_readme.py`, which rewrites this section (tests/test_notes_readme.py checks it). -->",
+        "     `python tools/notes_page.py`, which writes this page (tests/test_docs_current.py checks it). -->",
         "",
         "The runner was written from five sets of notes on PyTorch parameter management (numbered 000 to",
         f"004). Each of the {len(found)} examples below takes a piece of PyTorch code from them and writes it as an",
@@ -241,31 +241,15 @@ def section() -> str:
         "|---|---|---|---|",
     ]
     for ex in found:
-        out.append(f"| [`{ex.name}`]({ex.path}) | {cell(ex.source)} | {'partly' if ex.partly else 'full'} | {cell(gist(ex))} |")
+        out.append(f"| [`{ex.name}`](../{ex.path}) | {cell(ex.source)} | {'partly' if ex.partly else 'full'} | {cell(gist(ex))} |")
     out.append("")
     for ex in found:
         out += details(ex)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-# --------------------------------------------------------------------------------------------- README
-
-
-def updated(text: str) -> str:
-    """The README text with the section between the markers written anew."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"README.md has no {BEGIN} ... {END} around the notes section")
-    start = text.index(BEGIN) + len(BEGIN)
-    return f"{text[:start]}\n{section()}{text[text.index(END, start):]}"
-
-
-def test_readme_shows_every_note_example():
-    text = README.read_text()
-    assert updated(text) == text, "README.md's notes section is out of date: run python tests/test_notes_readme.py"
-
-
 if __name__ == "__main__":
-    old = README.read_text()
-    new = updated(old)
-    README.write_text(new)
-    print(f"README.md: notes section {'written' if new != old else 'already up to date'} ({len(examples())} examples)")
+    old = PAGE.read_text() if PAGE.is_file() else ""
+    new = page()
+    PAGE.write_text(new)
+    print(f"docs/notes.md {'written' if new != old else 'already up to date'} ({len(examples())} examples)")
