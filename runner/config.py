@@ -249,7 +249,7 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
         with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except HydraException as error:  # a bad override or option: the same report as every other config error
-        raise ConfigError([hydra_problem(error, overrides)]) from None
+        raise ConfigError([hydra_problem(error, overrides, config_dir)]) from None
     runtime = cfg.hydra.runtime
     problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
     with open_dict(cfg):
@@ -260,7 +260,7 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
     return cfg
 
 
-def hydra_problem(error: Exception, overrides: List[str]) -> Any:
+def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[Path] = None) -> Any:
     """Returns Hydra's refusal of an override or option as a Problem naming its key, without Hydra's traceback."""
     from runner.errors import Problem, suggest
 
@@ -269,13 +269,17 @@ def hydra_problem(error: Exception, overrides: List[str]) -> Any:
     lines = [line for line in str(error).splitlines() if line.strip()]
     if key and "not in" in str(cause):  # a misspelt key: Hydra would advise `+key=`, which only adds the typo
         parent, _, name = key.rpartition(".")
+        given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+        if parent in given:  # `model.layers={...}`: a mapping merged into the one the config has
+            how = ("declare a model's layers on the empty model: model=custom '+model.layers={...}'" if parent == "model.layers"
+                   else f"set its keys one by one ({parent}.<key>=...)")
+            return Problem(key, f"{name!r} is not in the composed {parent}; a mapping given on the command line is merged key by key: {how}")
         schema = _SCHEMAS.get(parent)
-        known = [f.name for f in fields(schema)] if schema is not None else []
-        if parent == "model.layers" or (parent and schema is None):
-            return Problem(key, f"{name!r} is not in the composed {parent}; a mapping given on the command line is merged key "
-                                f"by key (declare a model's layers on the empty model: model=custom '+model.layers={{...}}')")
-        hint = suggest(name, known) or (f" it takes: {', '.join(known)}" if known else "")
-        return Problem(key, f"unknown key;{hint}" + ("" if parent != "optim" else f" (an optimizer argument of its own is added with +{key}=...)"))
+        known = [f.name for f in fields(schema)] if schema is not None else _keys_without(overrides, key, parent, config_dir)
+        hint = suggest(name, known) or (f" it has: {', '.join(known)}" if known else "")
+        add = f" (an optimizer argument of its own is added with +{key}=...)" if parent == "optim" else \
+              f" (a new key is added with +{key}=...)" if schema is None else ""
+        return Problem(key, f"unknown key;{hint}{add}")
     if key:
         return Problem(key, str(cause).splitlines()[0])
     if lines and lines[0].startswith("In 'config': Could not find"):
@@ -285,6 +289,20 @@ def hydra_problem(error: Exception, overrides: List[str]) -> Any:
         hint = suggest(wanted, options) or f" available: {', '.join(options)}"
         return Problem(group, f"no option {wanted!r} in {group};{hint}")
     return Problem("overrides", " ".join(lines[:2]))
+
+
+def _keys_without(overrides: List[str], key: str, parent: str, config_dir: Optional[Path]) -> List[str]:
+    """Returns the keys of mapping `parent` as composed without the overrides that name `key` ([] if that fails too)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+            node = OmegaConf.select(hydra_compose(config_name="config", overrides=rest), parent)
+    except Exception:  # only a hint is lost
+        return []
+    return [str(k) for k in node] if isinstance(node, DictConfig) else []
 
 
 def model_file_problems(choices: dict, sources: list[dict]) -> list:

@@ -54,6 +54,7 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
             continue
         rule = max(chosen.values(), key=lambda r: r.index)
         name, dims = reach(entry, rule)
+        _check_infinite(rule, entry, problems)
         if not fits_dims(rule.fn, entry.tensor.dim()):
             wrong_dims.setdefault(rule.index, (rule, []))[1].append(f"{name!r} {tuple(entry.view(dims).shape)}")
         assignment[entry.name] = rule
@@ -77,8 +78,18 @@ def _assign_modifiers(entries: list[TensorEntry], rules: tuple[Rule, ...], probl
             if wrong:
                 problems.add(f"init.rules[{rule.index}].index", f"{wrong} ({name!r} is {shape})")
                 break
+            _check_infinite(rule, entry, problems)
             found.setdefault(entry.name, []).append(rule)
     return {name: tuple(rules) for name, rules in found.items()}
+
+
+def _check_infinite(rule: Rule, entry: TensorEntry, problems: Problems) -> None:
+    """±inf means something in a mask (a buffer or frozen tensor); in a trainable tensor the first step is NaN."""
+    value = next((v for k, v in rule.args if k in ("val", "value")), None)
+    if entry.kind == "parameter" and isinstance(value, float) and math.isinf(value):
+        arg = "val" if rule.fn == "constant_" else "value"
+        problems.add(f"init.rules[{rule.index}].{arg}", f"{value} reaches trainable {entry.name!r}; only a buffer or a frozen "
+                                                         "tensor may hold ±inf (an attention mask), a trained one would give NaN")
 
 
 def some_names(names: list[str]) -> str:

@@ -444,6 +444,8 @@ def _parse_model(model: dict, problems: Problems) -> ModelSpec:
     layers = parse_layers(model.get("layers") or {}, "model.layers", problems)
     output = _parse_output(model.get("output"), "model.output", problems)
     check_graph(layers, tensors, output, "model", problems)
+    if not any(p.key.startswith("model.layers") for p in problems.items):
+        _InPlace(layers, problems).check(layers, tensors, output, residual=False, top=True)
     return ModelSpec(
         name=str(model.get("name")),
         layers=layers,
@@ -521,7 +523,7 @@ def _parse_layer(name: str, body: Any, key: str, problems: Problems) -> LayerSpe
         tensors = parse_tensors(body.get("tensors") or {}, f"{key}.tensors", problems)
         children = parse_layers(body.get("layers"), f"{key}.layers", problems)
         output = _parse_output(body.get("output"), f"{key}.output", problems)
-        check_graph(children, tensors, output, key, problems, residual=type_name == "Residual")
+        check_graph(children, tensors, output, key, problems)
         return LayerSpec(name, key, type_name, (), children, repeat, None, inputs, tensors, output, called, numbered="repeat" in body)
     for arg in ("layers", "tensors", "output"):
         if arg in body:
@@ -540,8 +542,8 @@ def _parse_overrides(name: str, body: dict, key: str, problems: Problems) -> Lay
     if base is None:
         return None
     repeat = base.repeat
-    if repeat == 1:
-        problems.add(f"{key}.override", "only a repeated layer (repeat: N > 1) has copies to override")
+    if not base.numbered:
+        problems.add(f"{key}.override", "only a repeated layer (repeat: N) has copies to override")
         return base
     if not isinstance(declared, dict) or not declared:
         problems.add(f"{key}.override", f"expected a mapping of copy index -> settings, such as {{'0': {{stride: 2}}}}, got {declared!r}")
@@ -663,8 +665,7 @@ def parse_tensors(declared: Any, key: str, problems: Problems) -> tuple[TensorSp
     return tuple(tensors)
 
 
-def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, key: str, problems: Problems,
-                residual: bool = False) -> None:
+def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, key: str, problems: Problems) -> None:
     """Checks the wiring of one container (or the model): every input names `input`, an earlier layer
     or a tensor of this container; nothing is read before it is made (so there is no cycle); every
     layer and tensor is read by something or is the output."""
@@ -711,65 +712,119 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
     for tensor in tensors:
         if tensor.name not in read and tensor.kind != "buffer":
             problems.add(tensor.key, f"nothing reads {tensor.name!r}: name it in some layer's `inputs` (only a buffer may be kept without being read)")
-    _check_in_place(layers, {t.name for t in tensors}, result, residual, problems)
 
 
 # Layers whose output may be their input itself or a view of it (Dropout is the identity in eval
 # mode): an in-place layer after one of them overwrites the value it was given.
 _VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
                     "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads", "MergeHeads"})
+_MERGES = frozenset({"Add", "Mul"})  # with one input, the input itself
 
 
-def overwrites_input(layer: LayerSpec) -> bool:
-    """True when calling the layer overwrites the value it reads (`inplace: true`, at any depth of a
-    container that passes its input to such a layer unchanged)."""
-    if layer.shared is not None or not layer.called:
-        return False
-    if layer.children:
-        return _container_overwrites(layer.copy(0).children)
-    return dict(layer.args).get("inplace") is True
+class _InPlace:
+    """Which values a model's layers overwrite in place, and who else reads them.
 
+    An in-place layer (`inplace: true`, also inside a container, a copy or a `shared` reuse) must be
+    the only reader of the value it overwrites and of every view of it: another reader, the
+    container's output, a residual sum or, at the top, the batch (a slice of the dataset) would
+    silently see the overwritten values.
+    """
 
-def _container_overwrites(layers: tuple[LayerSpec, ...]) -> bool:
-    roots = {INPUT: INPUT}
-    for layer, reads in wiring(layers):
-        if reads is None:
-            continue
-        if len(reads) == 1 and roots.get(reads[0]) == INPUT and overwrites_input(layer):
-            return True
-        roots[layer.name] = roots.get(reads[0]) if len(reads) == 1 and layer.type in _VIEWS else layer.name
-    return False
+    def __init__(self, layers: tuple[LayerSpec, ...], problems: Problems):
+        self.problems = problems
+        self.by_path: dict[str, LayerSpec] = {}
+        self._index(layers, "")
 
+    def _index(self, layers: tuple[LayerSpec, ...], prefix: str) -> None:
+        for layer in layers:
+            path = prefix + layer.name
+            self.by_path[path] = layer
+            if layer.numbered:
+                for index in range(layer.repeat):
+                    copy = dataclasses.replace(layer.copy(index), numbered=False, variants=())
+                    self.by_path[f"{path}.{index}"] = copy
+                    self._index(copy.children, f"{path}.{index}.")
+            else:
+                self._index(layer.children, f"{path}.")
 
-def _check_in_place(layers: tuple[LayerSpec, ...], tensors: set[str], output: str, residual: bool, problems: Problems) -> None:
-    """An in-place layer must be the only reader of the value it overwrites (and of every view of
-    it): any other reader, the container's output or a residual sum would silently see new values."""
-    root: dict[str, str] = {INPUT: INPUT, **{t: t for t in tensors}}
-    readers: dict[str, list[str]] = {}  # storage -> who reads it (views are not readers: they copy nothing)
-    overwriting: list[tuple[LayerSpec, str]] = []
-    for layer, reads in wiring(layers):
-        if reads is None:
-            continue
-        view = len(reads) == 1 and layer.type in _VIEWS and not layer.numbered
-        root[layer.name] = root.get(reads[0], reads[0]) if view else layer.name
-        if not view:
-            for name in reads:
-                readers.setdefault(root.get(name, name), []).append(f"layer {layer.name!r}")
-        if len(reads) == 1 and overwrites_input(layer):
-            overwriting.append((layer, reads[0]))
-    readers.setdefault(root.get(output, output), []).append(f"the output ({output!r})")
-    if residual:
-        readers.setdefault(INPUT, []).append("the residual sum (input + output)")
-    for layer, value in overwriting:
-        storage = root.get(value, value)
-        others = [r for r in readers.get(storage, []) if r != f"layer {layer.name!r}"]
-        if storage in tensors:
-            others.insert(0, f"the tensor {storage!r} itself")
-        if others:
-            what = repr(value) if storage == value else f"{value!r} (a view of {storage!r})"
-            problems.add(f"{layer.key}.inplace" if not layer.children else layer.key,
-                         f"{layer.name!r} overwrites {what} in place, but {others[0]} also reads it and would see the "
-                         f"overwritten values; set inplace: false (or give {layer.name!r} a value no one else reads)")
+    def _module(self, layer: LayerSpec) -> LayerSpec | None:
+        """The layer a `shared` reuse calls (None when its path names nothing: the build reports that)."""
+        seen = set()
+        while layer.shared is not None and layer.shared not in seen:
+            seen.add(layer.shared)
+            target = self.by_path.get(layer.shared)
+            if target is None:
+                return None
+            layer = target
+        return layer
+
+    def overwrites(self, layer: LayerSpec) -> bool:
+        """True when calling the layer overwrites the one value it reads."""
+        module = self._module(layer)
+        if module is None or not layer.called:
+            return False
+        if module.numbered:
+            return self.overwrites(dataclasses.replace(module.copy(0), numbered=False, variants=()))
+        if module.children:
+            roots = self._roots(module.children)
+            return any(len(reads) == 1 and roots.get(reads[0]) == INPUT and self.overwrites(child)
+                       for child, reads in wiring(module.children) if reads is not None)
+        return dict(module.args).get("inplace") is True
+
+    def passes_on(self, layer: LayerSpec, reads: tuple[str, ...]) -> bool:
+        """True when the layer's output may be the value it read itself, or a view of it."""
+        module = self._module(layer)
+        if module is None or len(reads) != 1:
+            return False
+        if module.numbered:
+            return all(self.passes_on(dataclasses.replace(module.copy(i), numbered=False, variants=()), reads) for i in range(module.repeat))
+        if module.children:
+            return module.type != "Residual" and self._roots(module.children).get(output_of(module.children, module.output)) == INPUT
+        return module.type in _VIEWS or module.type in _MERGES
+
+    def _roots(self, layers: tuple[LayerSpec, ...]) -> dict[str, str]:
+        """Returns value name -> the value whose storage it shares (itself unless passed on)."""
+        roots = {INPUT: INPUT}
+        for layer, reads in wiring(layers):
+            if reads is not None:
+                roots[layer.name] = roots.get(reads[0], reads[0]) if self.passes_on(layer, reads) else layer.name
+        return roots
+
+    def check(self, layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, residual: bool, top: bool) -> None:
+        """Checks one container (or the model), then every container inside it."""
+        roots = {**self._roots(layers), **{t.name: t.name for t in tensors}}
+        readers: dict[str, list[str]] = {}  # storage -> who reads it (what passes a value on copies nothing)
+        overwriting: list[tuple[LayerSpec, str]] = []
+        for layer, reads in wiring(layers):
+            if reads is None:
+                continue
+            if not self.passes_on(layer, reads):
+                for name in reads:
+                    readers.setdefault(roots.get(name, name), []).append(f"layer {layer.name!r}")
+            if len(reads) == 1 and self.overwrites(layer):
+                overwriting.append((layer, reads[0]))
+        result = output_of(layers, output)
+        readers.setdefault(roots.get(result, result), []).append(f"the output ({result!r})")
+        if residual:
+            readers.setdefault(INPUT, []).append("the residual sum (input + output)")
+        if top:
+            readers.setdefault(INPUT, []).append("the training loop (the batch is a slice of the dataset, which would change)")
+        for layer, value in overwriting:
+            storage = roots.get(value, value)
+            others = [r for r in readers.get(storage, []) if r != f"layer {layer.name!r}"]
+            if storage in {t.name for t in tensors}:
+                others.insert(0, f"the tensor {storage!r} itself")
+            if others:
+                what = repr(value) if storage == value else f"{value!r} (a view of {storage!r})"
+                how = ("" if dict(layer.args).get("inplace") is True and not layer.variants
+                       else f" (it reuses {layer.shared!r})" if layer.shared is not None
+                       else " (a layer inside it does)" if layer.children else " (its copy 0 does)")
+                self.problems.add(f"{layer.key}.inplace" if dict(layer.args).get("inplace") is True else layer.key,
+                                  f"{layer.name!r} overwrites {what} in place{how}, but {others[0]} also reads it and would see "
+                                  f"the overwritten values; set inplace: false (or give {layer.name!r} a value no one else reads)")
+        for layer in layers:
+            for copy in ([layer, *(v for _, v in layer.variants)] if layer.children else []):
+                self.check(copy.children, copy.tensors, copy.output, copy.type == "Residual", top=False)
 
 
 def _parse_shared(name: str, body: dict, key: str, repeat: int, inputs: tuple[str, ...] | None, problems: Problems) -> LayerSpec | None:

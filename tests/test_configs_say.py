@@ -60,6 +60,21 @@ def test_without_inplace_the_graph_computes_relu_plus_its_input(compose):
     # A container that passes its input to an in-place layer overwrites what its reader gave it.
     ("{fc: {type: Linear, in_features: 64, out_features: 10}, blk: {type: Sequential, layers: {act: {type: ReLU, inplace: true}}}, add: {type: Add, inputs: [fc, blk]}}",
      "model.layers.blk"),
+    # A `shared` reuse of an in-place module (torchvision's one `self.relu`, called twice).
+    ("{fc1: {type: Linear, in_features: 64, out_features: 10}, relu: {type: ReLU, inplace: true}, fc2: {type: Linear, in_features: 10, out_features: 10},"
+     " relu2: {shared: relu, inputs: [fc2]}, add: {type: Add, inputs: [fc2, relu2]}}", "model.layers.relu2"),
+    # In place only in copy 0 of a repeated layer: copy 0 reads fc.
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, act: {type: ReLU, repeat: 2, override: {0: {inplace: true}}}, add: {type: Add, inputs: [fc, act]}}",
+     "model.layers.act"),
+    # Views that are repeated, a container that only passes its input on, an Add of one input.
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, drop: {type: Dropout, p: 0.1, repeat: 2}, act: {type: ReLU, inplace: true}, add: {type: Add, inputs: [fc, act]}}",
+     "model.layers.act.inplace"),
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, blk: {type: Sequential, layers: {d: {type: Dropout, p: 0.1}}}, act: {type: ReLU, inplace: true}, add: {type: Add, inputs: [fc, act]}}",
+     "model.layers.act.inplace"),
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, one: {type: Add, inputs: [fc]}, act: {type: ReLU, inplace: true}, add: {type: Add, inputs: [fc, act]}}",
+     "model.layers.act.inplace"),
+    # The model's own input: the batch is a slice of the dataset, which every evaluation would change.
+    ("{act: {type: LeakyReLU, negative_slope: 0.1, inplace: true}, fc: {type: Linear, in_features: 64, out_features: 10}}", "model.layers.act.inplace"),
 ])
 def test_in_place_overwrites_through_residuals_views_and_containers_are_refused(compose, layers, where):
     assert where in problems_of(compose, "model=custom", f"+model.layers={layers}")
@@ -294,3 +309,36 @@ def test_inspect_reports_a_merged_layers_override_without_a_traceback():
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "model=custom '+model.layers={...}'" in done.stderr
     assert len(done.stderr.splitlines()) == 2
+
+
+def test_in_place_after_a_shared_module_computes_what_plain_pytorch_does_when_no_one_else_reads(compose):
+    layers = ("{fc1: {type: Linear, in_features: 64, out_features: 10}, relu: {type: ReLU, inplace: true}, fc2: {type: Linear, in_features: 10, out_features: 10},"
+              " relu2: {shared: relu, inputs: [fc2]}}")
+    model = runner.build(compose("model=custom", f"+model.layers={layers}"))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), F.relu(model.fc2(F.relu(model.fc1(x)))))
+
+
+def test_a_numbered_repeat_of_one_takes_a_copy_override(compose):
+    model = runner.build(compose("model=resnet18", "model.layers.layer2.repeat=1"))
+    assert isinstance(model.layer2[0].downsample, nn.Sequential) and len(model.layer2) == 1  # a ResNet-10 stage
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    (["model.layers.fc1.bias=false"], "model.layers.fc1.bias", "a new key is added with +model.layers.fc1.bias=..."),
+    (["experiment=nanogpt", "model.vars.n_layers=3"], "model.vars.n_layers", "did you mean 'n_layer'?"),
+])
+def test_a_key_missing_from_a_mapping_gets_the_right_advice(compose, overrides, key, words):
+    with pytest.raises(ConfigError) as caught:
+        compose(*overrides)
+    (problem,) = caught.value.problems
+    assert problem.key == key and words in problem.message and "model=custom" not in problem.message
+
+
+@pytest.mark.parametrize("rule, key", [
+    ("{match: fc1.weight, fn: fill, index: [0], value: -inf}", "init.rules[0].value"),
+    ("{match: fc1.weight, fn: constant_, val: inf}", "init.rules[0].val"),
+])
+def test_an_infinite_constant_in_a_trainable_tensor_is_refused(compose, rule, key):
+    assert "only a buffer or a frozen tensor may hold ±inf" in problems_of(compose, f"init.rules=[{rule}]")[key]
