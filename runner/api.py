@@ -23,7 +23,7 @@ from runner.machine import check_device
 from runner.placement import DTYPES, place, resolve_device
 from runner.plan import Plan, check
 from runner.prepare import prepare
-from runner.rundir import RunLock, write_json, writing
+from runner.rundir import RunDir, RunLock, write_json, writing
 from runner.tensor_table import write_tensor_table
 from runner.tensors import verify_ties
 from runner.training import run_training, torch_threads
@@ -72,7 +72,7 @@ def locate_run(path: str | Path) -> tuple[Path, Path]:
     if not path.exists():
         raise ConfigError([Problem("resume", f"no such run directory: {path}")])
     latest = checkpoint.latest_checkpoint(path)
-    return latest, latest.parent.parent if latest.parent.name == "checkpoints" else path
+    return latest, latest.parent.parent if latest.parent.name == RunDir.CHECKPOINTS else path
 
 
 def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> DictConfig:
@@ -90,8 +90,6 @@ def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | 
 
 # What a run writes into its directory (Hydra's .hydra/ and log are Hydra's): cleared before a
 # sweep job runs again from scratch in a directory an earlier, failed or different run used.
-OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "error.json", "job.json", "environment.json", "config.yaml",
-           "tensors.md", "tensors.json", "model.md", "loss.png", "grad_norms.png", "activations.png", "events.out.tfevents.*")
 
 
 def sweep_job(cfg: DictConfig, run_dir: Path) -> tuple[dict, str]:
@@ -105,7 +103,7 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> tuple[dict, str]:
     plan, data = check(cfg)
     earlier = _earlier_run(plan, run_dir)
     if earlier == "finished":
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")), "reused"
+        return json.loads(RunDir(run_dir).summary.read_text(encoding="utf-8")), "reused"
     if earlier == "unfinished":
         return _train_plan(plan, data, run_dir, checkpoint.latest_checkpoint(run_dir), started), "resumed"
     cleared = _clear_outputs(run_dir)
@@ -114,19 +112,20 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> tuple[dict, str]:
 
 def _earlier_run(plan: Plan, run_dir: Path) -> str | None:
     """`finished` or `unfinished` for a run of this very config in run_dir (not failed), else None."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or (run_dir / "error.json").is_file():
+    files = RunDir(run_dir)
+    saved = files.config
+    if not saved.is_file() or files.error.is_file():
         return None
     if yaml.safe_load(saved.read_text(encoding="utf-8")) != yaml.safe_load(OmegaConf.to_yaml(_saved(plan))):
         return None
-    if (run_dir / "summary.json").is_file():
+    if files.summary.is_file():
         return "finished"
-    return "unfinished" if checkpoint.list_checkpoints(run_dir / "checkpoints") else None
+    return "unfinished" if checkpoint.list_checkpoints(files.checkpoints) else None
 
 
 def _clear_outputs(run_dir: Path) -> bool:
     """Removes what an earlier run wrote into run_dir; returns whether there was anything."""
-    found = [path for pattern in OUTPUTS for path in run_dir.glob(pattern)] if run_dir.is_dir() else []
+    found = [path for pattern in RunDir.OUTPUTS for path in run_dir.glob(pattern)] if run_dir.is_dir() else []
     with writing(run_dir):
         for path in found:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -142,7 +141,7 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
         with RunLock(run_dir) if main else nullcontext():
             if main:
                 with writing(run_dir):
-                    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(_saved(plan)), encoding="utf-8")
+                    RunDir(run_dir).config.write_text(OmegaConf.to_yaml(_saved(plan)), encoding="utf-8")
                     write_tensor_table(prepared, run_dir)
             tracker = tracking.start(plan.spec.tracker, plan.spec.config, run_dir, resume_from is not None) if main else None
             try:
@@ -150,7 +149,7 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
                 summary["wall_seconds"] = time.perf_counter() - started
                 if main:
                     with writing(run_dir):
-                        write_json(run_dir / "summary.json", summary)
+                        write_json(RunDir(run_dir).summary, summary)
             except BaseException:
                 if tracker is not None:
                     tracker.finish("FAILED")

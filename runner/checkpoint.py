@@ -35,7 +35,7 @@ from safetensors.torch import load
 from torch import nn
 
 from runner.errors import RunError
-from runner.rundir import writing
+from runner.rundir import RunDir, writing
 from runner.tensors import tensor_index
 
 PREFIX = "step_"
@@ -275,7 +275,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / "manifest.json").is_file():
         return run_dir
-    found = list_checkpoints(run_dir / "checkpoints")
+    found = list_checkpoints(RunDir(run_dir).checkpoints)
     if not found:
         raise RunError(f"{run_dir}: no checkpoint found (expected {run_dir / 'checkpoints'}/{PREFIX}*/manifest.json)")
     return found[-1]

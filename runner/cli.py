@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from runner.config import conf_dir
 from runner.errors import ConfigError, Problem, RunError
+from runner.rundir import RunDir
 
 T = TypeVar("T")
 
@@ -130,7 +131,7 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
         _job_record(run_dir, {"status": "ok", "how": how, "seconds": time.perf_counter() - started})
         return summary["val_loss"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.json").write_text(json.dumps(record), encoding="utf-8")
+    RunDir(run_dir).error.write_text(json.dumps(record), encoding="utf-8")
     _job_record(run_dir, {"status": "failed", "how": "failed", "seconds": time.perf_counter() - started, "error": record["error"]})
     return float("inf")  # a sweeper that minimizes the return value ranks it last
 
@@ -140,7 +141,7 @@ def _job_record(run_dir: Path, record: dict) -> None:
     from runner.rundir import write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "job.json", record)
+    write_json(RunDir(run_dir).job, record)
 
 
 def job_threads(requested: int, hydra_cfg) -> int:

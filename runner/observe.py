@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from runner.rundir import start_metrics, writing
+from runner.rundir import RunDir, start_metrics, writing
 
 HISTOGRAM_BINS = 64
 _CLOSE = object()
@@ -127,7 +127,7 @@ class Writer:
     def __init__(self, run_dir: Path, truncate_after_step: int | None = None, tensorboard: bool = False, tracker: Any = None):
         """A fresh run starts metrics.jsonl anew; a resumed one keeps what was logged up to its checkpoint.
         `tracker` (runner.tracking) gets each batch of records after they are written."""
-        self.run_dir, self.path, self.tracker = run_dir, run_dir / "metrics.jsonl", tracker
+        self.run_dir, self.path, self.tracker = run_dir, RunDir(run_dir).metrics, tracker
         start_metrics(self.path, truncate_after_step)
         with writing(run_dir):
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.rundir import read_metrics, writing
+from runner.rundir import RunDir, read_metrics, writing
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def write_plots(run_dir: Path) -> list[Path]:
     """Writes loss.png, grad_norms.png and activations.png (the last two when their statistics were
     logged); returns their paths."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file() or not any(r.get("kind") in ("train", "eval") for r in read_metrics(path)):
         return []  # nothing to draw (e.g. trainer.max_steps=0): skip matplotlib's import
     import logging
@@ -39,7 +39,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(run_dir.name)
-    written = [_save(fig, run_dir, "loss.png")]
+    written = [_save(fig, run_dir, RunDir.LOSS_PLOT)]
     names = sorted({k.split("/", 1)[1] for r in train for k in r if k.startswith("grad_norm/")})
     if names:
         fig = Figure(figsize=(7, 4))
@@ -53,7 +53,7 @@ def write_plots(run_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.legend(fontsize=7, ncol=2)
         ax.set_title("per-tensor gradient norm")
-        written.append(_save(fig, run_dir, "grad_norms.png"))
+        written.append(_save(fig, run_dir, RunDir.GRAD_NORMS_PLOT))
     layers = list(dict.fromkeys(k.split("/", 1)[1] for r in train for k in r if k.startswith("act_std/")))  # model order
     if layers:
         written.append(_activations(train, layers, run_dir))
@@ -81,7 +81,7 @@ def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
         time.plot([p[0] for p in points], [p[1] for p in points], label=name)
     time.set(xlabel="step", yscale="log", ylabel="output std", title="activation std over training")
     time.legend(fontsize=7, ncol=1 + len(layers) // 12, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
-    return _save(fig, run_dir, "activations.png")
+    return _save(fig, run_dir, RunDir.ACTIVATIONS_PLOT)
 
 
 def _save(fig: Figure, run_dir: Path, name: str) -> Path:

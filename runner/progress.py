@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.report import Callback
-from runner.rundir import write_json
+from runner.rundir import RunDir, write_json
 
 STATE = ".progress.json"  # in the sweep directory: the job count and when this run of the sweep started
 
@@ -87,8 +87,8 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
         sweep_dir, run_dir = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir)
         try:
             state = json.loads((sweep_dir / STATE).read_text(encoding="utf-8"))
-            record = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
-            if (run_dir / "job.json").stat().st_mtime < state["started"]:
+            record = json.loads(RunDir(run_dir).job.read_text(encoding="utf-8"))
+            if RunDir(run_dir).job.stat().st_mtime < state["started"]:
                 return  # an earlier run's record: this job never reached our code (Hydra reports why)
         except (OSError, ValueError):
             return  # no job.json: the job never reached our code (Hydra reports why)

@@ -27,7 +27,7 @@ try:  # the callback base class; the report itself needs only the files
 except ImportError:  # pragma: no cover
     Callback = object  # type: ignore[assignment,misc]
 
-from runner.rundir import read_metrics, reproduce_command
+from runner.rundir import RunDir, read_metrics, reproduce_command
 
 COLUMNS = (
     "job", "overrides", "status", "train_loss", "val_loss", "val_accuracy", "grad_norm_first", "grad_norm_last",
@@ -79,7 +79,7 @@ class Job:
             "grad_norm_first": first.get("grad_norm"), "grad_norm_last": last.get("grad_norm"),
             "steps_per_second": s.get("steps_per_second"), "weights_sha256": s.get("weights_sha256"),
             "seed": s.get("seed"), "run": self.how, "error": self.error,
-            "rerun": reproduce_command(self.directory) if (self.directory / "config.yaml").is_file() else "",
+            "rerun": reproduce_command(self.directory) if RunDir(self.directory).config.is_file() else "",
         }
 
 
@@ -146,18 +146,19 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
         overrides_file = directory / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         job = Job(directory, [str(o) for o in overrides or []], "unfinished")
-        if (directory / "summary.json").is_file():
-            job.summary = json.loads((directory / "summary.json").read_text())
+        files = RunDir(directory)
+        if files.summary.is_file():
+            job.summary = json.loads(files.summary.read_text())
             job.status = "pruned" if job.summary.get("pruned") else "ok"
-        elif (directory / "error.json").is_file():
-            job.status, job.error = "failed", json.loads((directory / "error.json").read_text())["error"]
-        if (directory / "job.json").is_file():
-            record = json.loads((directory / "job.json").read_text())
+        elif files.error.is_file():
+            job.status, job.error = "failed", json.loads(files.error.read_text())["error"]
+        if files.job.is_file():
+            record = json.loads(files.job.read_text())
             job.how = record.get("how", "")
             if record.get("status") == "failed":  # the last run of the sweep failed: an older summary is stale
                 job.status, job.summary, job.error = "failed", {}, record.get("error", "")
-        if (directory / "metrics.jsonl").is_file():
-            records = read_metrics(directory / "metrics.jsonl")
+        if files.metrics.is_file():
+            records = read_metrics(files.metrics)
             job.train = [r for r in records if r.get("kind") == "train"]
             job.evals = [r for r in records if r.get("kind") == "eval"]
         jobs.append(job)

@@ -9,12 +9,84 @@ import platform
 import shlex
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
 from runner.errors import RunError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and the names of the files in it: the one place those names are spelled.
+
+    Every module that reads or writes a run's file asks this object for its path, so the list of what
+    a run writes (OUTPUTS, cleared before a rerun) and what a tracker uploads (ARTIFACTS) cannot drift.
+    """
+
+    path: Path
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    SUMMARY = "summary.json"
+    ERROR = "error.json"
+    JOB = "job.json"
+    ENVIRONMENT = "environment.json"
+    TENSORS_MD = "tensors.md"
+    TENSORS_JSON = "tensors.json"
+    MODEL_MD = "model.md"
+    TRACKER = "tracker.json"
+    CHECKPOINTS = "checkpoints"
+    LOSS_PLOT = "loss.png"
+    GRAD_NORMS_PLOT = "grad_norms.png"
+    ACTIVATIONS_PLOT = "activations.png"
+    EVENTS = "events.out.tfevents.*"  # TensorBoard's own file names (a glob)
+
+    # What a run writes: an earlier run's are removed before the same directory is trained again.
+    OUTPUTS = (CHECKPOINTS, METRICS, SUMMARY, ERROR, JOB, ENVIRONMENT, CONFIG, TENSORS_MD, TENSORS_JSON, MODEL_MD,
+               LOSS_PLOT, GRAD_NORMS_PLOT, ACTIVATIONS_PLOT, EVENTS)
+    # What a tracker (MLflow) receives as the run's artifacts, when they exist.
+    ARTIFACTS = (SUMMARY, TENSORS_MD, LOSS_PLOT, GRAD_NORMS_PLOT, ACTIVATIONS_PLOT)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def error(self) -> Path:
+        return self.path / self.ERROR
+
+    @property
+    def job(self) -> Path:
+        return self.path / self.JOB
+
+    @property
+    def environment(self) -> Path:
+        return self.path / self.ENVIRONMENT
+
+    @property
+    def tracker(self) -> Path:
+        return self.path / self.TRACKER
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
 
 
 class RunDirWriteError(RunError):

@@ -13,7 +13,7 @@ import torch
 
 from runner.diagram import model_markdown
 from runner.prepare import Prepared
-from runner.rundir import write_json
+from runner.rundir import RunDir, write_json
 from runner.tensors import count_parameters, tensor_index
 
 COLUMNS = ("name", "aliases", "shape", "numel", "kind", "init", "mean", "std", "predicted_std", "device", "dtype")
@@ -68,6 +68,6 @@ def _cell(value: Any) -> str:
 def write_tensor_table(prepared: Prepared, run_dir: Path) -> None:
     """Writes tensors.md, tensors.json and model.md (the wiring diagram) into the run directory."""
     rows, counts = tensor_rows(prepared), count_parameters(prepared.model)
-    (run_dir / "tensors.md").write_text(render_markdown(rows, counts) + "\n", encoding="utf-8")
-    write_json(run_dir / "tensors.json", {"tensors": rows, "parameters": counts})
-    (run_dir / "model.md").write_text(model_markdown(prepared.spec.model), encoding="utf-8")
+    (run_dir / RunDir.TENSORS_MD).write_text(render_markdown(rows, counts) + "\n", encoding="utf-8")
+    write_json(run_dir / RunDir.TENSORS_JSON, {"tensors": rows, "parameters": counts})
+    (run_dir / RunDir.MODEL_MD).write_text(model_markdown(prepared.spec.model), encoding="utf-8")

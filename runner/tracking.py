@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 
 from runner.errors import RunError
-from runner.rundir import RunDirWriteError, write_json
+from runner.rundir import RunDir, RunDirWriteError, write_json
 
 log = logging.getLogger("runner")
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
-ARTIFACTS = ("summary.json", "tensors.md", "loss.png", "grad_norms.png", "activations.png")
+ARTIFACTS = RunDir.ARTIFACTS
 SKIPPED_KEYS = ("kind", "step", "epoch")
 OPEN_ATTEMPTS = 3
 
@@ -55,7 +55,7 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         self.client, self.run_dir, self.failed = MlflowClient(tracking_uri=spec.uri), run_dir, False
-        saved = run_dir / "tracker.json"
+        saved = RunDir(run_dir).tracker
         previous = json.loads(saved.read_text(encoding="utf-8")) if resumed and saved.is_file() else None
         if previous is not None and previous.get("uri") == spec.uri:
             self.run_id = previous["run_id"]
@@ -90,7 +90,7 @@ class MlflowTracker:
         params = [Param(key, value) for key, value in flatten(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
             self.client.log_batch(run.info.run_id, params=params[start : start + 100])
-        write_json(run_dir / "tracker.json", {"uri": spec.uri, "experiment_id": experiment_id, "run_id": run.info.run_id})
+        write_json(RunDir(run_dir).tracker, {"uri": spec.uri, "experiment_id": experiment_id, "run_id": run.info.run_id})
         return run.info.run_id
 
     def log(self, records: list[dict[str, Any]]) -> None:

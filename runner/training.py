@@ -46,7 +46,7 @@ from runner.search import JobTrial
 from runner.prepare import Prepared
 from runner.registry import LOSSES, TASKS
 from runner.spec import MonitorSpec
-from runner.rundir import environment, weights_sha256, write_json, writing
+from runner.rundir import RunDir, environment, weights_sha256, write_json, writing
 from runner.tensors import count_parameters, verify_ties
 
 log = logging.getLogger("runner")
@@ -184,10 +184,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     group = setup(trainer.strategy, prepared.device)
     main = group.is_main  # only rank 0 writes logs, plots and checkpoints
     if main:
-        write_json(run_dir / "environment.json", environment(prepared.device, run_dir))
+        write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))
     truncate = position.step if resume_from else None
     writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
-    saver = checkpoint.BackgroundSaver(run_dir / "checkpoints", trainer.keep_last, _report_saved(trainer.progress))
+    saver = checkpoint.BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
     try:
         loop = _Loop(prepared, data, batches, optimizer, scheduler, writer, saver, run_dir, total_steps, group)
         loop.epoch_losses = epoch_losses
