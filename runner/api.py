@@ -20,7 +20,8 @@ from runner.distributed import current_rank
 from runner.errors import ConfigError, Problem, Problems
 from runner.initialization import apply_init
 from runner.machine import check_device
-from runner.placement import DTYPES, place, resolve_device
+from runner.placement import place, resolve_device
+from runner.registry import DTYPES
 from runner.plan import Plan, check
 from runner.prepare import prepare
 from runner.rundir import RunDir, RunLock, write_json, writing

@@ -35,9 +35,8 @@ class Dataset:
 
 def load_data(cfg: DataConfig) -> Dataset:
     """Returns the seeded train/val split of the configured data, checked against its declared shape."""
-    loaders = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
     try:
-        features, targets = loaders[cfg.name](cfg)
+        features, targets = DATASETS[cfg.name](cfg)
     except ValueError as error:  # e.g. scikit-learn refusing a sample count or class count
         raise ConfigError([Problem("data", f"could not make the {cfg.name} data: {str(error).splitlines()[0]}")]) from None
     if cfg.task == "reconstruction":
@@ -125,6 +124,11 @@ def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.float().reshape(len(y), -1)
     return x, y
 
+
+
+# `data.name` -> the function that makes its (features, targets): the one list of datasets, which the
+# spec checks names against.
+DATASETS = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
 
 def _pick(arrays: object, cfg: DataConfig, path: Path) -> tuple[object, object]:
     if not isinstance(arrays, dict):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from runner.errors import suggest
+from runner.layers import sinusoidal_encoding
 from runner.modifiers import FILL_VALUE, MODIFIERS, is_fill_value
 from runner.registry import load_plugins, qualified_name
 
@@ -45,11 +46,7 @@ def sinusoidal_(tensor: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """The sinusoidal position table of 'Attention is all you need' in the last two dims
     (positions, features), repeated over any leading dims: the notes' `pe` buffer."""
     positions, features = tensor.shape[-2:]
-    position = torch.arange(positions, dtype=torch.float64).unsqueeze(1)
-    frequency = torch.exp(torch.arange(0, features, 2, dtype=torch.float64) * (-math.log(base) / features))
-    table = torch.zeros(positions, features, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: features // 2])
+    table = sinusoidal_encoding(positions, features, base, torch.float64)
     with torch.no_grad():
         tensor.copy_(table.to(tensor.dtype).expand_as(tensor))
     return tensor

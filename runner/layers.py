@@ -187,11 +187,11 @@ class PositionalEncoding(nn.Module):
         return x + self.encoding[: x.shape[1]].to(x.dtype)
 
 
-def sinusoidal_encoding(max_len: int, dim: int) -> torch.Tensor:
-    """Returns the (max_len, dim) sinusoidal position table."""
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(max_len, dim)
+def sinusoidal_encoding(max_len: int, dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Returns the (max_len, dim) sinusoidal position table, computed in `dtype`."""
+    position = torch.arange(max_len, dtype=dtype).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=dtype) * (-math.log(base) / dim))
+    table = torch.zeros(max_len, dim, dtype=dtype)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table

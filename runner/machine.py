@@ -12,6 +12,7 @@ import os
 from runner.data import Dataset, load_data
 from runner.errors import ConfigError, Problems
 from runner.placement import available_devices, resolve_device
+from runner.registry import TRACKERS
 from runner.spec import DEVICE_FORM, RunSpec, check_device_name
 
 
@@ -19,7 +20,7 @@ def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:
     """Adds a problem for each thing this machine lacks; returns the loaded data when it could be read."""
     check_device(spec.trainer.device, "trainer.device", problems)
     check_autocast(spec, problems)
-    if spec.tracker is not None and spec.tracker.name == "mlflow" and importlib.util.find_spec("mlflow") is None:
+    if spec.tracker is not None and spec.tracker.name in TRACKERS and importlib.util.find_spec(TRACKERS[spec.tracker.name]) is None:
         problems.add("tracker", "MLflow is not installed here: pip install 'runner[mlflow]' (mlflow-skinny with SQLAlchemy and Alembic)")
     if spec.trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:
         problems.add("trainer.strategy", "ddp needs torchrun: torchrun --nproc_per_node=N -m runner trainer.strategy=ddp")

@@ -13,7 +13,7 @@ from torch import nn
 
 from runner.config import SchedulerConfig
 from runner.errors import Problems
-from runner.registry import module_type_names, optimizers
+from runner.registry import SCHEDULERS, module_type_names, optimizers
 from runner.spec import GroupSpec, OptimSpec
 from runner.tensors import TensorEntry, matches, tensor_index
 
@@ -73,14 +73,4 @@ def _exempt_from_decay(entry: TensorEntry) -> bool:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int) -> Any:
     """Returns a torch.optim.lr_scheduler stepped once per optimizer step, or None."""
-    from torch.optim import lr_scheduler
-
-    if cfg.name == "none":
-        return None
-    if cfg.name == "step":
-        return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.name == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=cfg.min_lr)
-    warmup = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=max(cfg.warmup_steps, 1))
-    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps - cfg.warmup_steps, 1), eta_min=cfg.min_lr)
-    return lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(cfg.warmup_steps, 1)])
+    return SCHEDULERS[cfg.name](optimizer, cfg, total_steps)

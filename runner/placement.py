@@ -6,9 +6,6 @@ import torch
 from torch import nn
 
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
 def available_devices() -> list[str]:
     """Returns the devices this machine offers, e.g. ['cpu', 'cuda', 'cuda:0']."""
     devices = ["cpu"]

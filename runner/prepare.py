@@ -13,7 +13,8 @@ from runner.distributed import ddp_device
 from runner import pretrained
 from runner.initialization import Provenance, apply_init, copy_pretrained
 from runner.layers import Normalize
-from runner.placement import DTYPES, place, resolve_device
+from runner.placement import place, resolve_device
+from runner.registry import DTYPES
 from runner.plan import Plan
 from runner.spec import RunSpec, TieSpec
 from runner.tensors import verify_ties

@@ -27,7 +27,8 @@ from safetensors.torch import load
 from runner import checkpoint
 from runner.errors import ConfigError, Problem, Problems, RunError, suggest
 from runner.initialization import some_names
-from runner.spec import DTYPES, Rule, TieSpec
+from runner.registry import DTYPES
+from runner.spec import Rule, TieSpec
 from runner.tensors import TRANSPOSED_SUFFIX, display_name
 
 # The suffixes torch.save's files go by; a file starting like a pickle or a zip (torch.save) is refused too.

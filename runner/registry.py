@@ -157,7 +157,37 @@ def optimizer_arguments(name: str) -> dict[str, inspect.Parameter]:
     }
 
 
-SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
+def _no_schedule(_optimizer: torch.optim.Optimizer, _cfg: Any, _total_steps: int) -> None:
+    return None
+
+
+def _step(optimizer: torch.optim.Optimizer, cfg: Any, _total_steps: int) -> Any:
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> Any:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=cfg.min_lr)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> Any:
+    from torch.optim import lr_scheduler
+
+    warmup = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=max(cfg.warmup_steps, 1))
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps - cfg.warmup_steps, 1), eta_min=cfg.min_lr)
+    return lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[max(cfg.warmup_steps, 1)])
+
+
+# `optim.scheduler.name` -> fn(optimizer, scheduler settings, total optimizer steps) -> a scheduler stepped
+# once per optimizer step, or None.
+SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, Any, int], Any]] = {
+    "none": _no_schedule, "step": _step, "cosine": _cosine, "warmup_cosine": _warmup_cosine,
+}
+
+# `trainer.dtype` -> the dtype floating tensors are placed in.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+# `tracker.name` -> the module it needs installed (checked on this machine before any work).
+TRACKERS: dict[str, str] = {"mlflow": "mlflow"}
 
 # ---------------------------------------------------------------- tasks and losses
 

@@ -27,10 +27,9 @@ from runner.errors import ConfigError, Problem, Problems, suggest
 from runner.layers import Graph
 from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
 from runner.modifiers import MODIFIERS, modifier_problems
-from runner.registry import CONTAINERS, LOSSES, SCHEDULERS, TASKS, layer_types, optimizer_arguments, optimizers
+from runner.data import DATASETS
+from runner.registry import CONTAINERS, DTYPES, LOSSES, SCHEDULERS, TASKS, TRACKERS, layer_types, optimizer_arguments, optimizers
 
-DATASETS = ("digits", "synthetic", "file", "text")
-DTYPES = ("float32", "float64", "bfloat16")
 AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")
 DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -1236,7 +1235,6 @@ def _check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
 
 
-TRACKERS = ("mlflow",)
 
 
 def _parse_tracker(tracker: TrackerConfig | None, problems: Problems) -> Any:
