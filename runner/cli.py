@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import hydra
@@ -19,11 +20,6 @@ from runner.rundir import RunDir
 
 T = TypeVar("T")
 
-# Set once our own code has the run in hand (Hydra composed the config and called `task`, or we
-# reported an error ourselves): an exit 1 before that is Hydra's own report of a bad override
-# (unknown key, wrong type), which is a config error: exit 2.
-ours = False
-
 
 def report_errors(work: Callable[[], T]) -> T:
     """Runs `work`; a ConfigError exits 2 and a RunError exits 1, each with its message and no traceback."""
@@ -33,59 +29,81 @@ def report_errors(work: Callable[[], T]) -> T:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: {error}", file=sys.stderr)
-        global ours
-        ours = True  # our own report: its exit status stands
         sys.exit(error.exit_code)
 
 
-def task(cfg: DictConfig) -> float | None:
-    """The work of one composed config: a run, a sweep's job, or a resumed run (see `main`)."""
-    global ours
-    ours = True
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
-    report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg, hydra_cfg.runtime))
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        if cfg.get("tracker") is not None and cfg.tracker.get("experiment") is None:
-            cfg.tracker.experiment = str(hydra_cfg.sweep.dir)  # the sweep is one MLflow experiment
-        return _sweep_job(cfg, run_dir)
-    from runner import api
+@dataclass
+class Invocation:
+    """One `python -m runner` command: what the Hydra task needs to know beyond the config, passed
+    in rather than kept in module globals."""
 
-    if resuming is not None:  # the run continues in its own directory, whatever hydra.run.dir says
-        latest, run_dir = resuming
-        summary = report_errors(lambda: api.continue_run(cfg, run_dir, latest))
-    else:
-        summary = report_errors(lambda: api.train(cfg, run_dir))
-    print(f"run directory: {run_dir}")
-    return summary.get("val_loss")
+    # Set once our own code has the run in hand (Hydra called the task, or we reported an error
+    # ourselves): an exit 1 before that is Hydra's own report of a bad override, a config error: 2.
+    ours: bool = False
+    # (latest checkpoint, run directory) while `resume=<dir>` runs: the run continues in its own
+    # directory, whatever hydra.run.dir says.
+    resuming: tuple[Path, Path] | None = None
 
+    def report(self, work: Callable[[], T]) -> T:
+        """report_errors, after which the exit status is ours."""
+        self.ours = True
+        return report_errors(work)
 
-# (latest checkpoint, run directory) while `python -m runner resume=<dir> ...` runs.
-resuming: tuple[Path, Path] | None = None
+    def task(self, cfg: DictConfig) -> float | None:
+        """The work of one composed config: a run, a sweep's job, or a resumed run."""
+        self.ours = True
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
+        report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg, hydra_cfg.runtime))
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            if cfg.get("tracker") is not None and cfg.tracker.get("experiment") is None:
+                cfg.tracker.experiment = str(hydra_cfg.sweep.dir)  # the sweep is one MLflow experiment
+            return _sweep_job(cfg, run_dir)
+        from runner import api
+
+        if self.resuming is not None:
+            latest, run_dir = self.resuming
+            summary = report_errors(lambda: api.continue_run(cfg, run_dir, latest))
+        else:
+            summary = report_errors(lambda: api.train(cfg, run_dir))
+        print(f"run directory: {run_dir}")
+        return summary.get("val_loss")
+
+    def run_hydra(self, config_path: str) -> None:
+        """Hands the command line to Hydra with this invocation's task."""
+        def task(cfg: DictConfig) -> float | None:
+            return self.task(cfg)
+
+        try:
+            hydra.main(config_path=config_path, config_name="config", version_base="1.3")(task)()
+        except SystemExit as leaving:
+            if leaving.code == 1 and not self.ours:
+                sys.exit(2)  # Hydra rejected an override before any work: a config error
+            raise
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m runner [overrides]`. With `resume=<run dir>`, the run's saved config is the primary
     config (the same override grammar as a new run) and the run continues in its own directory."""
-    global resuming
+    invocation = Invocation()
     argv = sys.argv[1:] if argv is None else argv
     target = _resume_target(argv)
     if target is None:
-        hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
+        invocation.run_hydra(str(conf_dir()))
         return
     from runner import api
     from runner.config import resume_composition
 
     if {"-m", "--multirun"} & set(argv):
-        report_errors(lambda: _refuse("resume", "a resumed run is one run; it cannot be part of a multirun (-m)"))
-    resuming = report_errors(lambda: api.locate_run(target))
-    latest, run_dir = resuming
-    saved = report_errors(lambda: api.saved_config(latest))
+        invocation.report(lambda: _refuse("resume", "a resumed run is one run; it cannot be part of a multirun (-m)"))
+    invocation.resuming = invocation.report(lambda: api.locate_run(target))
+    latest, run_dir = invocation.resuming
+    saved = invocation.report(lambda: api.saved_config(latest))
     given = [a for a in argv if not a.startswith("resume=")]
     with resume_composition(saved, run_dir, given) as (config_dir, overrides):
         sys.argv = [sys.argv[0], *overrides]
-        hydra.main(config_path=str(config_dir), config_name="config", version_base="1.3")(task)()
+        invocation.run_hydra(str(config_dir))
 
 
 def _resume_target(argv: list[str]) -> str | None:

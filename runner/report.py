@@ -365,7 +365,7 @@ class SweepReport(Callback):  # type: ignore[misc,valid-type]
             return
         # Hydra's callback runner swallows Exceptions but not SystemExit, which ends the process once
         # the sweep is done. A string, not the code 1: Python prints it on stderr and exits 1, and
-        # `runner.__main__` does not read it as Hydra's exit 1 for a bad override (which it turns into 2
+        # `runner.cli` does not read it as Hydra's exit 1 for a bad override (which it turns into 2
         # when no job ran in this process, as with the joblib and submitit launchers).
         raise SystemExit(message)
 
