@@ -15,21 +15,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config import conf_dir
-from runner.errors import ConfigError, Problem, RunError
+from runner.errors import ConfigError, Problem, RunError, report_errors
 from runner.rundir import RunDir
 
 T = TypeVar("T")
-
-
-def report_errors(work: Callable[[], T]) -> T:
-    """Runs `work`; a ConfigError exits 2 and a RunError exits 1, each with its message and no traceback."""
-    try:
-        return work()
-    except (ConfigError, RunError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"runner: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
 
 
 @dataclass

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,15 @@ def suggest(name: str, options: Iterable[str], limit: int = 3) -> str:
     if not close:
         return ""
     return " did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def report_errors(work: Callable[[], T]) -> T:
+    """Runs `work`; a ConfigError exits 2 and a RunError exits 1, each with its message and no traceback
+    (`HYDRA_FULL_ERROR=1` shows it): what every command line of runner does with these errors."""
+    try:
+        return work()
+    except (ConfigError, RunError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"runner: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)

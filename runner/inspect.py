@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from runner.plan import check
-from runner.cli import report_errors
+from runner.errors import report_errors
 from runner.config import compose
 from runner.diagram import model_markdown
 from runner.prepare import prepare

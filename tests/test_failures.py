@@ -18,7 +18,7 @@ import torch
 
 import runner
 from runner import checkpoint
-from runner.cli import report_errors
+from runner.errors import report_errors
 from runner.errors import ConfigError, RunError
 from runner.rundir import RunLock
 

@@ -61,7 +61,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from runner.cli import report_errors
+        from runner.errors import report_errors
         from runner.search import job_environment, make_sampler
 
         # Every setting is checked before any trial: a bad one exits 2 with its key, as a bad config does.
