@@ -31,6 +31,12 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"runner's conf/ directory was not found beside {package}")
 
 
+def flag(default: bool) -> Any:
+    """A boolean field: typed Any so that OmegaConf does not coerce `3` or 'no' to a bool; the spec
+    refuses anything but true or false in every field made with flag()."""
+    return field(default=default, metadata={"flag": True})
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -57,9 +63,8 @@ class ModelConfig:
 @dataclass
 class InitConfig:
     name: str = "default"
-    # Every trainable tensor must be reached by some rule. (Booleans are typed Any in this schema so
-    # that the spec can refuse `3` where OmegaConf would coerce it to True.)
-    strict: Any = False
+    # Every trainable tensor must be reached by some rule.
+    strict: Any = flag(False)
     # Ordered rules; later rules override earlier ones for the same tensor.
     rules: List[Any] = field(default_factory=list)
 
@@ -105,7 +110,7 @@ class OptimConfig:
     # takes every tensor no other group names. Each tensor in exactly one group.
     param_groups: List[Any] = field(default_factory=list)
     # Biases and normalization-layer weights get weight_decay 0.
-    no_decay_bias_and_norm: Any = False
+    no_decay_bias_and_norm: Any = flag(False)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Clip the global gradient L2 norm to this value (null: no clipping).
     clip_grad_norm: Optional[float] = None
@@ -122,15 +127,15 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     log_every: int = 10
     # Per-tensor gradient statistics on logged steps (grad_norm/<name>, ... in metrics.jsonl).
-    grad_stats: Any = True
+    grad_stats: Any = flag(True)
     # Weight and gradient histograms to TensorBoard every N steps (0: never).
     hist_every: int = 100
     # Per-layer output mean and std on logged steps (act_mean/<layer>, act_std/<layer>).
-    activation_stats: Any = True
+    activation_stats: Any = flag(True)
     # Globs choosing which tensors and layers get statistics and histograms ([*]: all).
     watch: List[str] = field(default_factory=lambda: ["*"])
-    tensorboard: Any = True
-    plots: Any = True
+    tensorboard: Any = flag(True)
+    plots: Any = flag(True)
     # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
     ckpt_every: int = 0
     keep_last: int = 3
@@ -139,16 +144,16 @@ class TrainerConfig:
     # Stop when a metric stops improving: {metric: val_loss, mode: min, patience: 3, min_delta: 0.0}.
     early_stopping: Any = None
     # Keep the checkpoint with the best monitored value (early_stopping's metric, else val_loss).
-    keep_best: Any = False
+    keep_best: Any = flag(False)
     loss: str = "auto"  # auto | cross_entropy | mse | l1 | smooth_l1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16
     # Forward pass and loss under torch.autocast in this dtype (null: off); weights stay in `dtype`.
     # float16 (CUDA only) adds loss scaling; steps whose gradients overflow are skipped and counted.
     autocast: Optional[str] = None  # null | bfloat16 | float16
-    deterministic: Any = True
+    deterministic: Any = flag(True)
     # Wrap the model in torch.compile for training (docs/benchmarks.md says when it pays).
-    compile: Any = False
+    compile: Any = flag(False)
     # single | ddp (launch with torchrun --nproc_per_node=N -m runner trainer.strategy=ddp)
     strategy: str = "single"
     # torch threads (0: torch's default; under the joblib launcher, the cores shared among its jobs).

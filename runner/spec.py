@@ -39,10 +39,6 @@ INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) 
 TENSOR_KINDS = ("parameter", "frozen", "buffer")
 _RULE_SELECTORS = ("match", "regex", "module", "type", "kind", "fn", "optional")
 KINDS = ("weight", "bias", "buffer", "any")
-# Schema fields whose value is a free-form mapping or list, parsed (and key-checked) below.
-_BOOLEANS = {"init.strict", "optim.no_decay_bias_and_norm", "trainer.grad_stats", "trainer.tensorboard",
-             "trainer.plots", "trainer.deterministic", "trainer.compile", "trainer.activation_stats",
-             "trainer.keep_best"}
 
 
 def _frozen(schema: type) -> type:
@@ -426,8 +422,14 @@ def _check_unknown_keys(container: dict, problems: Problems) -> dict:
     return extras
 
 
+def _booleans() -> set[str]:
+    """Returns the dotted paths of the schema's boolean fields (marked by config.flag)."""
+    return {f"{section}.{f.name}" for section, schema in _SECTIONS.items() if section
+            for f in dataclasses.fields(schema) if f.metadata.get("flag")}
+
+
 def _check_booleans(container: dict, problems: Problems) -> None:
-    for path in sorted(_BOOLEANS):
+    for path in sorted(_booleans()):
         group, key = path.split(".")
         value = container.get(group, {}).get(key)
         if key in container.get(group, {}) and not isinstance(value, bool):
