@@ -120,14 +120,15 @@ class Configuration:
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"configuration": self.label, "n": len(self.finished), "failed": sum(j.status == "failed" for j in self.jobs),
-                               "seeds": " ".join(str(j.summary.get("seed", _seed_of(j))) for j in self.jobs)}
+                               "seeds": " ".join(str(j.summary["seed"] if "seed" in j.summary else _seed_of(j)) for j in self.jobs)}
         for metric in GROUP_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = self.stats(metric)
         return row
 
 
 def _seed_of(job: Job) -> str:
-    return next((o.split("=", 1)[1] for o in job.overrides if is_seed(o)), "-")
+    """The seed a job's overrides give (`seed=3`, `++seed=3`); '-' for the default (`~seed`, none)."""
+    return next((o.partition("=")[2] or "-" for o in job.overrides if is_seed(o)), "-")
 
 
 def configurations(jobs: list[Job]) -> list[Configuration]:

@@ -243,10 +243,6 @@ def test_seed_overrides_written_any_way_group_as_one_configuration(tmp_path):
     _assert_grouped_by_init(tmp_path, _seed_sweep(tmp_path, list(WAYS.values())))
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "runner/report.py _seed_of splits `~seed` on '=' and takes [1]: IndexError for the bare form (no '='); "
-    "Configuration.row evaluates _seed_of(j) eagerly as the default of summary.get('seed', ...), so write_report "
-    "crashes on any job whose overrides.yaml holds a bare `~seed`, even though is_seed accepts it"))
 def test_a_bare_tilde_seed_groups_with_the_others_too(tmp_path):
     _assert_grouped_by_init(tmp_path, _seed_sweep(tmp_path, [*list(WAYS.values())[:4], ["~seed"]]))
 
