@@ -277,14 +277,16 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
         given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
         if parent in given:  # `model.layers={...}`: a mapping merged into the one the config has
             how = ("declare a model's layers on the empty model: model=custom '+model.layers={...}'" if parent == "model.layers"
-                   else f"set its keys one by one ({parent}.<key>=...)")
+                   else f"a key it does not have is added with +{key}=...")
             return Problem(key, f"{name!r} is not in the composed {parent}; a mapping given on the command line is merged key by key: {how}")
         schema = _SCHEMAS.get(parent)
         known = [f.name for f in fields(schema)] if schema is not None else _keys_without(overrides, key, parent, config_dir)
-        hint = suggest(name, known) or (f" it has: {', '.join(known)}" if known else "")
-        add = f" (an optimizer argument of its own is added with +{key}=...)" if parent == "optim" else \
-              f" (a new key is added with +{key}=...)" if schema is None else ""
-        return Problem(key, f"unknown key;{hint}{add}")
+        if schema is None and name in known:  # a constructor argument the layer does not set yet
+            return Problem(key, f"{parent} does not set {name!r}; add it with +{key}=...")
+        hint = suggest(name, known).strip() or (f"it has: {', '.join(known)}" if known else "")
+        add = f"an optimizer argument of its own is added with +{key}=..." if parent == "optim" else \
+              f"a new key is added with +{key}=..." if schema is None else ""
+        return Problem(key, "; ".join(["unknown key", *(part for part in (hint, add) if part)]))
     if key:
         return Problem(key, str(cause).splitlines()[0])
     if lines and lines[0].startswith("In 'config': Could not find"):
@@ -301,13 +303,24 @@ def _keys_without(overrides: List[str], key: str, parent: str, config_dir: Optio
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    rest = [o for o in overrides if not (o.split("=", 1)[0].lstrip("+~") + ".").startswith(key + ".")]
     try:
         with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
             node = OmegaConf.select(hydra_compose(config_name="config", overrides=rest), parent)
     except Exception:  # only a hint is lost
         return []
-    return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    if not isinstance(node, DictConfig):
+        return []
+    keys = [str(k) for k in node]
+    if parent.startswith("model.layers.") and isinstance(node.get("type"), str):  # a layer: its constructor's arguments too
+        from runner.registry import layer_types
+
+        import inspect
+
+        cls = layer_types().get(node["type"])
+        if cls is not None:
+            keys += [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "device", "dtype", *keys)]
+    return keys
 
 
 def model_file_problems(choices: dict, sources: list[dict]) -> list:

@@ -720,6 +720,8 @@ def check_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], 
 _VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
                     "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads", "MergeHeads"})
 _MERGES = frozenset({"Add", "Mul"})  # with one input, the input itself
+# Layers whose backward reads their own output: overwriting it stops the first backward.
+_SAVES_OUTPUT = frozenset({"ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"})
 
 
 class _InPlace:
@@ -764,8 +766,14 @@ class _InPlace:
         module = self._module(layer)
         if module is None or not layer.called:
             return False
-        if module.numbered:
-            return self.overwrites(dataclasses.replace(module.copy(0), numbered=False, variants=()))
+        if module.numbered:  # copy i overwrites the input when every copy before it passed the input on
+            for index in range(module.repeat):
+                copy = dataclasses.replace(module.copy(index), numbered=False, variants=())
+                if self.overwrites(copy):
+                    return True
+                if not self.passes_on(copy, (INPUT,)):
+                    return False
+            return False
         if module.children:
             roots = self._roots(module.children)
             return any(len(reads) == 1 and roots.get(reads[0]) == INPUT and self.overwrites(child)
@@ -775,7 +783,7 @@ class _InPlace:
     def passes_on(self, layer: LayerSpec, reads: tuple[str, ...]) -> bool:
         """True when the layer's output may be the value it read itself, or a view of it."""
         module = self._module(layer)
-        if module is None or len(reads) != 1:
+        if module is None or len(reads) != 1 or self.overwrites(layer):  # what it returns is new values, meant for its readers
             return False
         if module.numbered:
             return all(self.passes_on(dataclasses.replace(module.copy(i), numbered=False, variants=()), reads) for i in range(module.repeat))
@@ -784,11 +792,18 @@ class _InPlace:
         return module.type in _VIEWS or module.type in _MERGES
 
     def _roots(self, layers: tuple[LayerSpec, ...]) -> dict[str, str]:
-        """Returns value name -> the value whose storage it shares (itself unless passed on)."""
+        """Returns value name -> the value whose storage it shares (itself unless passed on; one element
+        of a tuple, `Item`, is a storage of its own)."""
         roots = {INPUT: INPUT}
         for layer, reads in wiring(layers):
-            if reads is not None:
-                roots[layer.name] = roots.get(reads[0], reads[0]) if self.passes_on(layer, reads) else layer.name
+            if reads is None:
+                continue
+            source = roots.get(reads[0], reads[0])
+            if self.passes_on(layer, reads):
+                module = self._module(layer)
+                roots[layer.name] = f"{source}[{dict(module.args).get('index')}]" if module is not None and module.type == "Item" else source
+            else:
+                roots[layer.name] = layer.name
         return roots
 
     def check(self, layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None, residual: bool, top: bool) -> None:
@@ -810,8 +825,15 @@ class _InPlace:
             readers.setdefault(INPUT, []).append("the residual sum (input + output)")
         if top:
             readers.setdefault(INPUT, []).append("the training loop (the batch is a slice of the dataset, which would change)")
+        producers = {other.name: self._module(other) for other in layers}
         for layer, value in overwriting:
             storage = roots.get(value, value)
+            producer = producers.get(storage)
+            if producer is not None and not producer.numbered and producer.type in _SAVES_OUTPUT:
+                self.problems.add(f"{layer.key}.inplace" if dict(layer.args).get("inplace") is True else layer.key,
+                                  f"{layer.name!r} overwrites the output of {storage!r} ({producer.type}) in place, but {producer.type}'s "
+                                  f"backward reads its own output: the first backward would stop; set inplace: false")
+                continue
             others = [r for r in readers.get(storage, []) if r != f"layer {layer.name!r}"]
             if storage in {t.name for t in tensors}:
                 others.insert(0, f"the tensor {storage!r} itself")
@@ -819,7 +841,7 @@ class _InPlace:
                 what = repr(value) if storage == value else f"{value!r} (a view of {storage!r})"
                 how = ("" if dict(layer.args).get("inplace") is True and not layer.variants
                        else f" (it reuses {layer.shared!r})" if layer.shared is not None
-                       else " (a layer inside it does)" if layer.children else " (its copy 0 does)")
+                       else " (a layer inside it does)" if layer.children else " (one of its copies does)")
                 self.problems.add(f"{layer.key}.inplace" if dict(layer.args).get("inplace") is True else layer.key,
                                   f"{layer.name!r} overwrites {what} in place{how}, but {others[0]} also reads it and would see "
                                   f"the overwritten values; set inplace: false (or give {layer.name!r} a value no one else reads)")

@@ -73,6 +73,11 @@ def test_without_inplace_the_graph_computes_relu_plus_its_input(compose):
      "model.layers.act.inplace"),
     ("{fc: {type: Linear, in_features: 64, out_features: 10}, one: {type: Add, inputs: [fc]}, act: {type: ReLU, inplace: true}, add: {type: Add, inputs: [fc, act]}}",
      "model.layers.act.inplace"),
+    # Copy 1 overwrites what copy 0 (an Identity) passed on.
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, act: {type: Identity, repeat: 2, override: {1: {type: ReLU, inplace: true}}}, add: {type: Add, inputs: [fc, act]}}",
+     "model.layers.act"),
+    # Sigmoid's backward reads its own output: overwriting it would stop the first backward.
+    ("{fc: {type: Linear, in_features: 64, out_features: 10}, s: {type: Sigmoid}, r: {type: ReLU, inplace: true}}", "model.layers.r.inplace"),
     # The model's own input: the batch is a slice of the dataset, which every evaluation would change.
     ("{act: {type: LeakyReLU, negative_slope: 0.1, inplace: true}, fc: {type: Linear, in_features: 64, out_features: 10}}", "model.layers.act.inplace"),
 ])
@@ -326,7 +331,8 @@ def test_a_numbered_repeat_of_one_takes_a_copy_override(compose):
 
 
 @pytest.mark.parametrize("overrides, key, words", [
-    (["model.layers.fc1.bias=false"], "model.layers.fc1.bias", "a new key is added with +model.layers.fc1.bias=..."),
+    (["model.layers.fc1.bias=false"], "model.layers.fc1.bias", "does not set 'bias'; add it with +model.layers.fc1.bias=..."),
+    (["model.layers.fc1.bais=false"], "model.layers.fc1.bais", "did you mean 'bias'?"),
     (["experiment=nanogpt", "model.vars.n_layers=3"], "model.vars.n_layers", "did you mean 'n_layer'?"),
 ])
 def test_a_key_missing_from_a_mapping_gets_the_right_advice(compose, overrides, key, words):
@@ -342,3 +348,19 @@ def test_a_key_missing_from_a_mapping_gets_the_right_advice(compose, overrides, 
 ])
 def test_an_infinite_constant_in_a_trainable_tensor_is_refused(compose, rule, key):
     assert "only a buffer or a frozen tensor may hold ±inf" in problems_of(compose, f"init.rules=[{rule}]")[key]
+
+
+@pytest.mark.parametrize("layers", [
+    # An in-place Dropout at the end: its readers read its own output, which is meant to be new.
+    "{fc: {type: Linear, in_features: 64, out_features: 10}, drop: {type: Dropout, p: 0.5, inplace: true}}",
+    # Two elements of one tuple are two tensors: overwriting one leaves the other alone.
+    "{x: {type: Unflatten, dim: 1, unflattened_size: [8, 8]}, gru: {type: GRU, input_size: 8, hidden_size: 10, batch_first: true},"
+    " o: {type: Item, index: 0, inputs: [gru]}, h: {type: Item, index: 1, inputs: [gru]}, last: {type: Select, dim: 1, index: -1, inputs: [o]},"
+    " r: {type: ReLU, inplace: true, inputs: [last]}, hs: {type: Select, dim: 0, index: 0, inputs: [h]}, s: {type: Add, inputs: [r, hs]}}",
+])
+def test_legitimate_in_place_layers_train_as_plain_pytorch_does(compose, layers):
+    model = runner.build(compose("model=custom", f"+model.layers={layers}"))
+    x = torch.randn(6, 64)
+    model.train()
+    model(x).sum().backward()  # plain PyTorch runs the same forward and backward
+    assert all(p.grad is not None for p in model.parameters())
