@@ -1,4 +1,5 @@
-"""Generated pages are current: docs/notes.md is what tools/notes_page.py writes from the examples."""
+"""Generated pages are current: docs/notes.md (tools/notes_page.py, from the examples) and the table of
+docs/failures.md (tools/failures_page.py, from tests/test_failures.py's TABLE)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from tools import notes_page  # noqa: E402
+from tools import failures_page, notes_page  # noqa: E402
 
 
 def test_the_notes_page_shows_every_note_example():
     assert notes_page.PAGE.read_text() == notes_page.page(), "docs/notes.md is out of date: run python tools/notes_page.py"
+
+
+def test_the_failure_table_is_the_tested_table():
+    text = failures_page.PAGE.read_text()
+    assert failures_page.updated(text) == text, "docs/failures.md's table is out of date: run python tools/failures_page.py"
 
 
 def test_every_docs_link_names_a_file_that_exists():

@@ -1,6 +1,6 @@
 """What happens when things go wrong: one clear message and an exit status, nothing lost, nothing run.
 
-The table below is the README's table: each row is a bad input, the exit status the CLI gives it
+The table below is docs/failures.md's table (tools/failures_page.py writes it from TABLE): each row is a bad input, the exit status the CLI gives it
 (2: config, 1: runtime) and the words its one message must contain.
 """
 
