@@ -61,11 +61,8 @@ class Invocation:
 
     def run_hydra(self, config_path: str) -> None:
         """Hands the command line to Hydra with this invocation's task."""
-        def task(cfg: DictConfig) -> float | None:
-            return self.task(cfg)
-
         try:
-            hydra.main(config_path=config_path, config_name="config", version_base="1.3")(task)()
+            hydra.main(config_path=config_path, config_name="config", version_base="1.3")(self.task)()
         except SystemExit as leaving:
             if leaving.code == 1 and not self.ours:
                 sys.exit(2)  # Hydra rejected an override before any work: a config error

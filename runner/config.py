@@ -186,6 +186,11 @@ class RunConfig:
     tracker: Optional[TrackerConfig] = None
 
 
+# Each mapping of the schema, by its dotted path ("" is the top level).
+SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
+            "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
+
+
 def register_schema() -> None:
     """Registers the schema so that conf/config.yaml can name it in its defaults list."""
     ConfigStore.instance().store(name="runner_schema", node=RunConfig)
@@ -279,7 +284,7 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
             how = ("declare a model's layers on the empty model: model=custom '+model.layers={...}'" if parent == "model.layers"
                    else f"a key it does not have is added with +{key}=...")
             return Problem(key, f"{name!r} is not in the composed {parent}; a mapping given on the command line is merged key by key: {how}")
-        schema = _SCHEMAS.get(parent)
+        schema = SECTIONS.get(parent)
         known = [f.name for f in fields(schema)] if schema is not None else _keys_without(overrides, key, parent, config_dir)
         if schema is None and name in known:  # a constructor argument the layer does not set yet
             return Problem(key, f"{parent} does not set {name!r}; add it with +{key}=...")
@@ -313,9 +318,9 @@ def _keys_without(overrides: List[str], key: str, parent: str, config_dir: Optio
         return []
     keys = [str(k) for k in node]
     if parent.startswith("model.layers.") and isinstance(node.get("type"), str):  # a layer: its constructor's arguments too
-        from runner.registry import layer_types
-
         import inspect
+
+        from runner.registry import layer_types
 
         cls = layer_types().get(node["type"])
         if cls is not None:
@@ -357,10 +362,6 @@ def model_file_problems(choices: dict, sources: list[dict]) -> list:
 
 
 GROUPS = ("data", "model", "init", "optim")
-_SCHEMAS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
-            "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
-
-
 def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     """Returns a problem for each mapping override that Hydra merged into a mapping the config
     already had instead of putting it in its place (`+model.layers={a: ...}` on the default model

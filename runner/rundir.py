@@ -18,6 +18,11 @@ import torch
 from runner.errors import RunError
 
 
+def _file(name: str) -> property:
+    """A RunDir property: the path of `name` in the run directory."""
+    return property(lambda self: self.path / name, doc=f"The run directory's {name}.")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory and the names of the files in it: the one place those names are spelled.
@@ -50,43 +55,17 @@ class RunDir:
     # What a tracker (MLflow) receives as the run's artifacts, when they exist.
     ARTIFACTS = (SUMMARY, TENSORS_MD, LOSS_PLOT, GRAD_NORMS_PLOT, ACTIVATIONS_PLOT)
 
+    config = _file(CONFIG)
+    metrics = _file(METRICS)
+    summary = _file(SUMMARY)
+    error = _file(ERROR)
+    job = _file(JOB)
+    environment = _file(ENVIRONMENT)
+    tracker = _file(TRACKER)
+    checkpoints = _file(CHECKPOINTS)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
-
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def summary(self) -> Path:
-        return self.path / self.SUMMARY
-
-    @property
-    def error(self) -> Path:
-        return self.path / self.ERROR
-
-    @property
-    def job(self) -> Path:
-        return self.path / self.JOB
-
-    @property
-    def environment(self) -> Path:
-        return self.path / self.ENVIRONMENT
-
-    @property
-    def tracker(self) -> Path:
-        return self.path / self.TRACKER
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / self.CHECKPOINTS
 
 
 class RunDirWriteError(RunError):

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config import DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrackerConfig, TrainerConfig
+from runner.config import SECTIONS, DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrackerConfig, TrainerConfig
 from runner.errors import ConfigError, Problem, Problems, suggest
 from runner.layers import Graph
 from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
@@ -106,8 +106,8 @@ class LayerSpec:
         return is_graph(self.children, self.tensors, self.output)
 
     def copy(self, index: int) -> "LayerSpec":
-        """Returns the spec of copy `index` of a repeated layer: its override merged in, if it has one."""
-        return dict(self.variants).get(index, self)
+        """Returns the spec of copy `index` of a repeated layer, one module: its override merged in, if it has one."""
+        return dataclasses.replace(dict(self.variants).get(index, self), repeat=1, numbered=False, variants=())
 
 
 def is_graph(layers: tuple[LayerSpec, ...], tensors: tuple[TensorSpec, ...], output: str | None) -> bool:
@@ -286,7 +286,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     container = to_container(cfg)
     referenced = _referenced_vars(cfg) if isinstance(cfg, DictConfig) else None
     wrong = [Problem(name, f"expected a mapping of {name} settings, got {_at(container, name, None)!r}")
-             for name in _SECTIONS if name and not isinstance(_at(container, name, {}), dict)
+             for name in SECTIONS if name and not isinstance(_at(container, name, {}), dict)
              and not (name in OPTIONAL_SECTIONS and _at(container, name, {}) is None)]
     if wrong:  # nothing inside can be read
         raise ConfigError(wrong)
@@ -394,9 +394,6 @@ def _omegaconf_problem(key: str, error: Exception) -> Problem:
 
 # ---------------------------------------------------------------- schema-level checks
 
-# Each mapping of the schema, by its dotted path ("" is the top level).
-_SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
-             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
 OPTIONAL_SECTIONS = ("tracker",)  # null when not used
 
 
@@ -408,7 +405,7 @@ def _check_unknown_keys(container: dict, problems: Problems) -> dict:
     """Removes and reports every key the schema does not have (Hydra's `+key=` adds keys past struct
     mode); returns the optimizer's extra keys, which are constructor arguments checked later."""
     extras: dict = {}
-    for name, schema in _SECTIONS.items():
+    for name, schema in SECTIONS.items():
         node = _at(container, name, None) if name else container
         if not isinstance(node, dict):
             continue
@@ -424,7 +421,7 @@ def _check_unknown_keys(container: dict, problems: Problems) -> dict:
 
 def _booleans() -> set[str]:
     """Returns the dotted paths of the schema's boolean fields (marked by config.flag)."""
-    return {f"{section}.{f.name}" for section, schema in _SECTIONS.items() if section
+    return {f"{section}.{f.name}" for section, schema in SECTIONS.items() if section
             for f in dataclasses.fields(schema) if f.metadata.get("flag")}
 
 
@@ -744,7 +741,7 @@ class _InPlace:
             self.by_path[path] = layer
             if layer.numbered:
                 for index in range(layer.repeat):
-                    copy = dataclasses.replace(layer.copy(index), numbered=False, variants=())
+                    copy = layer.copy(index)
                     self.by_path[f"{path}.{index}"] = copy
                     self._index(copy.children, f"{path}.{index}.")
             else:
@@ -768,7 +765,7 @@ class _InPlace:
             return False
         if module.numbered:  # copy i overwrites the input when every copy before it passed the input on
             for index in range(module.repeat):
-                copy = dataclasses.replace(module.copy(index), numbered=False, variants=())
+                copy = module.copy(index)
                 if self.overwrites(copy):
                     return True
                 if not self.passes_on(copy, (INPUT,)):
@@ -786,7 +783,7 @@ class _InPlace:
         if module is None or len(reads) != 1 or self.overwrites(layer):  # what it returns is new values, meant for its readers
             return False
         if module.numbered:
-            return all(self.passes_on(dataclasses.replace(module.copy(i), numbered=False, variants=()), reads) for i in range(module.repeat))
+            return all(self.passes_on(module.copy(i), reads) for i in range(module.repeat))
         if module.children:
             return module.type != "Residual" and self._roots(module.children).get(output_of(module.children, module.output)) == INPUT
         return module.type in _VIEWS or module.type in _MERGES
