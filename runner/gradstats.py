@@ -38,6 +38,7 @@ class GradStats:
         self.names = [e.name for e in selected]
         self.params = [e.tensor for e in selected]
         self._everything = len(selected) == len(entries)
+        self._device = self.all_params[0].device if self.all_params else torch.device("cpu")
         # The order after_step lays its values out in; built once, not on every logged step.
         self.keys = [f"{stat}/{name}" for stat in STATS for name in self.names] + ["grad_norm"]
         self._before: list[torch.Tensor] = []  # one persistent copy of the weights, made on first use
@@ -47,13 +48,13 @@ class GradStats:
         """Records gradient norms and the weights before the optimizer changes them (device ops only)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         # torch._foreach_norm is what torch.nn.utils.clip_grad_norm_ itself uses: one launch per dtype/device group.
-        norms = torch.stack(torch._foreach_norm(grads)).float() if grads else torch.zeros(0)
-        self._grads = torch.stack([norms, _abs_max(grads)]) if grads else torch.zeros(2, 0)
+        norms = torch.stack(torch._foreach_norm(grads)).float() if grads else torch.zeros(0, device=self._device)
+        self._grads = torch.stack([norms, _abs_max(grads)]) if grads else torch.zeros(2, 0, device=self._device)
         if self._everything:
             self._global = norms.square().sum().sqrt().reshape(1)
         else:
             everything = [p.grad for p in self.all_params if p.grad is not None]
-            squares = torch.stack(torch._foreach_norm(everything)).float().square().sum() if everything else torch.zeros(())
+            squares = torch.stack(torch._foreach_norm(everything)).float().square().sum() if everything else torch.zeros((), device=self._device)
             self._global = squares.sqrt().reshape(1)
         params = [p.detach() for p in self.params]
         if params and not self._before:
@@ -82,5 +83,5 @@ class GradStats:
 
     def first_non_finite_grad(self) -> str | None:
         """Returns the name of the first tensor whose gradient holds NaN or Inf (one host sync)."""
-        flags = torch.stack([p.grad.isfinite().all() if p.grad is not None else torch.tensor(True) for p in self.all_params]).tolist()
+        flags = torch.stack([p.grad.isfinite().all() if p.grad is not None else torch.tensor(True, device=p.device) for p in self.all_params]).tolist()
         return next((name for name, ok in zip(self.all_names, flags) if not ok), None)

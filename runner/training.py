@@ -52,7 +52,6 @@ from runner.tensors import count_parameters, verify_ties
 log = logging.getLogger("runner")
 
 EVAL_CHUNK = 2048
-CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -102,21 +101,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 
 @contextmanager
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """Turns torch's deterministic algorithms on for the run and restores the caller's setting and environment."""
+    """Turns torch's deterministic algorithms on for the run and restores the caller's setting.
+
+    CUBLAS_WORKSPACE_CONFIG is left alone: torch gives each cuBLAS handle and stream its own workspace, which
+    cuBLAS documents as enough for reproducible results, and torch no longer asks for the variable
+    (pytorch/pytorch#161749). Setting it to ":4096:8", as older advice says, halved training steps/s on an
+    H200 for the plain loop and the runner alike (bench figure 1, docs/benchmarks.md).
+    """
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    previous_workspace = os.environ.get(CUBLAS_WORKSPACE)
-    if enabled:
-        os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")  # cuBLAS's condition for determinism
     torch.use_deterministic_algorithms(enabled)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
-        if previous_workspace is None:
-            os.environ.pop(CUBLAS_WORKSPACE, None)
-        else:
-            os.environ[CUBLAS_WORKSPACE] = previous_workspace
 
 
 @contextmanager
@@ -242,7 +240,7 @@ class _Loop:
         self.model, self.data, self.batches = prepared.model, data, batches
         self.optimizer, self.scheduler, self.writer, self.saver = optimizer, scheduler, writer, saver
         self.run_dir, self.total_steps, self.config = run_dir, total_steps, spec.config
-        self.eval_modules = prepared.plan.eval_modules
+        self.eval_modules, self.device = prepared.plan.eval_modules, prepared.device
         self.group, self.net = group, wrap(prepared.model, group, prepared.device, prepared.spec.model.has_uncalled)
         # Logged steps with activation statistics run the forward pass eagerly: hooks added to a
         # compiled model are not seen by the graph it already compiled.
@@ -378,7 +376,7 @@ class _Loop:
     def _unchecked(self) -> torch.Tensor:
         """Returns the losses not yet checked for NaN/Inf (averaged over ranks), on the device."""
         pending = self.epoch_losses[self.checked :]
-        return self.group.mean(torch.stack(pending).float()) if pending else torch.zeros(0)
+        return self.group.mean(torch.stack(pending).float()) if pending else torch.zeros(0, device=self.device)
 
     def log_step(self, step: int, epoch: int) -> None:
         unchecked = self._unchecked()

@@ -46,3 +46,29 @@ def test_autocast_on_cuda_trains_and_resumes_exactly(compose, tmp_path, autocast
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_0000030")
     resumed = runner.resume(tmp_path / "cut")
     assert resumed["weights_sha256"] == full["weights_sha256"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "frozen_features", "nanogpt"])
+def test_every_observer_on_cuda_matches_the_cpu_run(compose, tmp_path, model):
+    """Statistics, activations, histograms, EMA, best-keeping and early stopping all run on CUDA; the losses they log
+    agree with the same run on the CPU (float32, so to a tolerance, not bitwise)."""
+    observe = ("trainer.max_steps=24", "trainer.log_every=4", "trainer.grad_stats=true", "trainer.activation_stats=true",
+               "trainer.tensorboard=true", "trainer.hist_every=8", "trainer.ema_decay=0.9", "trainer.keep_best=true",
+               "trainer.ckpt_every=8", "+trainer.early_stopping.patience=5")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        runs[device] = runner.train(compose(model_choice(model), f"trainer.device={device}", *observe), tmp_path / device)
+    assert runs["cuda"]["device"].startswith("cuda") and runs["cuda"]["steps"] == 24
+    assert runs["cuda"]["val_loss"] == pytest.approx(runs["cpu"]["val_loss"], rel=1e-3)
+
+
+def test_the_cli_trains_on_cuda_by_default(tmp_path):
+    """`python -m runner` with trainer.device=auto picks the GPU."""
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "runner", "trainer.epochs=1", f"hydra.run.dir={tmp_path}", "trainer.progress=off"],
+                   check=True, capture_output=True, text=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device"].startswith("cuda")
