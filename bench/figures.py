@@ -21,17 +21,16 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import runner
-from runner import checkpoint
-from runner.checkpoint import Position
-from runner.data import Batches
-from runner.gradstats import GradStats
-from runner.optim import make_optimizer, trainable
-from runner.prepare import prepare
-from runner.plan import validate
-from runner.training import loss_function, run_training
-
 from bench.common import Row, alternate, timed
 from bench.training_loop import SIZES
+from runner.data.sources import Batches
+from runner.prepare.optim import make_optimizer, trainable
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
+from runner.run.checkpoint import Position
+from runner.train.gradstats import GradStats
+from runner.train.loop import loss_function, run_training
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
@@ -329,8 +328,8 @@ def autocast_speedup(repeats: int, smoke: bool) -> list[Row]:
 
 def tracking_overhead(repeats: int, smoke: bool) -> list[Row]:
     """14. steps/s with +tracker=mlflow (a SQLite store) over without: the writer thread hands MLflow the records."""
-    from runner import tracking
-    from runner.config import TrackerConfig
+    from runner.config.schema import TrackerConfig
+    from runner.run import tracking
     from runner.spec import TrackerSpec
 
     rows = []

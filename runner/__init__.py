@@ -7,7 +7,7 @@
 
 from runner.api import build, compose, load, resume, train
 from runner.errors import ConfigError, RunError
-from runner.init_functions import register_init
-from runner.registry import register_layer
+from runner.registry.init_functions import register_init
+from runner.registry.tables import register_layer
 
 __all__ = ["compose", "build", "train", "resume", "load", "register_layer", "register_init", "ConfigError", "RunError"]

@@ -13,21 +13,22 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner import checkpoint, pretrained, tracking
-from runner.config import compose, resume_composition
-from runner.data import Dataset
-from runner.distributed import current_rank
+from runner.config.compose import compose, resume_composition
+from runner.data.sources import Dataset
 from runner.errors import ConfigError, Problem, Problems
-from runner.initialization import apply_init
-from runner.machine import check_device
-from runner.placement import place, resolve_device
-from runner.registry import DTYPES
-from runner.plan import Plan, check
-from runner.prepare import prepare
-from runner.rundir import RunDir, RunLock, write_json, writing
-from runner.tensor_table import write_tensor_table
-from runner.tensors import verify_ties
-from runner.training import run_training, torch_threads
+from runner.init import pretrained
+from runner.init.apply import apply_init
+from runner.model.distributed import current_rank
+from runner.model.placement import place, resolve_device
+from runner.model.tensors import verify_ties
+from runner.prepare.machine import check_device
+from runner.prepare.plan import Plan, check
+from runner.prepare.prepare import prepare
+from runner.prepare.tensor_table import write_tensor_table
+from runner.registry.tables import DTYPES
+from runner.run import checkpoint, tracking
+from runner.run.directory import RunDir, RunLock, write_json, writing
+from runner.train.loop import run_training, torch_threads
 
 __all__ = ["compose", "build", "train", "resume", "load"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import hydra
@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.config import conf_dir
+from runner.config.schema import conf_dir
 from runner.errors import ConfigError, Problem, RunError, report_errors
-from runner.rundir import RunDir
+from runner.run.directory import RunDir
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         invocation.run_hydra(str(conf_dir()))
         return
     from runner import api
-    from runner.config import resume_composition
+    from runner.config.compose import resume_composition
 
     if {"-m", "--multirun"} & set(argv):
         invocation.report(lambda: _refuse("resume", "a resumed run is one run; it cannot be part of a multirun (-m)"))
@@ -102,7 +102,7 @@ def _refuse(key: str, message: str) -> None:
 
 
 def _check_overrides(overrides: list[str], cfg: DictConfig, runtime: DictConfig) -> None:
-    from runner.config import merged_overrides, model_file_problems
+    from runner.config.compose import merged_overrides, model_file_problems
 
     problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
     problems += merged_overrides(list(overrides), cfg)
@@ -119,7 +119,7 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     import traceback
 
     from runner.api import sweep_job
-    from runner.observe import write_hparams
+    from runner.run.writer import write_hparams
 
     started = time.perf_counter()
     try:
@@ -142,7 +142,7 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
 
 def _job_record(run_dir: Path, record: dict) -> None:
     """job.json: how this run of the sweep ended the job (what the sweep's progress and report read)."""
-    from runner.rundir import write_json
+    from runner.run.directory import write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(RunDir(run_dir).job, record)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 
-from runner.plan import check
+from runner.config.compose import compose
 from runner.errors import report_errors
-from runner.config import compose
-from runner.diagram import model_markdown
-from runner.prepare import prepare
-from runner.tensor_table import render_markdown, tensor_rows
-from runner.tensors import count_parameters
+from runner.model.diagram import model_markdown
+from runner.model.tensors import count_parameters
+from runner.prepare.plan import check
+from runner.prepare.prepare import prepare
+from runner.prepare.tensor_table import render_markdown, tensor_rows
 
 
 def main(argv: list[str]) -> None:

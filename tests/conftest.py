@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import runner
-from runner.config import conf_dir
+from runner.config.schema import conf_dir
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]

@@ -9,8 +9,8 @@ import torch
 
 import runner
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.rundir import read_metrics
+from runner.prepare.plan import validate
+from runner.run.directory import read_metrics
 
 
 def _weights(run_dir):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import runner
-from runner.tensors import count_parameters
+from runner.model.tensors import count_parameters
 
 DIGITS = 64  # the 8x8 digits, flat
 

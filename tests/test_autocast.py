@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from runner import checkpoint
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.rundir import read_metrics
-from runner.training import run_training
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
+from runner.run.directory import read_metrics
+from runner.train.loop import run_training
 
 SEED_STRIDE = 100_003  # the data order: randperm(n, Generator().manual_seed(seed * 100_003 + epoch))
 # N(0, 3^2) weights: the logits are large, so float16 gradients overflow at GradScaler's first scales.

@@ -7,7 +7,7 @@ import pytest
 
 import runner
 from runner.errors import ConfigError
-from runner.plan import validate
+from runner.prepare.plan import validate
 
 
 def test_every_problem_is_reported_at_once(compose):
@@ -20,9 +20,9 @@ def test_every_problem_is_reported_at_once(compose):
 
 
 def test_problems_are_found_before_any_data_or_weights(compose, monkeypatch):
-    import runner.prepare
+    import runner.prepare.prepare
 
-    monkeypatch.setattr(runner.prepare, "load_data", lambda cfg: pytest.fail("data loaded before validation finished"))
+    monkeypatch.setattr(runner.prepare.prepare, "load_data", lambda cfg: pytest.fail("data loaded before validation finished"))
     with pytest.raises(ConfigError):
         runner.build(compose("optim.lr=-1"))
 

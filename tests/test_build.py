@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import runner
-from runner.tensors import count_parameters
+from runner.model.tensors import count_parameters
 
 
 def test_parameter_names_follow_declared_names(compose):

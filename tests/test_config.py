@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import runner
-from runner.config import conf_dir
-from runner.errors import ConfigError
-from runner.plan import validate
-
 from conftest import config_names, model_choice, needs
+from runner.config.schema import conf_dir
+from runner.errors import ConfigError
+from runner.prepare.plan import validate
 
 
 def test_conf_dir_is_found_and_holds_every_group():
@@ -77,7 +76,7 @@ def test_an_installed_wheel_finds_its_configs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path / "dist")], check=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("runner-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=300)
-    probe = "import runner, runner.config as c; print(c.conf_dir()); print(runner.compose(['model=cnn']).model.name)"
+    probe = "import runner, runner.config.schema as c; print(c.conf_dir()); print(runner.compose(['model=cnn']).model.name)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(tmp_path / "site" / "runner" / "conf"), "cnn"]

@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from runner.plan import check
-from runner.data import split
-from runner.errors import ConfigError
-from runner.optim import make_optimizer
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.rundir import read_metrics
-
 from conftest import run_cli
+from runner.data.sources import split
+from runner.errors import ConfigError
+from runner.prepare.optim import make_optimizer
+from runner.prepare.plan import check, validate
+from runner.prepare.prepare import prepare
+from runner.run.directory import read_metrics
 
 
 def problems_of(cfg, machine: bool = True) -> dict[str, str]:

@@ -17,10 +17,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import runner
-from runner.errors import ConfigError
-from runner.plan import validate
-
 from conftest import QUIET, REPO
+from runner.errors import ConfigError
+from runner.prepare.plan import validate
 
 
 def problems_of(compose, *overrides: str) -> dict[str, str]:
@@ -299,7 +298,7 @@ def test_a_zero_default_lr_is_allowed_when_every_group_sets_its_own(compose):
     groups = "optim.param_groups=[{match: 'fc1.*', lr: 0.01}, {lr: 0.002}]"
     plan = validate(compose("optim.lr=0", groups))
     model = runner.build(compose("optim.lr=0", groups))
-    from runner.optim import make_optimizer
+    from runner.prepare.optim import make_optimizer
 
     optimizer = make_optimizer(model, plan.spec.optim, plan.groups)
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.002]  # the default 0 reaches no tensor

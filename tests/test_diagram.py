@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import config_names
 
 import runner
-from runner.diagram import mermaid, model_markdown
+from conftest import config_names
 from runner.errors import Problems
 from runner.inspect import main as inspect_main
-from runner.plan import validate
+from runner.model.diagram import mermaid, model_markdown
+from runner.prepare.plan import validate
 from runner.spec import LayerSpec, ModelSpec, TensorSpec, parse
 
 # The strict grammar of what the diagram writes: a header, nodes in four shapes, edges, subgraph blocks.

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import runner
-from runner import checkpoint
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.rundir import read_metrics
+from runner.prepare.plan import validate
+from runner.run import checkpoint
+from runner.run.directory import read_metrics
 
 EARLY = "trainer.early_stopping={metric: val_loss, patience: 2, min_delta: 0.01}"
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import runner
 from runner.errors import ConfigError, RunError
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.rundir import read_metrics
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run.directory import read_metrics
 
 DECAY = 0.8
 

@@ -17,12 +17,10 @@ import pytest
 import torch
 
 import runner
-from runner import checkpoint
-from runner.errors import report_errors
-from runner.errors import ConfigError, RunError
-from runner.rundir import RunLock
-
 from conftest import QUIET, run_cli
+from runner.errors import ConfigError, RunError, report_errors
+from runner.run import checkpoint
+from runner.run.directory import RunLock
 
 
 class Payload:

@@ -15,9 +15,8 @@ import time
 import pytest
 
 import runner
-from runner import checkpoint
-
 from conftest import QUIET, REPO
+from runner.run import checkpoint
 
 RUN = [*QUIET, "trainer.epochs=4", "trainer.ckpt_every=3", "trainer.keep_last=2", "trainer.log_every=5", "trainer.threads=1"]
 

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import runner
-from runner.errors import ConfigError, RunError
-
 from conftest import QUIET
+from runner.errors import ConfigError, RunError
 
 # A config with something in every list, so mutations reach values inside them: init rules with
 # arguments, named optimizer groups, a transposed tie and a frozen glob.

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import runner
-from runner.prepare import prepare
-from runner.plan import validate
-from runner.tensors import verify_ties
 from conftest import model_choice
+from runner.model.tensors import verify_ties
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import runner
-from runner import checkpoint
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.rundir import weights_sha256
+from runner.prepare.plan import validate
+from runner.run import checkpoint
+from runner.run.directory import weights_sha256
 
 GATED = (
     "model=custom",
@@ -260,11 +260,13 @@ def test_eval_modules_keep_batchnorm_statistics_while_the_rest_trains(compose, t
 
 
 def test_eval_modules_training_equals_plain_pytorch_with_the_module_in_eval_mode(compose):
-    from runner.data import Batches
-    from runner.optim import make_optimizer
-    from runner.prepare import prepare
-    from runner.training import _Loop  # noqa: F401  (the loop uses train_mode; checked through one step below)
-    from runner.training import train_mode
+    from runner.data.sources import Batches
+    from runner.prepare.optim import make_optimizer
+    from runner.prepare.prepare import prepare
+    from runner.train.loop import (
+        _Loop,  # noqa: F401  (the loop uses train_mode; checked through one step below)
+        train_mode,
+    )
 
     plan = validate(compose(*BN, "model.eval_modules=[bn]", "optim=sgd", "optim.momentum=0"))
     prepared = prepare(plan)

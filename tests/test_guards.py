@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import runner
+from conftest import read_csv
 from runner.api import sweep_job
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.report import configurations, read_jobs, write_report
-from runner.rundir import RunDir, read_metrics
-
-from conftest import read_csv
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run.directory import RunDir, read_metrics
+from runner.sweep.report import configurations, read_jobs, write_report
 
 
 def _evals(run_dir: Path) -> list[dict]:

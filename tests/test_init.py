@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import runner
-from runner.errors import ConfigError
-from runner.prepare import prepare
-from runner.plan import validate
-
 from conftest import config_names, run_cli
+from runner.errors import ConfigError
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
 
 WIDE = ["data=synthetic", "data.num_features=256", "model.layers.fc1.out_features=256", "model.layers.fc2.in_features=256"]
 
@@ -166,7 +165,7 @@ def test_registered_function_can_be_named_in_rules(compose):
 
 
 def test_provenance_and_predicted_std_in_the_tensor_table(compose):
-    from runner.tensor_table import tensor_rows
+    from runner.prepare.tensor_table import tensor_rows
 
     rows = {r["name"]: r for r in tensor_rows(prepare(validate(compose("init=kaiming_normal", *WIDE))))}
     fc1 = rows["fc1.weight"]

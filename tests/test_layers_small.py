@@ -16,8 +16,8 @@ from torch import nn
 
 import runner
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.registry import layer_types
+from runner.prepare.plan import validate
+from runner.registry.tables import layer_types
 
 
 def _problems(cfg) -> dict[str, str]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import runner
-from runner.tensors import count_parameters
+from runner.model.tensors import count_parameters
 
 VOCAB, CONTEXT = 28, 32  # data=text: 28 characters, windows of 32
 SMALL = ("experiment=nanogpt", "model.vars.n_embd=16", "model.vars.n_head=2")

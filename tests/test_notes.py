@@ -25,11 +25,10 @@ from torch import nn
 
 import runner
 from runner.errors import ConfigError
-from runner.optim import make_optimizer
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.training import run_training
-
+from runner.prepare.optim import make_optimizer
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.train.loop import run_training
 from tests.conftest import QUIET, REPO, run_cli
 
 NOTES = REPO / "examples" / "notes"

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from runner import checkpoint, observe, training
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.prepare import prepare
-from runner.rundir import RunDirWriteError, read_metrics
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
+from runner.run import writer as observe
+from runner.run.directory import RunDirWriteError, read_metrics
+from runner.train import loop as training
 
 
 def _first_batch(prepared) -> torch.Tensor:

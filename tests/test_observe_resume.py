@@ -12,16 +12,15 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from runner import checkpoint
-from runner.data import Batches
-from runner.errors import ConfigError, RunError
-from runner.optim import make_optimizer
-from runner.prepare import prepare
-from runner.rundir import read_metrics
-from runner.plan import validate
-from runner.training import _Loop
-
 from conftest import run_cli
+from runner.data.sources import Batches
+from runner.errors import ConfigError, RunError
+from runner.prepare.optim import make_optimizer
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
+from runner.run.directory import read_metrics
+from runner.train.loop import _Loop
 
 
 def test_grad_stats_equal_an_independent_autograd_computation_tied_case(compose, tmp_path):
@@ -93,7 +92,7 @@ def test_runner_load_restores_ties_buffers_and_leaves_non_persistent_ones_out(co
     assert torch.equal(saved["embed.weight"], model.embed.weight)
     summary = runner.train(compose("model=frozen_features", "trainer.max_steps=3"), tmp_path / "ff")
     loaded = runner.load(tmp_path / "ff")
-    from runner.rundir import weights_sha256
+    from runner.run.directory import weights_sha256
 
     assert weights_sha256(loaded) == summary["weights_sha256"]
     assert torch.count_nonzero(loaded.norm.mean) > 0 and not loaded.training

@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 import runner
-from runner import checkpoint, init_functions, registry
-from runner.registry import layer_types
-
 from conftest import QUIET, REPO, run_cli
+from runner.registry import init_functions
+from runner.registry import tables as registry
+from runner.registry.tables import layer_types
+from runner.run import checkpoint
 
 PLUGIN = Path(__file__).resolve().parent / "plugin_fixture" / "runner_test_plugin.py"
 LAYERS = "+model.layers={scale: {type: PlugScale, num_features: 64}, fc: {type: Linear, in_features: 64, out_features: 10}}"
@@ -155,7 +156,7 @@ class Other(nn.Module):
     ("Other", object, "'Other' must be a subclass of torch.nn.Module"),
     ("Other", Other(), "'Other' must be a subclass of torch.nn.Module"),
     ("Linear", Other, "'Linear' already means torch.nn.modules.linear.Linear; it cannot also mean test_plugins.Other"),
-    ("Residual", Other, "'Residual' already means runner.layers.Residual; it cannot also mean test_plugins.Other"),
+    ("Residual", Other, "'Residual' already means runner.registry.layers.Residual; it cannot also mean test_plugins.Other"),
     ("ModuleList", Other, "'ModuleList' is torch.nn.ModuleList, which is not a layer a config may use"),
 ])
 def test_register_layer_refuses(name, cls, message):
@@ -179,7 +180,7 @@ def test_register_layer_refuses_a_second_class_for_a_registered_name():
     ("seven", 7, "'seven' must be callable"),
     ("normal_", torch.nn.init.zeros_, "torch.nn.init function and cannot be replaced"),
     ("fill", torch.nn.init.zeros_, "modifier rule"),
-    ("piecewise", torch.nn.init.zeros_, "'piecewise' already means runner.init_functions.piecewise_"),
+    ("piecewise", torch.nn.init.zeros_, "'piecewise' already means runner.registry.init_functions.piecewise_"),
 ])
 def test_register_init_refuses(name, fn, message):
     with registry_restored(), pytest.raises(ValueError, match=message):
@@ -249,7 +250,7 @@ def test_broken_entry_point_is_reported_on_every_use(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN.parent))
     found = [importlib.metadata.EntryPoint("Linear", "runner_test_plugin:PlugScale", "runner.layers")]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: found if group == "runner.layers" else [])
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_loaded", set())
     with registry_restored():
         for _ in range(2):  # not cached as loaded: the next parse reports it again
             with pytest.raises(runner.ConfigError, match=r"entry point runner.layers:Linear \(runner_test_plugin:PlugScale, from an unknown distribution\): layer type 'Linear' already means torch.nn.modules.linear.Linear"):

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import runner
-from runner.config import conf_dir
+from runner.config.schema import conf_dir
 
 GROUPS = ("data", "model", "init", "optim", "experiment")
 

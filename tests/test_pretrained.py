@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import runner
-from runner.errors import ConfigError
-from runner.rundir import read_metrics
 from conftest import run_cli
+from runner.errors import ConfigError
+from runner.run.directory import read_metrics
 
 
 def _sequential() -> nn.Sequential:

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import runner
-from runner import training
 from runner.errors import RunError
-from runner.report import write_report
-from runner.rundir import read_metrics
+from runner.run.directory import read_metrics
+from runner.sweep.report import write_report
+from runner.train import loop as training
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 DROPOUT = "+model.layers.drop={type: Dropout, p: 0.5}"  # after the head: training draws from the global RNG

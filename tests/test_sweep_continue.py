@@ -14,10 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import runner
-from runner.progress import duration, progress_line, sweep_size
-from runner.report import GROUP_METRICS
-
 from conftest import REPO, read_csv, run_cli
+from runner.sweep.progress import duration, progress_line, sweep_size
+from runner.sweep.report import GROUP_METRICS
 
 TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.plots=false"]
 
@@ -126,7 +125,7 @@ def test_a_killed_sweep_continues_with_every_job_done_once(tmp_path):
 
 
 def test_a_failure_in_the_last_run_of_a_sweep_outranks_an_older_summary(tmp_path):
-    from runner.report import read_jobs
+    from runner.sweep.report import read_jobs
 
     job = tmp_path / "0"
     (job / ".hydra").mkdir(parents=True)

@@ -10,13 +10,14 @@ import os
 import pytest
 
 import runner
-from runner import checkpoint, cli, training
-from runner.errors import RunError
-from runner.prepare import prepare
-from runner.rundir import RunDirWriteError
-from runner.plan import validate
-
 from conftest import run_cli
+from runner import cli
+from runner.errors import RunError
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
+from runner.run.directory import RunDirWriteError
+from runner.train import loop as training
 
 TINY = ["trainer.max_steps=3", "trainer.log_every=3", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import runner
-from runner.report import write_report
-
 from conftest import REPO, read_csv, run_cli
+from runner.sweep.report import write_report
 
 pytestmark = pytest.mark.slow
 TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]

@@ -9,15 +9,13 @@ import torch
 from safetensors import safe_open
 
 import runner
-from runner import checkpoint
+from conftest import model_choice, run_cli
 from runner.errors import ConfigError
-from runner.optim import make_optimizer
-from runner.prepare import prepare
-from runner.plan import validate
-from runner.tensors import count_parameters
-
-from conftest import run_cli
-from conftest import model_choice
+from runner.model.tensors import count_parameters
+from runner.prepare.optim import make_optimizer
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
+from runner.run import checkpoint
 
 ONE_FEATURE = ["data=synthetic", "data.task=regression", "data.num_features=1", "data.num_outputs=1"]
 
@@ -90,7 +88,7 @@ def test_ties_survive_cast_load_state_dict_and_checkpoints(compose, tmp_path, mo
     model.to(torch.float64)
     model.load_state_dict(model.state_dict())
     checkpoint.load_weights(checkpoint.latest_checkpoint(tmp_path), model)
-    from runner.tensors import verify_ties
+    from runner.model.tensors import verify_ties
 
     verify_ties(model, prepared.ties)  # raises if any tie is no longer one tensor
     if model_name == "transformer_lm":

@@ -13,8 +13,8 @@ import torch
 
 import runner
 from runner.errors import ConfigError
-from runner.plan import validate
-from runner.prepare import prepare
+from runner.prepare.plan import validate
+from runner.prepare.prepare import prepare
 
 AUTOENCODER = ("experiment=autoencoder",)  # enc (32, 64); dec.weight reads enc.weight.T, (64, 32)
 CONV = (  # conv1 (5, 3, 3, 3); conv2.weight reads conv1.weight.transpose(0, 1), (3, 5, 3, 3)

@@ -11,13 +11,12 @@ import pytest
 import yaml
 
 import runner
-from runner import checkpoint, tracking
-from runner.errors import ConfigError, RunError
-from runner.plan import validate
-from runner.rundir import read_metrics
-from runner.training import _Loop
-
 from conftest import run_cli
+from runner.errors import ConfigError, RunError
+from runner.prepare.plan import validate
+from runner.run import checkpoint, tracking
+from runner.run.directory import read_metrics
+from runner.train.loop import _Loop
 
 mlflow = pytest.importorskip("mlflow")  # installed with the test extras; skipped only where it is not
 

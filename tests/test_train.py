@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import runner
-from runner import checkpoint
-from runner.rundir import read_metrics, weights_sha256
+from runner.run import checkpoint
+from runner.run.directory import read_metrics, weights_sha256
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_regression_task_uses_mse(compose, tmp_path):
 def test_digits_are_exactly_scikit_learns():
     from sklearn.datasets import load_digits
 
-    from runner.data import _digits
+    from runner.data.sources import _digits
 
     x, y = load_digits(return_X_y=True)
     ours_x, ours_y = _digits(None)

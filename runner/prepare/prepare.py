@@ -8,16 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from runner.data import Dataset, load_data
-from runner.distributed import ddp_device
-from runner import pretrained
-from runner.initialization import Provenance, apply_init, copy_pretrained
-from runner.layers import Normalize
-from runner.placement import place, resolve_device
-from runner.registry import DTYPES
-from runner.plan import Plan
+from runner.data.sources import Dataset, load_data
+from runner.init import pretrained
+from runner.init.apply import Provenance, apply_init, copy_pretrained
+from runner.model.distributed import ddp_device
+from runner.model.placement import place, resolve_device
+from runner.model.tensors import verify_ties
+from runner.prepare.plan import Plan
+from runner.registry.layers import Normalize
+from runner.registry.tables import DTYPES
 from runner.spec import RunSpec, TieSpec
-from runner.tensors import verify_ties
 
 LSUV_BATCH = 256
 

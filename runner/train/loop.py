@@ -19,7 +19,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -32,22 +31,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from runner import checkpoint
-from runner.checkpoint import Position
-from runner.data import Batches, Dataset
-from runner.distributed import Group, setup, teardown, wrap
+from runner.data.sources import Batches, Dataset
 from runner.errors import RunError
-from runner.activations import ActivationStats
-from runner.gradstats import GradStats
-from runner.observe import NullWriter, Writer, histogram_summaries
-from runner.optim import make_optimizer, make_scheduler, trainable
-from runner.precision import Precision
-from runner.search import JobTrial
-from runner.prepare import Prepared
-from runner.registry import LOSSES, TASKS
+from runner.model.activations import ActivationStats
+from runner.model.distributed import Group, setup, teardown, wrap
+from runner.model.tensors import count_parameters, verify_ties
+from runner.prepare.optim import make_optimizer, make_scheduler, trainable
+from runner.prepare.prepare import Prepared
+from runner.registry.tables import LOSSES, TASKS
+from runner.run import checkpoint
+from runner.run.checkpoint import Position
+from runner.run.directory import RunDir, environment, weights_sha256, write_json, writing
+from runner.run.writer import NullWriter, Writer, histogram_summaries
 from runner.spec import MonitorSpec
-from runner.rundir import RunDir, environment, weights_sha256, write_json, writing
-from runner.tensors import count_parameters, verify_ties
+from runner.train.gradstats import GradStats
+from runner.train.precision import Precision
+from runner.train.pruning import JobTrial
 
 log = logging.getLogger("runner")
 
@@ -206,7 +205,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
             writer.close()
     finally:
         if trainer.plots and main:
-            from runner.plots import write_plots
+            from runner.run.plots import write_plots
 
             write_plots(run_dir)
         teardown(group)

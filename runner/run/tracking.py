@@ -4,7 +4,7 @@ One MLflow run per run directory (a sweep's job included; a sweep is one experim
 parameters are the resolved config, flattened to dotted keys, logged before training starts. The
 metrics are the metrics.jsonl stream: the writer thread (runner.observe) hands each batch of
 records to `log`, which passes them down a pipe to a logging process of its own
-(runner/mlflow_child.py): MLflow's SQLAlchemy work would otherwise take the training process's
+(runner/run/mlflow_child.py): MLflow's SQLAlchemy work would otherwise take the training process's
 GIL (bench figure 14). At the end the process drains, summary.json, tensors.md and the plots are
 logged as artifacts, and the run is marked finished (or failed). tracker.json in the run
 directory keeps the MLflow run's id, so a resumed run goes on in the same MLflow run.
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from runner.errors import RunError
-from runner.rundir import RunDir, RunDirWriteError, write_json
+from runner.run.directory import RunDir, RunDirWriteError, write_json
 
 log = logging.getLogger("runner")
 
@@ -157,7 +157,7 @@ def artifact_root(uri: str) -> str | None:
 
 
 def child_command(uri: str, run_id: str) -> list[str]:
-    """The logging process: runner/mlflow_child.py's code, which imports MLflow, not runner or torch.
+    """The logging process: runner/run/mlflow_child.py's code, which imports MLflow, not runner or torch.
 
     Given with -c, not as a script path: a script's folder comes first on sys.path, and runner/'s
     modules (inspect.py) would shadow the standard library's.

@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from runner.diagram import model_markdown
-from runner.prepare import Prepared
-from runner.rundir import RunDir, write_json
-from runner.tensors import count_parameters, tensor_index
+from runner.model.diagram import model_markdown
+from runner.model.tensors import count_parameters, tensor_index
+from runner.prepare.prepare import Prepared
+from runner.run.directory import RunDir, write_json
 
 COLUMNS = ("name", "aliases", "shape", "numel", "kind", "init", "mean", "std", "predicted_std", "device", "dtype")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.errors import Problems
-from runner.layers import PROJECT_LAYERS
+from runner.registry.layers import PROJECT_LAYERS
 
 # Containers and parameter holders that are not layers; Sequential is built by the project itself.
 _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
@@ -79,29 +79,36 @@ def qualified_name(obj: Any) -> str:
 
 # ---------------------------------------------------------------- plugins
 
-PLUGIN_GROUPS = ("runner.layers", "runner.inits")
-_plugins_loaded = False
+# Entry-point group -> the function that registers one of its objects. runner.registry.init_functions
+# adds `runner.inits` when it is imported, so this module imports nothing above it.
+PLUGIN_GROUPS: dict[str, Callable[[str, Any], None]] = {}
+_loaded: set[str] = set()  # groups whose entry points are registered
+
+
+def add_plugin_group(group: str, register: Callable[[str, Any], None]) -> None:
+    """Declares an entry-point group whose objects `register(name, obj)` registers."""
+    PLUGIN_GROUPS[group] = register
+
+
+add_plugin_group("runner.layers", register_layer)
 
 
 def load_plugins() -> None:
-    """Registers the layers and init functions of installed distributions' entry points, once.
+    """Registers the objects of installed distributions' entry points, once per group.
 
     `[project.entry-points."runner.layers"] MyLayer = "pkg.module:MyLayer"` registers
     `pkg.module.MyLayer` as `type: MyLayer` (and `runner.inits` an init function as `fn: <name>`).
     A plugin that fails to import, or is not a layer class or a function, is a ConfigError naming
     the entry point and its distribution; every broken one is reported together.
     """
-    global _plugins_loaded
-    if _plugins_loaded:
+    pending = [group for group in PLUGIN_GROUPS if group not in _loaded]
+    if not pending:
         return
-    _plugins_loaded = True  # set first: a plugin's own import may ask for layer_types()
+    _loaded.update(pending)  # first: a plugin's own import may ask for layer_types()
     from importlib.metadata import entry_points
 
-    from runner.init_functions import register_init
-
-    registers = {"runner.layers": register_layer, "runner.inits": register_init}
     problems = Problems()
-    for group in PLUGIN_GROUPS:
+    for group in pending:
         for entry in entry_points(group=group):
             where = f"entry point {group}:{entry.name} ({entry.value}, from {_distribution(entry)})"
             try:
@@ -110,11 +117,11 @@ def load_plugins() -> None:
                 problems.add(where, f"cannot be imported: {type(error).__name__}: {error}; fix or uninstall the plugin")
                 continue
             try:
-                registers[group](entry.name, obj)
+                PLUGIN_GROUPS[group](entry.name, obj)
             except ValueError as error:
                 problems.add(where, str(error))
     if problems:
-        _plugins_loaded = False  # reported again by the next call rather than silently left out
+        _loaded.difference_update(pending)  # reported again by the next call rather than silently left out
         problems.raise_if_any()
 
 

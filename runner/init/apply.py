@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from runner.errors import Problems
-from runner.init_functions import dims_needed, fits_dims, init_functions
-from runner.layers import Graph
-from runner.modifiers import apply_modifier, index_problem
-from runner.registry import module_type_names
+from runner.model.tensors import TensorEntry, tensor_index
+from runner.registry.init_functions import dims_needed, fits_dims, init_functions
+from runner.registry.layers import Graph
+from runner.registry.modifiers import apply_modifier, index_problem
+from runner.registry.tables import module_type_names
 from runner.spec import InitSpec, Rule
-from runner.tensors import TensorEntry, tensor_index
 
 Modifiers = dict[str, tuple[Rule, ...]]  # canonical tensor name -> the modifier rules it gets, in order
-Pretrained = dict[str, tuple[torch.Tensor, Any]]  # canonical tensor name -> (values, runner.pretrained.Source)
+Pretrained = dict[str, tuple[torch.Tensor, Any]]  # canonical tensor name -> (values, runner.init.pretrained.Source)
 
 
 def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems) -> tuple[dict[str, Rule], Modifiers]:
@@ -186,7 +186,7 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
 
     Without a batch, LSUV's data-dependent rescaling is skipped (loading a run: its weights come
     from the checkpoint; every draw from the generator still happens, so other tensors match).
-    `pretrained` holds the values `fn: pretrained` rules copy (runner.pretrained.read); a tensor
+    `pretrained` holds the values `fn: pretrained` rules copy (runner.init.pretrained.read); a tensor
     such a rule sets that it lacks keeps its value (loading a run: the checkpoint has it)."""
     generator = torch.Generator().manual_seed(seed)
     functions = init_functions()

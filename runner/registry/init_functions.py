@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from runner.errors import suggest
-from runner.layers import sinusoidal_encoding
-from runner.modifiers import FILL_VALUE, MODIFIERS, is_fill_value
-from runner.registry import load_plugins, qualified_name
+from runner.registry.layers import sinusoidal_encoding
+from runner.registry.modifiers import FILL_VALUE, MODIFIERS, is_fill_value
+from runner.registry.tables import add_plugin_group, load_plugins, qualified_name
 
 TORCH_INIT = (
     "uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
@@ -59,7 +59,7 @@ def pretrained(tensor: torch.Tensor, path: str, rename: tuple[str, str] | None =
     copies the values runner.pretrained read; this signature is what a rule's arguments are
     checked against.
     """
-    raise TypeError("pretrained values are copied by runner.initialization.apply_init, which knows each tensor's name")
+    raise TypeError("pretrained values are copied by runner.init.apply.apply_init, which knows each tensor's name")
 
 
 _REGISTERED: dict[str, Callable[..., Any]] = {"piecewise": piecewise_, "lsuv": lsuv_, "sinusoidal": sinusoidal_, "pretrained": pretrained}
@@ -82,6 +82,9 @@ def register_init(name: str, fn: Callable[..., Any]) -> None:
     if _REGISTERED.get(name, fn) is not fn:
         raise ValueError(f"init function {name!r} already means {qualified_name(_REGISTERED[name])}; it cannot also mean {qualified_name(fn)}")
     _REGISTERED[name] = fn
+
+
+add_plugin_group("runner.inits", register_init)
 
 
 def init_functions() -> dict[str, Callable[..., Any]]:

@@ -14,21 +14,31 @@ import inspect
 import re
 import types
 import typing
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config import SECTIONS, DataConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, SchedulerConfig, TrackerConfig, TrainerConfig
+from runner.config.schema import (
+    SECTIONS,
+    DataConfig,
+    InitConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SchedulerConfig,
+    TrackerConfig,
+    TrainerConfig,
+)
+from runner.data.sources import DATASETS
 from runner.errors import ConfigError, Problem, Problems, suggest
-from runner.layers import Graph
-from runner.init_functions import NONLINEARITIES, argument_problems, init_functions
-from runner.modifiers import MODIFIERS, modifier_problems
-from runner.data import DATASETS
-from runner.registry import CONTAINERS, DTYPES, LOSSES, SCHEDULERS, TASKS, TRACKERS, layer_types, optimizer_arguments, optimizers
+from runner.registry.init_functions import NONLINEARITIES, argument_problems, init_functions
+from runner.registry.layers import Graph
+from runner.registry.modifiers import MODIFIERS, modifier_problems
+from runner.registry.tables import CONTAINERS, DTYPES, LOSSES, SCHEDULERS, TASKS, TRACKERS, layer_types, optimizer_arguments, optimizers
 
 AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")

@@ -108,6 +108,13 @@ def start_metrics(path: Path, truncate_after_step: int | None = None) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+def on_initial_weights(record: dict) -> bool:
+    """True for a train record of a step taken on the initial weights: step 1, or a step after only
+    float16 steps skipped for overflow (`skipped_steps` counts the record's own step when it was skipped)."""
+    skipped_before = record.get("skipped_steps", 0) - bool(record.get("step_skipped"))
+    return record.get("step") == skipped_before + 1
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Returns the records of a metrics.jsonl file (a line torn by a killed process is skipped)."""
     return [r for line in Path(path).read_text(encoding="utf-8").splitlines() if (r := _parse(line)) is not None]

@@ -35,8 +35,8 @@ from safetensors.torch import load
 from torch import nn
 
 from runner.errors import RunError
-from runner.rundir import RunDir, writing
-from runner.tensors import tensor_index
+from runner.model.tensors import tensor_index
+from runner.run.directory import RunDir, writing
 
 PREFIX = "step_"
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from runner.config import DataConfig
+from runner.config.schema import DataConfig
 from runner.errors import ConfigError, Problem
 
 
@@ -91,7 +91,7 @@ def _synthetic(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _text(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from runner.text import grammar_windows
+    from runner.data.text import grammar_windows
 
     return grammar_windows(cfg.num_samples, cfg.num_features, cfg.num_outputs, cfg.split_seed)
 

@@ -15,7 +15,7 @@ from typing import Collection
 
 import torch
 
-from runner.tensors import TensorEntry
+from runner.model.tensors import TensorEntry
 
 STATS = ("grad_norm", "grad_max", "weight_norm", "update_ratio")
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.report import Callback
-from runner.rundir import RunDir, write_json
+from runner.run.directory import RunDir, write_json
+from runner.sweep.report import Callback
 
 STATE = ".progress.json"  # in the sweep directory: the job count and when this run of the sweep started
 

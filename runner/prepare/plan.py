@@ -15,19 +15,19 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from runner.activations import leaf_layers
-from runner.build import build_model, materialize
-from runner.config import conf_dir
-from runner.data import Dataset
+from runner.config.schema import conf_dir
+from runner.data.sources import Dataset
 from runner.errors import Problems, suggest
-from runner.initialization import Modifiers, assign_rules
-from runner.layers import Graph, Item
-from runner import pretrained
-from runner.machine import check_machine
-from runner.optim import Membership, assign_groups, trainable
-from runner.registry import TASKS
+from runner.init import pretrained
+from runner.init.apply import Modifiers, assign_rules
+from runner.model.activations import leaf_layers
+from runner.model.build import build_model, materialize
+from runner.model.tensors import Declarations, declare_tensors, tensor_index
+from runner.prepare.machine import check_machine
+from runner.prepare.optim import Membership, assign_groups, trainable
+from runner.registry.layers import Graph, Item
+from runner.registry.tables import TASKS
 from runner.spec import INPUT, Rule, RunSpec, parse
-from runner.tensors import Declarations, declare_tensors, tensor_index
 
 
 @dataclass(frozen=True)

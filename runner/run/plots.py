@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.rundir import RunDir, read_metrics, writing
+from runner.run.directory import RunDir, on_initial_weights, read_metrics, writing
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,8 +64,6 @@ def _activations(train: list[dict], layers: list[str], run_dir: Path) -> Path:
     """activations.png: each layer's output std at the first logged step (step 1, on the initial weights,
     in a run that logged from its start) with depth on x, and over time."""
     from matplotlib.figure import Figure
-
-    from runner.report import on_initial_weights
 
     fig = Figure(figsize=(14, 4.5))
     depth, time = fig.subplots(1, 2)

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from runner.errors import Problems, suggest
-from runner.layers import Graph, Residual
-from runner.registry import layer_types
+from runner.model.tensors import Declarations, apply_declarations
+from runner.registry.layers import Graph, Residual
+from runner.registry.tables import layer_types
 from runner.spec import LayerSpec, ModelSpec, TensorSpec, is_graph, output_of, wiring
-from runner.tensors import Declarations, apply_declarations
 
 
 def build_model(model: ModelSpec, problems: Problems | None = None) -> nn.Module:

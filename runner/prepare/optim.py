@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.config import SchedulerConfig
+from runner.config.schema import SchedulerConfig
 from runner.errors import Problems
-from runner.registry import SCHEDULERS, module_type_names, optimizers
+from runner.model.tensors import TensorEntry, matches, tensor_index
+from runner.registry.tables import SCHEDULERS, module_type_names, optimizers
 from runner.spec import GroupSpec, OptimSpec
-from runner.tensors import TensorEntry, matches, tensor_index
 
 NORM_LAYERS = ("LayerNorm", "GroupNorm", "RMSNorm", "_NormBase")  # _NormBase: every BatchNorm and InstanceNorm
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from runner.rundir import RunDir, start_metrics, writing
+from runner.run.directory import RunDir, start_metrics, writing
 
 HISTOGRAM_BINS = 64
 _CLOSE = object()

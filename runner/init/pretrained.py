@@ -24,12 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load
 
-from runner import checkpoint
 from runner.errors import ConfigError, Problem, Problems, RunError, suggest
-from runner.initialization import some_names
-from runner.registry import DTYPES
+from runner.init.apply import some_names
+from runner.model.tensors import TRANSPOSED_SUFFIX, display_name
+from runner.registry.tables import DTYPES
+from runner.run import checkpoint
 from runner.spec import Rule, TieSpec
-from runner.tensors import TRANSPOSED_SUFFIX, display_name
 
 # The suffixes torch.save's files go by; a file starting like a pickle or a zip (torch.save) is refused too.
 PICKLED = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")

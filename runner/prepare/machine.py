@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from runner.data import Dataset, load_data
+from runner.data.sources import Dataset, load_data
 from runner.errors import ConfigError, Problems
-from runner.placement import available_devices, resolve_device
-from runner.registry import TRACKERS
+from runner.model.placement import available_devices, resolve_device
+from runner.registry.tables import TRACKERS
 from runner.spec import DEVICE_FORM, RunSpec, check_device_name
 
 
