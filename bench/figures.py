@@ -29,8 +29,9 @@ from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run.checkpoint import Position
-from runner.train.gradstats import GradStats
-from runner.train.loop import loss_function, run_training
+from runner.training.evaluation import loss_function
+from runner.training.gradstats import GradStats
+from runner.training.loop import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
@@ -330,7 +331,7 @@ def tracking_overhead(repeats: int, smoke: bool) -> list[Row]:
     """14. steps/s with +tracker=mlflow (a SQLite store) over without: the writer thread hands MLflow the records."""
     from runner.config.schema import TrackerConfig
     from runner.run import tracking
-    from runner.spec import TrackerSpec
+    from runner.spec.types import TrackerSpec
 
     rows = []
     with tempfile.TemporaryDirectory() as store:

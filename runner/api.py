@@ -28,7 +28,9 @@ from runner.prepare.tensor_table import write_tensor_table
 from runner.registry.tables import DTYPES
 from runner.run import checkpoint, tracking
 from runner.run.directory import RunDir, RunLock, write_json, writing
-from runner.train.loop import run_training, torch_threads
+from runner.training.environment import torch_threads
+from runner.training.callbacks import Callback
+from runner.training.loop import run_training
 
 __all__ = ["compose", "build", "train", "resume", "load"]
 
@@ -40,8 +42,10 @@ def build(cfg: DictConfig) -> nn.Module:
         return prepare(plan, data).model
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> dict:
     """Trains the configured experiment into run_dir and returns its summary (also in summary.json).
+
+    `callbacks` (runner.Callback) are told of every step and evaluation, after the built-in components.
 
     With `resume` set in the config, continues that run in its own directory instead, composing
     its saved config with `overrides` (see `resume`).
@@ -49,13 +53,13 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
     if cfg.get("resume") is not None:
         if not isinstance(cfg.resume, str) or not cfg.resume:
             raise ConfigError([Problem("resume", f"expected the path of a run directory or checkpoint, got {cfg.resume!r}")])
-        return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")])
+        return resume(cfg.resume, [o for o in overrides if not o.startswith("resume=")], callbacks)
     started = time.perf_counter()
     plan, data = check(cfg)  # every config and machine problem surfaces here, before any tensor exists
-    return _train_plan(plan, data, Path(run_dir), None, started)
+    return _train_plan(plan, data, Path(run_dir), None, started, callbacks)
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> dict:
     """Continues a run from its latest checkpoint, in its own directory, with its saved config.
 
     `overrides` take the grammar of a new run (trainer.epochs=40, model=cnn, +optim.eps=1e-8),
@@ -65,7 +69,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     started = time.perf_counter()
     latest, run_dir = locate_run(run_dir)
     cfg = compose_resumed(latest, run_dir, overrides)
-    return continue_run(cfg, run_dir, latest, started)
+    return continue_run(cfg, run_dir, latest, started, callbacks)
 
 
 def locate_run(path: str | Path) -> tuple[Path, Path]:
@@ -83,11 +87,11 @@ def compose_resumed(latest: Path, run_dir: Path, overrides: Sequence[str]) -> Di
         return compose(composed, config_dir=config_dir)
 
 
-def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | None = None) -> dict:
+def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """Trains on from `latest` with a config composed by `compose_resumed` (or the CLI's resume)."""
     started = time.perf_counter() if started is None else started
     plan, data = check(cfg)
-    return _train_plan(plan, data, run_dir, latest, started)
+    return _train_plan(plan, data, run_dir, latest, started, callbacks)
 
 
 # What a run writes into its directory (Hydra's .hydra/ and log are Hydra's): cleared before a
@@ -134,7 +138,8 @@ def _clear_outputs(run_dir: Path) -> bool:
     return bool(found)
 
 
-def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float) -> dict:
+def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float,
+                callbacks: Sequence[Callback] = ()) -> dict:
     with torch_threads(plan.spec.trainer.threads):
         prepared = prepare(plan, data)
         main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
@@ -147,7 +152,7 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
                     write_tensor_table(prepared, run_dir)
             tracker = tracking.start(plan.spec.tracker, plan.spec.config, run_dir, resume_from is not None) if main else None
             try:
-                summary = run_training(prepared, run_dir, resume_from, tracker)
+                summary = run_training(prepared, run_dir, resume_from, tracker, callbacks)
                 summary["wall_seconds"] = time.perf_counter() - started
                 if main:
                     with writing(run_dir):

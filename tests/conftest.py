@@ -65,3 +65,13 @@ def read_csv(path: Path) -> list[dict]:
 
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+class NaNBatchesAt(runner.Callback):
+    """Makes optimizer step `step`'s inputs NaN, through the public callback interface."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_start(self, loop, step, batches):
+        return tuple((x * float("nan"), y) for x, y in batches) if step == self.step else batches

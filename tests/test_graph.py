@@ -263,10 +263,7 @@ def test_eval_modules_training_equals_plain_pytorch_with_the_module_in_eval_mode
     from runner.data.sources import Batches
     from runner.prepare.optim import make_optimizer
     from runner.prepare.prepare import prepare
-    from runner.train.loop import (
-        _Loop,  # noqa: F401  (the loop uses train_mode; checked through one step below)
-        train_mode,
-    )
+    from runner.training.evaluation import train_mode  # what the loop calls; checked through one step below
 
     plan = validate(compose(*BN, "model.eval_modules=[bn]", "optim=sgd", "optim.momentum=0"))
     prepared = prepare(plan)

@@ -37,7 +37,7 @@ def _newest_checkpoint(run_dir: Path) -> Path:
 
 def _averaged(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     """The averaged weights (trainer.ema_decay) a checkpoint stores, by tensor name, read with safetensors' own reader."""
-    prefix = "loop.ema."
+    prefix = "ema."
     stored = load_file(checkpoint_dir / "optimizer.safetensors")
     return {name[len(prefix):]: tensor for name, tensor in stored.items() if name.startswith(prefix)}
 

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "runner"
 # Lowest first. A module may import from its own layer and the layers before it.
-LAYERS = ["errors", "registry", "config", "data", "spec", "model", "run", "init", "prepare", "train", "sweep",
+LAYERS = ["errors", "registry", "config", "data", "spec", "model", "run", "init", "prepare", "training", "sweep",
           "api cli inspect report __main__ __init__"]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer.split()}
 
@@ -77,5 +77,5 @@ def test_no_import_cycle():
 def test_the_checker_sees_an_upward_import(tmp_path):
     """The graph is read, not assumed: a planted upward import is found."""
     planted = tmp_path / "planted.py"
-    planted.write_text("def f():\n    from runner.train.loop import run_training\n")
-    assert "runner.train.loop" in _imports(planted)
+    planted.write_text("def f():\n    from runner.training.loop import run_training\n")
+    assert "runner.training.loop" in _imports(planted)

@@ -28,7 +28,7 @@ from runner.errors import ConfigError
 from runner.prepare.optim import make_optimizer
 from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
-from runner.train.loop import run_training
+from runner.training.loop import run_training
 from tests.conftest import QUIET, REPO, run_cli
 
 NOTES = REPO / "examples" / "notes"

@@ -19,7 +19,7 @@ from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run import writer as observe
 from runner.run.directory import RunDirWriteError, read_metrics
-from runner.train import loop as training
+from runner.training import loop as training
 
 
 def _first_batch(prepared) -> torch.Tensor:
@@ -86,22 +86,26 @@ def test_activations_vanish_under_small_normal_init_and_not_under_xavier_gain(co
         assert 0.1 < last / stem < 10
 
 
-def test_hooks_exist_only_on_logged_steps(compose, tmp_path, monkeypatch):
-    attached, hooked_steps = [], []
-    real_attach, real_step = training.ActivationStats.attach, training._Loop.step
+class _Hooks(runner.Callback):
+    """During each step's forward pass (from the model's first layer) and after it: are activation hooks attached?"""
 
-    def attach(self):
-        attached.append(1)
-        real_attach(self)
+    def __init__(self):
+        self.during, self.after = [], []
 
-    def step(self, group, logged):
-        real_step(self, group, logged)
-        hooked_steps.append(any(m._forward_hooks for m in self.model.modules()))  # after the step: none left
+    def on_train_start(self, loop):
+        first = next(m for m in loop.model.modules() if not list(m.children()))
+        first.register_forward_pre_hook(lambda module, args: self.during.append(len(module._forward_hooks) > 0))
 
-    monkeypatch.setattr(training.ActivationStats, "attach", attach)
-    monkeypatch.setattr(training._Loop, "step", step)
-    _train(compose, tmp_path, "trainer.max_steps=12", "trainer.log_every=5")
-    assert len(attached) == 3 and not any(hooked_steps)  # steps 1, 5, 10
+    def on_step_end(self, loop, step):
+        self.after.append(any(m._forward_hooks for m in loop.model.modules()))
+
+
+def test_hooks_exist_only_on_logged_steps(compose, tmp_path):
+    hooks = _Hooks()
+    prepared = prepare(validate(compose("trainer.max_steps=12", "trainer.log_every=5")))
+    training.run_training(prepared, tmp_path, callbacks=[hooks])
+    hooked = [step for step, on in enumerate(hooks.during[:12], start=1) if on]
+    assert hooked == [1, 5, 10] and not any(hooks.after)
 
 
 def test_activation_stats_off_writes_none(compose, tmp_path):
@@ -255,17 +259,15 @@ def test_a_resumed_run_replaces_the_tensorboard_points_after_its_checkpoint(comp
 def test_an_interrupt_mid_run_leaves_no_writer_or_saver_thread(compose, tmp_path, monkeypatch):
     import threading
 
-    real = training._Loop.step
+    class Interrupt(runner.Callback):
+        def on_step_start(self, loop, step, batches):
+            if step == 8:
+                raise KeyboardInterrupt
+            return batches
 
-    def interrupted(self, group, logged):
-        if len(self.epoch_losses) == 7:
-            raise KeyboardInterrupt
-        real(self, group, logged)
-
-    monkeypatch.setattr(training._Loop, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         training.run_training(prepare(validate(compose("trainer.max_steps=20", "trainer.ckpt_every=2", "trainer.log_every=1",
-                                                       "trainer.tensorboard=true"))), tmp_path)
+                                                       "trainer.tensorboard=true"))), tmp_path, callbacks=[Interrupt()])
     assert not [t.name for t in threading.enumerate() if t.name.startswith("runner-")]
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == list(range(1, 8))  # every record handed over before the interrupt is written

@@ -16,7 +16,7 @@ from conftest import read_csv, run_cli
 from runner.errors import ConfigError
 from runner.run.directory import read_metrics
 from runner.sweep.search import distribution
-from runner.train.pruning import make_pruner
+from runner.training.pruning import make_pruner
 
 # Four epochs of digits: evaluations 0-3. Learning rates a decade apart, so some trials trail the rest.
 SEARCH = ["+search=lr_init", "hydra.sweeper.n_trials=8", "hydra.sweeper.sampler.name=random", "seed=3",

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import runner
+from conftest import NaNBatchesAt
 from runner.errors import RunError
 from runner.run.directory import read_metrics
 from runner.sweep.report import write_report
-from runner.train import loop as training
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 DROPOUT = "+model.layers.drop={type: Dropout, p: 0.5}"  # after the head: training draws from the global RNG
@@ -95,34 +95,31 @@ def test_plots_and_the_sweep_report_leave_matplotlibs_backend_alone(compose, tmp
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _record_workspace(monkeypatch) -> list:
-    """Returns a list that gets CUBLAS_WORKSPACE_CONFIG as the training loop saw it."""
-    seen = []
-    run = training._Loop.run
+class _Workspace(runner.Callback):
+    """Records CUBLAS_WORKSPACE_CONFIG as the training loop saw it."""
 
-    def recording(self, position):
-        seen.append(os.environ.get(CUBLAS))
-        return run(self, position)
+    def __init__(self):
+        self.seen = []
 
-    monkeypatch.setattr(training._Loop, "run", recording)
-    return seen
+    def on_train_start(self, loop):
+        self.seen.append(os.environ.get(CUBLAS))
 
 
 def test_deterministic_runs_leave_the_cublas_workspace_alone(compose, tmp_path, monkeypatch):
     """torch gives each cuBLAS handle and stream its own workspace; ":4096:8" only slowed CUDA training (bench figure 1)."""
     monkeypatch.delenv(CUBLAS, raising=False)
-    seen = _record_workspace(monkeypatch)
-    runner.train(compose("trainer.max_steps=2", "trainer.deterministic=true"), tmp_path)
-    assert seen == [None]
+    workspace = _Workspace()
+    runner.train(compose("trainer.max_steps=2", "trainer.deterministic=true"), tmp_path, callbacks=[workspace])
+    assert workspace.seen == [None]
     assert CUBLAS not in os.environ
     assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_a_callers_cublas_workspace_is_kept_and_stays(compose, tmp_path, monkeypatch):
     monkeypatch.setenv(CUBLAS, ":16:8")
-    seen = _record_workspace(monkeypatch)
-    runner.train(compose("trainer.max_steps=2", "trainer.deterministic=true"), tmp_path)
-    assert seen == [":16:8"]
+    workspace = _Workspace()
+    runner.train(compose("trainer.max_steps=2", "trainer.deterministic=true"), tmp_path, callbacks=[workspace])
+    assert workspace.seen == [":16:8"]
     assert os.environ[CUBLAS] == ":16:8"
 
 
@@ -158,13 +155,8 @@ def test_a_model_without_ties_writes_no_aliases_record(compose, tmp_path):
     assert all(r["kind"] != "aliases" for r in read_metrics(tmp_path / "metrics.jsonl"))
 
 
-def test_a_nan_before_a_histogram_step_stops_with_the_step_named(compose, tmp_path, monkeypatch):
-    original = training._Loop.step
-
-    def poisoned(self, group, logged):
-        # Step 2: step 1 is always logged (it would catch the NaN itself); step 3 is the first histogram step.
-        return original(self, tuple((x * float("nan") if len(self.epoch_losses) == 1 else x, y) for x, y in group), logged)
-
-    monkeypatch.setattr(training._Loop, "step", poisoned)
+def test_a_nan_before_a_histogram_step_stops_with_the_step_named(compose, tmp_path):
+    # Step 2: step 1 is always logged (it would catch the NaN itself); step 3 is the first histogram step.
     with pytest.raises(RunError, match=r"^step 2: the training loss is nan"):
-        runner.train(compose("trainer.max_steps=20", "trainer.log_every=7", "trainer.hist_every=3", "trainer.tensorboard=true"), tmp_path)
+        runner.train(compose("trainer.max_steps=20", "trainer.log_every=7", "trainer.hist_every=3", "trainer.tensorboard=true"), tmp_path,
+                     callbacks=[NaNBatchesAt(2)])

@@ -11,12 +11,11 @@ import pytest
 import yaml
 
 import runner
-from conftest import run_cli
+from conftest import NaNBatchesAt, run_cli
 from runner.errors import ConfigError, RunError
 from runner.prepare.plan import validate
 from runner.run import checkpoint, tracking
 from runner.run.directory import read_metrics
-from runner.train.loop import _Loop
 
 mlflow = pytest.importorskip("mlflow")  # installed with the test extras; skipped only where it is not
 
@@ -77,18 +76,11 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(compose, tmp_path):
     assert _history(client, first, "val_loss")[-1] == (evals[-1]["step"], pytest.approx(evals[-1]["val_loss"]))
 
 
-def test_a_run_that_fails_is_marked_failed(compose, tmp_path, monkeypatch):
-    original = _Loop.step
-
-    def poisoned(self, group, logged):
-        if self.at_step == 3:
-            group = tuple((x * float("nan"), y) for x, y in group)
-        return original(self, group, logged)
-
-    monkeypatch.setattr(_Loop, "step", poisoned)
+def test_a_run_that_fails_is_marked_failed(compose, tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     with pytest.raises(RunError, match="step 3: the training loss is nan"):
-        runner.train(compose("+tracker=mlflow", f"tracker.uri={uri}", "tracker.experiment=failing", "trainer.max_steps=20"), tmp_path / "run")
+        runner.train(compose("+tracker=mlflow", f"tracker.uri={uri}", "tracker.experiment=failing", "trainer.max_steps=20"), tmp_path / "run",
+                     callbacks=[NaNBatchesAt(3)])
     client = _client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
     assert run.info.status == "FAILED"

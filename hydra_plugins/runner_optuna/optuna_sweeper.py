@@ -63,7 +63,7 @@ class OptunaSweeper(Sweeper):
 
         from runner.errors import report_errors
         from runner.sweep.search import make_sampler
-        from runner.train.pruning import job_environment
+        from runner.training.pruning import job_environment
 
         # Every setting is checked before any trial: a bad one exits 2 with its key, as a bad config does.
         space, fixed, sampler, pruner = report_errors(lambda: self._settings(arguments))
@@ -94,7 +94,7 @@ class OptunaSweeper(Sweeper):
     def _settings(self, arguments: List[str]) -> Tuple[Dict[str, Any], Dict[str, str], Any, Any]:
         """The search space (sweep overrides), the fixed overrides, the sampler and the pruner."""
         from runner.sweep.search import distribution, make_sampler
-        from runner.train.pruning import make_pruner
+        from runner.training.pruning import make_pruner
 
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         space: Dict[str, Any] = {}

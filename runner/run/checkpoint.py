@@ -123,11 +123,12 @@ class Snapshot:
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, position: Position,
-             config: dict, extra: dict[str, torch.Tensor] | None = None, keep: tuple[str, ...] = ()) -> Snapshot:
-    """Returns a copy of what a checkpoint at `position` stores (one host copy per file)."""
+             config: dict, components: dict[str, dict[str, torch.Tensor]] | None = None, keep: tuple[str, ...] = ()) -> Snapshot:
+    """Returns a copy of what a checkpoint at `position` stores (one host copy per file). Each training
+    component's state (the loop's, precision's, the callbacks') is stored as `<component>.<key>`."""
     optim_tensors, optim_state = _split_optimizer(optimizer.state_dict())
     optim_tensors.update(_torch_rng())
-    optim_tensors.update(extra or {})
+    optim_tensors.update({f"{name}.{key}": tensor for name, state in (components or {}).items() for key, tensor in state.items()})
     state = {
         "step": position.step, "epoch": position.epoch, "batch": position.batch,
         "optimizer": optim_state,
@@ -140,9 +141,9 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     position: Position, config: dict, keep_last: int,
-                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+                    components: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Writes a complete checkpoint atomically and returns its directory; keeps the newest `keep_last`."""
-    return write_snapshot(directory, snapshot(model, optimizer, scheduler, position, config, extra), keep_last)
+    return write_snapshot(directory, snapshot(model, optimizer, scheduler, position, config, components), keep_last)
 
 
 def write_snapshot(directory: Path, snap: Snapshot, keep_last: int) -> Path:
@@ -326,13 +327,30 @@ def load_weights(checkpoint: Path, model: nn.Module) -> None:
             tensor.copy_(stored[name])
 
 
-EMA_PREFIX = "loop.ema."
+# Checkpoints written before the training components kept their state by name held it under these keys.
+_EARLIER_KEYS = {"loop.monitor": "monitor.state", "loop.grad_scaler": "precision.grad_scaler"}
+_EARLIER_PREFIXES = {"loop.ema.": "ema."}
+
+
+def _components(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """optimizer.safetensors' component entries (everything but the optimizer's `state.*` and `rng.*`), by component."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith(("state.", "rng.")):
+            continue
+        key = _EARLIER_KEYS.get(key, key)
+        for old, new in _EARLIER_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        name, _, rest = key.partition(".")
+        found.setdefault(name, {})[rest] = tensor
+    return found
 
 
 def load_ema(checkpoint: Path, model: nn.Module) -> None:
     """Copies a checkpoint's averaged weights (trainer.ema_decay) into the model's trainable tensors in place."""
     stored = _load_safetensors(checkpoint / "optimizer.safetensors", read_verified(checkpoint, "optimizer.safetensors"))
-    averaged = {name[len(EMA_PREFIX):]: t for name, t in stored.items() if name.startswith(EMA_PREFIX)}
+    averaged = _components(stored).get("ema", {})
     if not averaged:
         raise RunError(f"{checkpoint}: this run was trained without trainer.ema_decay; it holds no averaged weights")
     with torch.no_grad():
@@ -341,10 +359,11 @@ def load_ema(checkpoint: Path, model: nn.Module) -> None:
                 tensor.copy_(averaged[name])
 
 
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Position, dict[str, torch.Tensor]]:
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer,
+                        scheduler: Any) -> tuple[Position, dict[str, dict[str, torch.Tensor]]]:
     """Restores optimizer, scheduler and every RNG from a verified checkpoint.
 
-    Returns its position and the loop's own saved tensors (names starting with `loop.`).
+    Returns its position and the training components' saved state, by component name.
     """
     state = read_state(checkpoint)
     tensors = _load_safetensors(checkpoint / "optimizer.safetensors", read_verified(checkpoint, "optimizer.safetensors"))
@@ -358,8 +377,7 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     random.setstate(_as_tuple(state["python_rng"]))
     kind, keys, pos, has_gauss, cached = state["numpy_rng"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    loop = {name: t for name, t in tensors.items() if name.startswith("loop.")}
-    return Position(state["step"], state["epoch"], state["batch"]), loop
+    return Position(state["step"], state["epoch"], state["batch"]), _components(tensors)
 
 
 def _load_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:

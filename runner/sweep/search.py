@@ -4,7 +4,7 @@ The sweeper (hydra_plugins/runner_optuna) asks Optuna for trials, launches them 
 and tells Optuna how each ended. A job learns its trial from environment variables the sweeper
 sets (`hydra.job.env_set`), so it works under any launcher that keeps the study's storage
 reachable. At every evaluation the job reports its validation loss to the trial and stops, as
-`pruned`, when the study's pruner says so (runner.train.pruning is the job's side). The study lives in SQLite storage in the sweep
+`pruned`, when the study's pruner says so (runner.training.pruning is the job's side). The study lives in SQLite storage in the sweep
 directory unless `hydra.sweeper.storage` says otherwise, so `optuna-dashboard <storage>` opens it.
 """
 

@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 from runner.errors import ConfigError, Problem
+from runner.training.callbacks import Callback, Loop
+
 
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL, ENV_PRUNER = "RUNNER_OPTUNA_STORAGE", "RUNNER_OPTUNA_STUDY", "RUNNER_OPTUNA_TRIAL", "RUNNER_OPTUNA_PRUNER"
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
@@ -60,3 +62,20 @@ class JobTrial:
         """Reports the value at this step; returns whether the pruner stops the trial here."""
         self.trial.report(value, step)
         return self.trial.should_prune()
+
+
+class Pruning(Callback):
+    """Reports each evaluation's val_loss to the job's Optuna trial; stops the run, as pruned, when the
+    study's pruner says so. Optuna's step is the evaluation's index in this process (0, 1, ...):
+    pruners compare trials at equal steps."""
+
+    name = "pruning"
+
+    def __init__(self, trial: JobTrial):
+        self.trial, self.evaluations, self.pruned = trial, 0, False
+
+    def on_eval(self, loop: Loop, record: dict[str, Any]) -> None:
+        self.evaluations += 1
+        if loop.stopped is None and self.trial.pruned(record["val_loss"], self.evaluations - 1):
+            self.pruned = True
+            loop.stop(f"pruned by the Optuna search at evaluation {self.evaluations} (val_loss {record['val_loss']:.6g})")

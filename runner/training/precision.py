@@ -27,6 +27,8 @@ MAX_CONSECUTIVE_SKIPS = 50
 class Precision:
     """How the step computes: an autocast context, and for float16 a GradScaler and its skipped-step count."""
 
+    name = "precision"  # its checkpoint state: precision.grad_scaler
+
     def __init__(self, autocast: str | None, device: torch.device, optimizer: torch.optim.Optimizer):
         self.dtype = AUTOCAST[autocast] if autocast is not None else None
         self.device_type = device.type
@@ -85,17 +87,17 @@ class Precision:
             return {}
         return {"grad_scale": self.scaler.get_scale(), "skipped_steps": self.skipped}
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps: the scale, its growth tracker and the skipped-step count."""
         if self.scaler is None:
             return {}
         saved = self.scaler.state_dict()
-        return {"loop.grad_scaler": torch.tensor([saved["scale"], saved["_growth_tracker"], self.skipped, self.consecutive], dtype=torch.float64)}
+        return {"grad_scaler": torch.tensor([saved["scale"], saved["_growth_tracker"], self.skipped, self.consecutive], dtype=torch.float64)}
 
-    def restore(self, extra: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Takes a checkpoint's scaler state; without one (float16 turned on at resume) the scaler starts fresh."""
-        if self.scaler is None or "loop.grad_scaler" not in extra:
+        if self.scaler is None or "grad_scaler" not in state:
             return
-        scale, tracker, skipped, consecutive = extra["loop.grad_scaler"].tolist()
+        scale, tracker, skipped, consecutive = state["grad_scaler"].tolist()
         self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": scale, "_growth_tracker": int(tracker)})
         self.skipped, self.consecutive, self._scale = int(skipped), int(consecutive), scale

@@ -1,0 +1,386 @@
+"""The training loop: epochs of optimizer steps, logged steps, evaluation, checkpoints, and the summary.
+
+The step (runner.training.step) does only what a step needs. Logged steps add the gradient and activation
+statistics and one synchronization, which also checks every loss since the last check for NaN/Inf, so
+a bad step is named exactly (runner.training.losses). The logged steps are every multiple of `log_every`,
+and the steps taken on the initial weights: step 1, and under float16 each step after it while every
+step before was skipped for overflow (so the first gradient statistics describe the initial weights).
+
+Everything else is a component behind the callback interface (runner.training.callbacks): the average of
+the weights (ema), early stopping and keep_best (monitor), histograms, an Optuna trial (pruning), and
+a user's own callbacks. Each keeps its state through state_dict/load_state_dict; the checkpoint stores
+it under the component's name.
+
+Writing happens off the training thread: records go to the writer thread (runner.run.writer), and
+checkpoints are copied at their step and written by a background saver (runner.run.checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from runner.data.sources import Batches, Dataset
+from runner.errors import RunError
+from runner.model.activations import ActivationStats
+from runner.model.distributed import Group, setup, teardown, wrap
+from runner.model.tensors import verify_ties
+from runner.prepare.optim import make_optimizer, make_scheduler, trainable
+from runner.prepare.prepare import Prepared
+from runner.registry.tables import TASKS
+from runner.run import checkpoint
+from runner.run.checkpoint import Position
+from runner.run.directory import RunDir, environment, write_json, writing
+from runner.run.writer import NullWriter, Writer
+from runner.training.callbacks import RESERVED, Callback
+from runner.training.ema import EMA
+from runner.training.environment import deterministic_algorithms, own_rng
+from runner.training.evaluation import Evaluation, evaluate, loss_function, train_mode
+from runner.training.gradstats import GradStats
+from runner.training.histograms import Histograms
+from runner.training.losses import Losses, first_non_finite
+from runner.training.monitor import Monitor
+from runner.training.precision import Precision
+from runner.training.pruning import JobTrial, Pruning
+from runner.training.step import Step
+from runner.training.summary import summarize
+
+log = logging.getLogger("runner")
+
+
+def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None, tracker: Any = None,
+                 callbacks: Sequence[Callback] = ()) -> dict:
+    """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary.
+
+    The caller's RNG states and environment are as they were when it returns. A failed write into
+    run_dir raises RunDirWriteError; any other OSError (a lost gloo connection) is left as it is.
+    `tracker` (runner.run.tracking) also gets every record, from the writer thread; `callbacks` run
+    after the built-in components, in order.
+    """
+    with own_rng(prepared.device):
+        return _train(prepared, run_dir, resume_from, tracker, callbacks)
+
+
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any, callbacks: Sequence[Callback]) -> dict:
+    spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepared.data.to(prepared.device, prepared.dtype)
+    batches = Batches(data.train_x, data.train_y, trainer.batch_size, spec.seed)
+    steps_per_epoch = math.ceil(batches.steps_per_epoch / trainer.accumulate_grad_batches)  # optimizer steps
+    total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * steps_per_epoch
+    optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
+    scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
+    position, saved = Position(0, 0, 0), None
+    if resume_from is not None:
+        checkpoint.load_weights(resume_from, model)
+        position, saved = checkpoint.load_training_state(resume_from, optimizer, scheduler)
+        verify_ties(model, prepared.ties)
+    else:
+        torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
+    group = setup(trainer.strategy, prepared.device)
+    main = group.is_main  # only rank 0 writes logs, plots and checkpoints
+    if main:
+        write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))
+    truncate = position.step if resume_from else None
+    writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
+    saver = checkpoint.BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
+    try:
+        loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks)
+        if saved is not None:
+            loop.load_state_dict(saved)
+        with deterministic_algorithms(trainer.deterministic):
+            final = loop.run(position)
+    except BaseException:
+        _close_quietly(saver, writer)  # the error in flight is the one to report
+        raise
+    else:
+        try:
+            saver.close()  # the final checkpoint is durable before the summary says the run is done
+        finally:
+            writer.close()
+    finally:
+        if trainer.plots and main:
+            from runner.run.plots import write_plots
+
+            write_plots(run_dir)
+        teardown(group)
+    return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
+
+
+def _report_saved(progress: str) -> Callable[[int, Path], None]:
+    """Returns the saver's callback: a log line once a checkpoint is complete and durable."""
+    level = logging.INFO if _progress_mode(progress) == "log" else logging.DEBUG
+
+    def saved(step: int, path: Path) -> None:
+        log.log(level, "step %d: checkpoint saved to %s", step, path)
+
+    return saved
+
+
+def _close_quietly(*closables: Any) -> None:
+    for closable in closables:
+        try:
+            closable.close()
+        except Exception:  # noqa: BLE001 - a second error would hide the first
+            log.debug("while stopping after an error", exc_info=True)
+
+
+@dataclass
+class Schedule:
+    """When things happen, resolved once from trainer.* so the loop reads no config."""
+
+    total_steps: int
+    log_every: int
+    ckpt_every: int
+    accumulate: int
+    progress: str
+    eval_modules: tuple[str, ...]
+    classify: bool
+    config: dict
+
+
+@dataclass
+class Outcome:
+    """What the run has come to so far."""
+
+    train_loss: float | None = None
+    last_eval: Evaluation | None = None
+    stopped: str | None = None  # why the run stops before its last step (early stopping, pruning, a callback)
+    checkpoint_requested: bool = False  # at this evaluation (keep_best's improvement)
+    train_seconds: float = 0.0
+    steps_timed: int = 0
+
+
+def components(prepared: Prepared, entries: list, group: Group) -> list[Callback]:
+    """The built-in callbacks the trainer settings ask for, in the order they run."""
+    trainer, watch = prepared.spec.trainer, prepared.plan.watch
+    found: list[Callback] = []
+    if trainer.ema_decay is not None:
+        found.append(EMA(prepared.model, trainer.ema_decay))
+    if trainer.early_stopping is not None or trainer.keep_best:
+        found.append(Monitor(trainer.early_stopping, bool(trainer.keep_best)))
+    trial = JobTrial.from_environment()  # an Optuna trial (+search=...)
+    if trial is not None:
+        found.append(Pruning(trial))
+    if trainer.tensorboard and group.is_main and trainer.hist_every:
+        watched = [e for e in entries if e.name in watch.tensors]
+        found.append(Histograms(trainer.hist_every, [e.name for e in watched], [e.tensor for e in watched]))
+    return found
+
+
+class Loop:
+    """Runs the epochs: steps, logged steps, evaluations and checkpoints, telling the callbacks as it goes."""
+
+    def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 writer: Writer | NullWriter, saver: checkpoint.BackgroundSaver, total_steps: int, group: Group,
+                 callbacks: Sequence[Callback] = ()):
+        spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
+        self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver
+        self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.accumulate_grad_batches,
+                                 _progress_mode(trainer.progress), prepared.plan.eval_modules,
+                                 TASKS[spec.data.task].classifies, spec.config)
+        entries = trainable(self.model)
+        stats = GradStats(entries, watch.tensors) if trainer.grad_stats else None
+        acts = ActivationStats(self.model, list(watch.layers)) if trainer.activation_stats and watch.layers else None
+        net = wrap(prepared.model, group, prepared.device, prepared.spec.model.has_uncalled)
+        # Logged steps with activation statistics run the forward pass eagerly: hooks added to a
+        # compiled model are not seen by the graph it already compiled.
+        fast = torch.compile(net) if trainer.compile else net  # shares the model's tensors: checkpoints and stats are unchanged
+        self.step = Step(fast, net, loss_function(spec.data.task, trainer.loss), optimizer, scheduler, [e.tensor for e in entries],
+                         spec.optim.clip_grad_norm, Precision(trainer.autocast, prepared.device, optimizer), stats, acts, group)
+        self.losses = Losses(group, prepared.device, stats)
+        self.callbacks = [*components(prepared, entries, group), *callbacks]
+        names = [c.name for c in self.state_holders]
+        if len(set(names)) != len(names) or RESERVED & set(names):
+            raise RunError(f"callback names must be unique and not {sorted(RESERVED)}: got {names}")
+        self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
+        self.outcome = Outcome()
+
+    # -------------------------------------------------------------- what callbacks read and call
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
+    @property
+    def precision(self) -> Precision:
+        return self.step.precision
+
+    @property
+    def stopped(self) -> str | None:
+        return self.outcome.stopped
+
+    def stop(self, reason: str) -> None:
+        """Ends the run after the current evaluation, with a final checkpoint; the first reason given is kept."""
+        if self.outcome.stopped is None:
+            self.outcome.stopped = reason
+
+    def request_checkpoint(self) -> None:
+        """Saves a checkpoint at the end of the current evaluation, whatever `ckpt_every` says."""
+        self.outcome.checkpoint_requested = True
+
+    def evaluate(self, model: nn.Module, eval_modules: tuple[str, ...] = ()) -> Evaluation:
+        """`model`'s loss (and accuracy) on the validation split, under the run's autocast, as the trained model is evaluated."""
+        with self.precision.autocast():
+            return evaluate(model, self.data.val_x, self.data.val_y, self.step.loss_fn, self.schedule.classify, eval_modules)
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def state_holders(self) -> list[Any]:
+        return [self.losses, self.precision, *self.callbacks]
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every component's state by its name: what a checkpoint stores beside the model, optimizer and RNGs."""
+        return {holder.name: holder.state_dict() for holder in self.state_holders}
+
+    def load_state_dict(self, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+        for holder in self.state_holders:
+            holder.load_state_dict(saved.get(holder.name, {}))
+
+    # -------------------------------------------------------------- the run
+
+    def run(self, position: Position) -> Position:
+        schedule, outcome = self.schedule, self.outcome
+        train_mode(self.model, schedule.eval_modules)
+        if position.step == 0 and self.aliases:
+            self.writer.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        bar = _progress_bar(schedule.progress, schedule.total_steps, position.step)
+        step, epoch, start = position.step, position.epoch, position.batch
+        while step < schedule.total_steps:
+            began = time.perf_counter()
+            batch = start  # batches of this epoch done, counting those before a resume
+            for group in self._groups(epoch, start):
+                step += 1
+                batch += len(group)
+                for callback in self.callbacks:
+                    group = callback.on_step_start(self, step, group)
+                logged = step % schedule.log_every == 0 or self.on_initial_weights(step)
+                self.losses.append(self.step(group, logged, step))
+                if logged:
+                    self.log_step(step, epoch)
+                for callback in self.callbacks:
+                    callback.on_step_end(self, step)
+                if bar is not None:
+                    bar.update(1)
+                if step >= schedule.total_steps:
+                    break
+                if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
+                    self.save(Position(step, epoch, batch))
+            outcome.train_seconds += time.perf_counter() - began
+            self.end_epoch(step, epoch)
+            epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
+            if outcome.stopped is not None:
+                break  # the final checkpoint below is saved at this position
+            due = schedule.ckpt_every and step % schedule.ckpt_every == 0
+            if (due or outcome.checkpoint_requested) and step < schedule.total_steps:
+                self.save(Position(step, epoch, start))
+        if bar is not None:
+            bar.close()
+        outcome.steps_timed = step - position.step
+        for callback in self.callbacks:
+            callback.on_train_end(self, step)
+        final = Position(step, epoch, start)
+        self.save(final)
+        return final
+
+    def on_initial_weights(self, step: int) -> bool:
+        """Returns whether `step` starts from the initial weights: it is step 1, or every step before it
+        was a float16 step skipped for overflow (which changed nothing). The skip count is checkpointed,
+        so a resumed run logs the same steps as an uninterrupted one, and never step 1 again."""
+        return self.precision.skipped == step - 1
+
+    def _groups(self, epoch: int, start: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+        """Yields the epoch's batches from `start`, `accumulate` to an optimizer step (the epoch's last group may be shorter)."""
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for pair in self.batches.epoch(epoch, start):
+            group.append(pair)
+            if len(group) == self.schedule.accumulate:
+                yield tuple(group)
+                group = []
+        if group:
+            yield tuple(group)
+
+    def log_step(self, step: int, epoch: int) -> None:
+        stats, acts = self.step.stats, self.step.acts
+        unchecked = self.losses.unchecked()
+        parts, keys = [unchecked], []
+        # A float16 step skipped for overflow changed nothing: its gradient statistics describe no update.
+        skipped = self.precision.last_skipped
+        if stats is not None and not skipped:
+            parts.append(stats.after_step())
+            keys += stats.keys
+        if acts is not None:
+            act_keys, act_values = acts.collect()
+            parts.append(act_values.to(unchecked.device))
+            keys += act_keys
+        values = torch.cat(parts).tolist() if len(parts) > 1 else unchecked.tolist()  # the one sync
+        losses = values[: len(unchecked)]
+        self.losses.check(step, losses)
+        record = {"kind": "train", "step": step, "epoch": epoch, "loss": losses[-1], "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(zip(keys, values[len(unchecked) :]))
+        record.update(self.precision.record())
+        if skipped:
+            record["step_skipped"] = True
+        if stats is not None and not skipped and not math.isfinite(record["grad_norm"]):
+            raise RunError(f"step {step}: the gradient of {stats.first_non_finite_grad()!r} holds NaN or Inf; stopping (the last checkpoint is intact)")
+        self.writer.write(record)
+
+    def end_epoch(self, step: int, epoch: int) -> None:
+        """Evaluates, tells the callbacks and writes the eval record."""
+        outcome = self.outcome
+        mean = self.losses.end_epoch(step)
+        if mean is not None:
+            outcome.train_loss = mean
+        result = self.evaluate(self.model, self.schedule.eval_modules)  # the model is evaluated as it trains
+        outcome.last_eval, outcome.checkpoint_requested = result, False
+        record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": outcome.train_loss, "val_loss": result.loss}
+        if result.accuracy is not None:
+            record["val_accuracy"] = result.accuracy
+        for callback in self.callbacks:
+            callback.on_eval(self, record)
+        self.writer.write(record)
+        if self.schedule.progress == "log":
+            accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
+            log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.schedule.total_steps,
+                     outcome.train_loss or float("nan"), result.loss, accuracy)
+        if outcome.stopped is not None:
+            log.warning("step %d: stopping early: %s", step, outcome.stopped)
+
+    def save(self, position: Position) -> None:
+        """Copies a checkpoint's contents and hands them to the background saver, refusing to store NaN or Inf."""
+        self.losses.check_pending(position.step)
+        bad = first_non_finite(self.model)
+        if bad is not None:
+            raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
+        if not self.step.group.is_main:
+            return
+        keep = tuple(name for callback in self.callbacks for name in callback.checkpoints_to_keep())
+        snap = checkpoint.snapshot(self.model, self.optimizer, self.step.scheduler, position, self.schedule.config,
+                                   self.state_dict(), keep=keep)
+        self.saver.submit(snap)
+
+
+def _progress_mode(mode: str) -> str:
+    if mode == "auto":
+        return "bar" if sys.stderr.isatty() else "log"
+    return mode
+
+
+def _progress_bar(mode: str, total: int, done: int):
+    if mode != "bar":
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
