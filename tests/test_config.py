@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import runner
 from conftest import config_names, model_choice, needs
-from runner.config.schema import conf_dir
+from runner.config.schema import DataConfig, SchedulerConfig, TrackerConfig, TrainerConfig, conf_dir
 from runner.errors import ConfigError
 from runner.prepare.plan import validate
+from runner.spec.types import DataSpec, SchedulerSpec, TrackerSpec, TrainerSpec
 
 
 def test_conf_dir_is_found_and_holds_every_group():
@@ -64,6 +67,23 @@ def test_build_returns_a_cpu_model_here(compose):
     model = runner.build(compose())
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def _defaults(cls: type) -> list[tuple[str, object]]:
+    """A dataclass's fields in order, each with its default (a list default as a tuple: the spec's frozen form)."""
+    found = []
+    for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        found.append((f.name, tuple(value) if isinstance(value, list) else value))
+    return found
+
+
+@pytest.mark.parametrize(("schema", "spec"), [(DataConfig, DataSpec), (SchedulerConfig, SchedulerSpec), (TrainerConfig, TrainerSpec),
+                                              (TrackerConfig, TrackerSpec)])
+def test_a_groups_spec_type_mirrors_its_schema(schema, spec):
+    """The spec types written out for the schema's groups have its fields: the same names, order and defaults."""
+    assert spec.__dataclass_params__.frozen
+    assert _defaults(spec) == _defaults(schema)
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ from runner.errors import Problems
 from runner.inspect import main as inspect_main
 from runner.model.diagram import mermaid, model_markdown
 from runner.prepare.plan import validate
-from runner.spec import LayerSpec, ModelSpec, TensorSpec, parse
+from runner.spec import parse
+from runner.spec.types import LayerSpec, ModelSpec, TensorSpec
 
 # The strict grammar of what the diagram writes: a header, nodes in four shapes, edges, subgraph blocks.
 HEADER = "flowchart TD"

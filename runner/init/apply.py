@@ -1,4 +1,4 @@
-"""Init is data: ordered rules (parsed in spec.py) select tensors by name, module type and kind.
+"""Init is data: ordered rules (parsed in runner/spec/init.py) select tensors by name, module type and kind.
 
 `assign_rules` decides, once, which rule sets each tensor (the plan keeps the answer);
 `apply_init` carries that out. Rules draw from one CPU torch.Generator seeded from the run's
@@ -21,7 +21,7 @@ from runner.registry.init_functions import dims_needed, fits_dims, init_function
 from runner.registry.layers import Graph
 from runner.registry.modifiers import apply_modifier, index_problem
 from runner.registry.tables import module_type_names
-from runner.spec import InitSpec, Rule
+from runner.spec.types import InitSpec, Rule
 
 Modifiers = dict[str, tuple[Rule, ...]]  # canonical tensor name -> the modifier rules it gets, in order
 Pretrained = dict[str, tuple[torch.Tensor, Any]]  # canonical tensor name -> (values, runner.init.pretrained.Source)

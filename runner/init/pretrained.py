@@ -29,7 +29,7 @@ from runner.init.apply import some_names
 from runner.model.tensors import TRANSPOSED_SUFFIX, display_name
 from runner.registry.tables import DTYPES
 from runner.run import checkpoint
-from runner.spec import Rule, TieSpec
+from runner.spec.types import Rule, TieSpec
 
 # The suffixes torch.save's files go by; a file starting like a pickle or a zip (torch.save) is refused too.
 PICKLED = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")

@@ -15,7 +15,7 @@ from runner.errors import Problems, suggest
 from runner.model.tensors import Declarations, apply_declarations
 from runner.registry.layers import Graph, Residual
 from runner.registry.tables import layer_types
-from runner.spec import LayerSpec, ModelSpec, TensorSpec, is_graph, output_of, wiring
+from runner.spec.types import LayerSpec, ModelSpec, TensorSpec, is_graph, output_of, wiring
 
 
 def build_model(model: ModelSpec, problems: Problems | None = None) -> nn.Module:

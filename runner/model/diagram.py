@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner.spec import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec, output_of, wiring
+from runner.spec.types import INPUT, LayerSpec, ModelSpec, TensorSpec, TieSpec, output_of, wiring
 
 MODEL_INPUT, MODEL_OUTPUT = "model_input", "model_output"
 # (in, out) argument pairs drawn as `in→out`; the other arguments follow as k=v while the label stays short.

@@ -17,7 +17,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from runner.errors import Problems, RunError, suggest
-from runner.spec import BufferSpec, ModelSpec, TieSpec
+from runner.spec.types import BufferSpec, ModelSpec, TieSpec
 
 TRANSPOSED_SUFFIX = ".parametrizations.{}.original"
 

@@ -1,6 +1,6 @@
 """Machine checks: is what the config asks for here? (The device, torchrun's environment, the data.)
 
-Separate from config validity (spec.py, plan.py): `train` and `resume` ask both questions, `load`
+Separate from config validity (runner.spec, plan.py): `train` and `resume` ask both questions, `load`
 only the first, so a run trained on a GPU loads on a laptop and needs no training data to do so.
 """
 
@@ -13,7 +13,8 @@ from runner.data.sources import Dataset, load_data
 from runner.errors import ConfigError, Problems
 from runner.model.placement import available_devices, resolve_device
 from runner.registry.tables import TRACKERS
-from runner.spec import DEVICE_FORM, RunSpec, check_device_name
+from runner.spec import RunSpec
+from runner.spec.trainer import DEVICE_FORM, check_device_name
 
 
 def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:

@@ -15,7 +15,7 @@ from runner.config.schema import SchedulerConfig
 from runner.errors import Problems
 from runner.model.tensors import TensorEntry, matches, tensor_index
 from runner.registry.tables import SCHEDULERS, module_type_names, optimizers
-from runner.spec import GroupSpec, OptimSpec
+from runner.spec.types import GroupSpec, OptimSpec
 
 NORM_LAYERS = ("LayerNorm", "GroupNorm", "RMSNorm", "_NormBase")  # _NormBase: every BatchNorm and InstanceNorm
 

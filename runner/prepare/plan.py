@@ -27,7 +27,8 @@ from runner.prepare.machine import check_machine
 from runner.prepare.optim import Membership, assign_groups, trainable
 from runner.registry.layers import Graph, Item
 from runner.registry.tables import TASKS
-from runner.spec import INPUT, Rule, RunSpec, parse
+from runner.spec import RunSpec, parse
+from runner.spec.types import INPUT, Rule
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from runner.model.tensors import verify_ties
 from runner.prepare.plan import Plan
 from runner.registry.layers import Normalize
 from runner.registry.tables import DTYPES
-from runner.spec import RunSpec, TieSpec
+from runner.spec import RunSpec
+from runner.spec.types import TieSpec
 
 LSUV_BATCH = 256
 

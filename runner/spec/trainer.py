@@ -1,0 +1,116 @@
+"""data, trainer (early stopping and the device name included) and tracker: each key checked on its own terms."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from runner.config.schema import TrackerConfig
+from runner.data.sources import DATASETS
+from runner.errors import Problems, suggest
+from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS
+from runner.spec.common import check_choice
+from runner.spec.types import DataSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
+
+AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
+PROGRESS = ("auto", "bar", "log", "off")
+DEVICE_FORM = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_positive(value: Any, key: str, problems: Problems, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if allow_zero else (value <= 0):
+        problems.add(key, f"expected a number {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def check_data(data: DataSpec, problems: Problems) -> None:
+    check_choice(data.name, DATASETS, "data.name", problems)
+    check_choice(data.task, TASKS, "data.task", problems)
+    _check_positive(data.num_features, "data.num_features", problems)
+    _check_positive(data.num_outputs, "data.num_outputs", problems)
+    _check_positive(data.num_samples, "data.num_samples", problems)
+    if not 0.0 < data.val_fraction < 1.0:
+        problems.add("data.val_fraction", f"expected a fraction strictly between 0 and 1, got {data.val_fraction}")
+    if data.name == "file":
+        if not data.path:
+            problems.add("data.path", "required when data.name=file: the path of a .npz, .csv or .pt file")
+        elif not data.path.endswith((".npz", ".csv", ".pt")):
+            problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
+
+
+def parse_tracker(tracker: TrackerConfig | None, problems: Problems) -> TrackerSpec | None:
+    if tracker is None:
+        return None
+    spec = freeze(tracker, TrackerSpec)
+    check_choice(spec.name, TRACKERS, "tracker.name", problems)
+    if not isinstance(spec.uri, str) or not spec.uri:
+        problems.add("tracker.uri", f"expected MLflow's tracking URI (sqlite:///mlflow.db, http://host:5000, ...), got {spec.uri!r}")
+    if spec.experiment is not None and not str(spec.experiment).strip():
+        problems.add("tracker.experiment", "expected an experiment name, or null")
+    return spec
+
+
+def check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
+    _check_positive(trainer.epochs, "trainer.epochs", problems)
+    _check_positive(trainer.max_steps, "trainer.max_steps", problems, allow_zero=True)
+    _check_positive(trainer.batch_size, "trainer.batch_size", problems)
+    _check_positive(trainer.accumulate_grad_batches, "trainer.accumulate_grad_batches", problems)
+    if trainer.ema_decay is not None and not 0.0 < trainer.ema_decay < 1.0:
+        problems.add("trainer.ema_decay", f"expected null or a number strictly between 0 and 1 (0.999 is common), got {trainer.ema_decay}")
+    _check_positive(trainer.log_every, "trainer.log_every", problems)
+    _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
+    _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)
+    _check_positive(trainer.ckpt_every, "trainer.ckpt_every", problems, allow_zero=True)
+    _check_positive(trainer.keep_last, "trainer.keep_last", problems)
+    check_choice(trainer.loss, ("auto", *LOSSES), "trainer.loss", problems)
+    check_choice(trainer.dtype, DTYPES, "trainer.dtype", problems)
+    if trainer.autocast is not None:
+        if trainer.autocast not in AUTOCAST:
+            problems.add("trainer.autocast", f"expected null, bfloat16 or float16, got {trainer.autocast!r};{suggest(str(trainer.autocast), AUTOCAST)}".rstrip(";"))
+        elif trainer.dtype != "float32":
+            problems.add("trainer.autocast", f"autocast computes in {trainer.autocast} from float32 weights; trainer.dtype is {trainer.dtype} "
+                                             "(set trainer.dtype=float32, or trainer.autocast=null)")
+    check_choice(trainer.progress, PROGRESS, "trainer.progress", problems)
+    check_choice(trainer.strategy, ("single", "ddp"), "trainer.strategy", problems)
+    check_device_name(trainer.device, "trainer.device", problems)
+
+
+MONITORED = ("val_loss", "train_loss", "val_accuracy")
+
+
+def parse_monitor(declared: Any, task: str, problems: Problems) -> MonitorSpec | None:
+    """Returns trainer.early_stopping as a MonitorSpec (None when not set), adding a problem per bad key."""
+    if declared is None:
+        return None
+    key = "trainer.early_stopping"
+    if not isinstance(declared, dict):
+        problems.add(key, f"expected a mapping such as {{metric: val_loss, mode: min, patience: 3, min_delta: 0.0}}, got {declared!r}")
+        return None
+    known = ("metric", "mode", "patience", "min_delta")
+    for unknown in sorted(set(declared) - set(known)):
+        problems.add(f"{key}.{unknown}", f"unknown key;{suggest(str(unknown), list(known)) or ' it takes: ' + ', '.join(known)}")
+    metric = declared.get("metric", "val_loss")
+    available = [m for m in MONITORED if m != "val_accuracy" or (task in TASKS and TASKS[task].classifies)]
+    if metric not in available:
+        hint = suggest(str(metric), available) or f" this task logs: {', '.join(available)}"
+        problems.add(f"{key}.metric", f"{metric!r} is not a metric of this run;{hint}")
+        metric = "val_loss"
+    mode = declared.get("mode", "max" if metric == "val_accuracy" else "min")
+    if mode not in ("min", "max"):
+        problems.add(f"{key}.mode", f"expected min or max, got {mode!r}")
+    patience, min_delta = declared.get("patience", 3), declared.get("min_delta", 0.0)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        problems.add(f"{key}.patience", f"expected a whole number of evaluations >= 1, got {patience!r}")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+        problems.add(f"{key}.min_delta", f"expected a number >= 0, got {min_delta!r}")
+    return MonitorSpec(str(metric), str(mode), patience if isinstance(patience, int) else 3,
+                       float(min_delta) if isinstance(min_delta, (int, float)) else 0.0)
+
+
+def check_device_name(name: Any, key: str, problems: Problems) -> bool:
+    """Adds a problem unless `name` is a device name this tool knows (auto, cpu, cuda, cuda:N, mps)."""
+    if isinstance(name, str) and DEVICE_FORM.match(name):
+        return True
+    problems.add(key, f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    return False
