@@ -26,12 +26,9 @@ from runner.spec.common import field_names, parse_globs
 from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
-from runner.spec.trainer import AUTOCAST, check_data, check_trainer, parse_monitor, parse_tracker
-from runner.spec.types import DataSpec, InitSpec, MonitorSpec, RunSpec, SchedulerSpec, TrainerSpec, freeze
+from runner.spec.trainer import check_data, check_trainer, parse_monitor, parse_tracker
+from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, freeze
 
-# The entry point and its result. AUTOCAST and MonitorSpec are still read from here (by runner.training.precision
-# and runner.training.monitor) until those import them from runner.spec.trainer and runner.spec.types.
-__all__ = ["parse", "RunSpec", "AUTOCAST", "MonitorSpec"]
 
 
 def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from runner.run.checkpoint import directory_name
-from runner.spec import MonitorSpec
+from runner.spec.types import MonitorSpec
 from runner.training.callbacks import Callback, Loop
 
 

@@ -15,10 +15,10 @@ from typing import ContextManager
 
 import torch
 
-from runner import spec
+from runner.spec.trainer import AUTOCAST as AUTOCAST_NAMES
 from runner.errors import RunError
 
-AUTOCAST = {name: getattr(torch, name) for name in spec.AUTOCAST}  # trainer.autocast's names -> dtypes
+AUTOCAST = {name: getattr(torch, name) for name in AUTOCAST_NAMES}  # trainer.autocast's names -> dtypes
 
 # A float16 run whose every step overflows for this long will never train: the scale would fall to 0.
 MAX_CONSECUTIVE_SKIPS = 50
