@@ -28,8 +28,8 @@ from runner.prepare.tensor_table import write_tensor_table
 from runner.registry.tables import DTYPES
 from runner.run import checkpoint, tracking
 from runner.run.directory import RunDir, RunLock, write_json, writing
-from runner.training.environment import torch_threads
 from runner.training.callbacks import Callback
+from runner.training.environment import torch_threads
 from runner.training.loop import run_training
 
 __all__ = ["compose", "build", "train", "resume", "load"]

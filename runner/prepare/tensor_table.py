@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from runner.model.diagram import model_markdown
 from runner.model.tensors import count_parameters, tensor_index
 from runner.prepare.prepare import Prepared

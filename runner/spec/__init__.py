@@ -30,7 +30,6 @@ from runner.spec.trainer import check_data, check_trainer, parse_monitor, parse_
 from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, freeze
 
 
-
 def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     """Returns the spec of a composed (or saved) config, adding every problem found to `problems`.
 

@@ -13,7 +13,6 @@ from runner.prepare.optim import trainable
 from runner.training.callbacks import Callback, Loop
 from runner.training.evaluation import Evaluation
 
-
 log = logging.getLogger("runner")
 
 

@@ -39,6 +39,7 @@ from runner.registry.tables import TASKS
 from runner.run import checkpoint
 from runner.run.checkpoint import Position
 from runner.run.directory import RunDir, environment, write_json, writing
+from runner.run.saver import BackgroundSaver
 from runner.run.writer import NullWriter, Writer
 from runner.training.callbacks import RESERVED, Callback
 from runner.training.ema import EMA
@@ -92,7 +93,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))
     truncate = position.step if resume_from else None
     writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
-    saver = checkpoint.BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
+    saver = BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
     try:
         loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks)
         if saved is not None:
@@ -181,7 +182,7 @@ class Loop:
     """Runs the epochs: steps, logged steps, evaluations and checkpoints, telling the callbacks as it goes."""
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 writer: Writer | NullWriter, saver: checkpoint.BackgroundSaver, total_steps: int, group: Group,
+                 writer: Writer | NullWriter, saver: BackgroundSaver, total_steps: int, group: Group,
                  callbacks: Sequence[Callback] = ()):
         spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
         self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver

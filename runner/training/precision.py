@@ -15,8 +15,8 @@ from typing import ContextManager
 
 import torch
 
-from runner.spec.trainer import AUTOCAST as AUTOCAST_NAMES
 from runner.errors import RunError
+from runner.spec.trainer import AUTOCAST as AUTOCAST_NAMES
 
 AUTOCAST = {name: getattr(torch, name) for name in AUTOCAST_NAMES}  # trainer.autocast's names -> dtypes
 

@@ -15,7 +15,6 @@ from typing import Any
 from runner.errors import ConfigError, Problem
 from runner.training.callbacks import Callback, Loop
 
-
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL, ENV_PRUNER = "RUNNER_OPTUNA_STORAGE", "RUNNER_OPTUNA_STUDY", "RUNNER_OPTUNA_TRIAL", "RUNNER_OPTUNA_PRUNER"
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 
