@@ -17,18 +17,10 @@ import pytest
 import torch
 
 import runner
-from conftest import QUIET, run_cli
+from conftest import QUIET, Payload, run_cli
 from runner.errors import ConfigError, RunError, report_errors
 from runner.run import checkpoint
 from runner.run.directory import RunLock
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
 
 
 def exit_of(capsys, work) -> tuple[int, str]:

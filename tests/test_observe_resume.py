@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from conftest import NaNBatchesAt, run_cli
+from conftest import NaNBatchesAt, Payload, run_cli
 from runner.data.sources import Batches
 from runner.errors import ConfigError, RunError
 from runner.prepare.optim import make_optimizer
@@ -95,16 +94,6 @@ def test_runner_load_restores_ties_buffers_and_leaves_non_persistent_ones_out(co
 
     assert weights_sha256(loaded) == summary["weights_sha256"]
     assert torch.count_nonzero(loaded.norm.mean) > 0 and not loaded.training
-
-
-class Payload:
-    """A pickle that would create a file if it were ever unpickled."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
 
 
 def test_a_pickle_in_place_of_a_checkpoint_file_is_refused_and_never_runs(compose, tmp_path):

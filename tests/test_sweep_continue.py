@@ -14,11 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 
 import runner
-from conftest import REPO, read_csv, run_cli
+from conftest import REPO, TINY, read_csv, run_cli
 from runner.sweep.progress import duration, progress_line, sweep_size
 from runner.sweep.report import GROUP_METRICS
 
-TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.plots=false"]
+JOB = [o for o in TINY if not o.startswith("trainer.tensorboard")]  # TensorBoard on: the report reads the hparams back from it
 
 
 _csv = read_csv
@@ -27,7 +27,7 @@ _csv = read_csv
 @pytest.fixture(scope="module")
 def seeded_sweep(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("seeded")
-    result = run_cli("-m", "init=xavier,normal", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep}", timeout=300)
+    result = run_cli("-m", "init=xavier,normal", "seed=0,1,2", *JOB, f"hydra.sweep.dir={sweep}", timeout=300)
     assert result.returncode == 0, result.stderr
     return sweep, result
 

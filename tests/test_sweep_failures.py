@@ -10,7 +10,7 @@ import os
 import pytest
 
 import runner
-from conftest import run_cli
+from conftest import TINY, run_cli
 from runner import cli
 from runner.errors import RunError
 from runner.prepare.plan import validate
@@ -19,7 +19,7 @@ from runner.run import checkpoint
 from runner.run.directory import RunDirWriteError
 from runner.training import loop as training
 
-TINY = ["trainer.max_steps=3", "trainer.log_every=3", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
+JOB = [*TINY, "trainer.max_steps=3", "trainer.log_every=3"]
 
 
 def _report(sweep_dir) -> str:
@@ -28,7 +28,7 @@ def _report(sweep_dir) -> str:
 
 @pytest.mark.slow
 def test_a_sweep_whose_jobs_all_fail_exits_1_and_counts_them(tmp_path):
-    result = run_cli("-m", "trainer.batch_size=0,-1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    result = run_cli("-m", "trainer.batch_size=0,-1", *JOB, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 1, result.stderr
     assert f"runner: sweep: 2 of 2 jobs failed (see {tmp_path / 'report.md'})" in result.stderr.splitlines()
     assert "\n2 of 2 jobs failed.\n" in _report(tmp_path)
@@ -41,14 +41,14 @@ def test_a_sweep_whose_jobs_all_fail_exits_1_and_counts_them(tmp_path):
 @pytest.mark.slow
 def test_a_joblib_sweep_whose_jobs_all_fail_exits_1_not_2(tmp_path):
     # The jobs run in worker processes, so this process never starts a task: the exit must still be 1.
-    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.batch_size=0,-1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.batch_size=0,-1", *JOB, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 1, result.stderr
     assert "runner: sweep: 2 of 2 jobs failed" in result.stderr
 
 
 @pytest.mark.slow
 def test_a_sweep_with_one_good_job_exits_0_and_still_counts_the_failure(tmp_path):
-    result = run_cli("-m", "trainer.batch_size=16,-1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    result = run_cli("-m", "trainer.batch_size=16,-1", *JOB, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert f"runner: sweep: 1 of 2 jobs failed (see {tmp_path / 'report.md'})" in result.stderr.splitlines()
     assert "\n1 of 2 jobs failed.\n" in _report(tmp_path)
@@ -57,7 +57,7 @@ def test_a_sweep_with_one_good_job_exits_0_and_still_counts_the_failure(tmp_path
 
 @pytest.mark.slow
 def test_a_sweep_without_failures_says_none_failed_and_prints_no_count(tmp_path):
-    result = run_cli("-m", "seed=0,1", *TINY, f"hydra.sweep.dir={tmp_path}")
+    result = run_cli("-m", "seed=0,1", *JOB, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     assert "jobs failed" not in result.stderr
     assert "\n0 of 2 jobs failed.\n" in _report(tmp_path)

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import runner
-from conftest import REPO, read_csv, run_cli
+from conftest import REPO, TINY, read_csv, run_cli
 from runner.sweep.report import write_report
 
 pytestmark = pytest.mark.slow
-TINY = ["trainer.max_steps=12", "trainer.log_every=4", "trainer.threads=1", "trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]
 SCHEMES = "init=xavier,kaiming,normal,orthogonal"
 
 
