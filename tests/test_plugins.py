@@ -257,3 +257,25 @@ def test_broken_entry_point_is_reported_on_every_use(monkeypatch):
                 layer_types()
             with pytest.raises(runner.ConfigError, match="runner.layers:Linear"):
                 init_functions.init_functions()
+
+
+def test_a_registered_init_functions_entry_states_its_std_and_dims_as_a_built_in_does(compose):
+    """register_init takes an InitFunction: its predicted std reaches the tensor table, and its dims are
+    checked before any tensor is drawn, exactly as for torch's own functions."""
+    from runner.prepare.plan import validate
+    from runner.prepare.prepare import prepare
+    from runner.prepare.tensor_table import tensor_rows
+    from runner.registry.init_functions import InitFunction
+
+    def scaled_normal_(tensor, scale=1.0, generator=None):
+        return tensor.normal_(0.0, scale / tensor.shape[1] ** 0.5, generator=generator)
+
+    entry = InitFunction(scaled_normal_, dims=(2, 2), std=lambda args, t: args.get("scale", 1.0) / t.shape[1] ** 0.5)
+    with registry_restored():
+        runner.register_init("scaled_normal", entry)
+        rule = "init.rules=[{match: fc1.weight, fn: scaled_normal, scale: 2.0}]"
+        rows = {r["name"]: r for r in tensor_rows(prepare(validate(compose(rule))))}
+        assert rows["fc1.weight"]["predicted_std"] == pytest.approx(2.0 / 64 ** 0.5)  # digits: 64 inputs
+        assert rows["fc1.weight"]["std"] == pytest.approx(2.0 / 64 ** 0.5, rel=0.1)
+        with pytest.raises(runner.ConfigError, match=r"init.rules\[0\]: scaled_normal needs a tensor with exactly 2 dims"):
+            validate(compose("init.rules=[{match: '*', fn: scaled_normal}]"))

@@ -17,7 +17,7 @@ from torch import nn
 
 from runner.errors import Problems
 from runner.model.tensors import TensorEntry, tensor_index
-from runner.registry.init_functions import dims_needed, fits_dims, init_functions
+from runner.registry.init_functions import init_functions
 from runner.registry.layers import Graph
 from runner.registry.modifiers import apply_modifier, index_problem
 from runner.registry.tables import module_type_names
@@ -55,11 +55,11 @@ def assign_rules(entries: list[TensorEntry], spec: InitSpec, problems: Problems)
         rule = max(chosen.values(), key=lambda r: r.index)
         name, dims = reach(entry, rule)
         _check_infinite(rule, entry, problems)
-        if not fits_dims(rule.fn, entry.tensor.dim()):
+        if not init_functions()[rule.fn].fits(entry.tensor.dim()):
             wrong_dims.setdefault(rule.index, (rule, []))[1].append(f"{name!r} {tuple(entry.view(dims).shape)}")
         assignment[entry.name] = rule
     for rule, reached_names in wrong_dims.values():
-        problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {dims_needed(rule.fn)}; it reaches "
+        problems.add(f"init.rules[{rule.index}]", f"{rule.fn} needs a tensor with {init_functions()[rule.fn].dims_needed()}; it reaches "
                                                   f"{some_names(reached_names)} (narrow `match`, or set `kind: weight`)")
     _check_unused(setters, assignment, reached, problems)
     return assignment, modifiers
@@ -197,16 +197,17 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
         if rule is None:
             provenance[entry.name] = Provenance(_untouched(model, entry))
             continue
-        if rule.fn == "pretrained":
+        function = functions[rule.fn]
+        if function.reads_file:
             values, source = (pretrained or {}).get(entry.name, (None, None))
             if values is not None:
                 entry.tensor.copy_(values)
             provenance[entry.name] = Provenance(source.label if source is not None else rule.label)
             continue
-        fn, kwargs, label = functions[rule.fn], dict(rule.args), rule.label
+        fn, kwargs, label = function.fn, dict(rule.args), rule.label
         name, dims = reach(entry, rule)
-        if rule.fn == "lsuv":
-            kwargs = {}  # tol and max_iters drive the rescaling below; the start is plain orthogonal
+        if function.needs_batch:
+            kwargs = {}  # its arguments drive the rescaling below (LSUV: tol, max_iters); the start takes none
             lsuv.append((name, entry, rule))
         if kwargs.get("gain") == "auto":
             kwargs["gain"] = following_gain(model, name)
@@ -219,7 +220,7 @@ def apply_init(model: nn.Module, assignment: dict[str, Rule], seed: int, batch: 
         fn(values, **kwargs)
         if dims is not None:
             entry.view(dims).copy_(values)
-        provenance[entry.name] = Provenance(label, predicted_std(rule.fn, kwargs, values))
+        provenance[entry.name] = Provenance(label, function.std(kwargs, values) if function.std is not None else None)
     if lsuv and batch is not None:
         _lsuv_rescale(model, lsuv, batch)
     by_name = {entry.name: entry for entry in tensor_index(model)}
@@ -304,45 +305,3 @@ def _scale_to_unit_variance(model: nn.Module, module: nn.Module, weight: torch.T
             weight.div_(math.sqrt(variance))
     finally:
         hook.remove()
-
-
-def predicted_std(fn: str, args: dict[str, Any], tensor: torch.Tensor) -> float | None:
-    """Returns the std the scheme `fn(**args)` predicts for this tensor, where it has one."""
-    fan_in, fan_out = _fans(tensor)
-    if fn == "lsuv":
-        return None  # data-dependent
-    if fn == "normal_":
-        return float(args.get("std", 1.0))
-    if fn == "trunc_normal_":
-        return _truncated_normal_std(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), float(args.get("a", -2.0)), float(args.get("b", 2.0)))
-    if fn == "uniform_":
-        return (float(args.get("b", 1.0)) - float(args.get("a", 0.0))) / math.sqrt(12)
-    if fn in ("constant_", "zeros_", "ones_"):
-        return 0.0
-    if fn in ("xavier_uniform_", "xavier_normal_") and fan_in:
-        return float(args.get("gain", 1.0)) * math.sqrt(2.0 / (fan_in + fan_out))
-    if fn in ("kaiming_uniform_", "kaiming_normal_") and fan_in:
-        gain = nn.init.calculate_gain(args.get("nonlinearity", "leaky_relu"), args.get("a", 0))
-        fan = fan_in if args.get("mode", "fan_in") == "fan_in" else fan_out
-        return gain / math.sqrt(fan)
-    if fn == "orthogonal_" and tensor.dim() >= 2:
-        rows = tensor.shape[0]
-        return float(args.get("gain", 1.0)) / math.sqrt(max(rows, tensor.numel() // rows))
-    return None
-
-
-def _truncated_normal_std(mean: float, std: float, a: float, b: float) -> float:
-    """Returns the std of N(mean, std) truncated to [a, b]."""
-    normal = torch.distributions.Normal(0.0, 1.0)
-    alpha, beta = torch.tensor((a - mean) / std), torch.tensor((b - mean) / std)
-    z = normal.cdf(beta) - normal.cdf(alpha)
-    pdf = lambda t: normal.log_prob(t).exp()
-    variance = 1 + (alpha * pdf(alpha) - beta * pdf(beta)) / z - ((pdf(alpha) - pdf(beta)) / z) ** 2
-    return float(std * variance.sqrt())
-
-
-def _fans(tensor: torch.Tensor) -> tuple[int, int]:
-    if tensor.dim() < 2:
-        return 0, 0
-    receptive = tensor[0][0].numel() if tensor.dim() > 2 else 1
-    return tensor.shape[1] * receptive, tensor.shape[0] * receptive

@@ -27,6 +27,7 @@ from safetensors.torch import load
 from runner.errors import ConfigError, Problem, Problems, RunError, suggest
 from runner.init.apply import some_names
 from runner.model.tensors import TRANSPOSED_SUFFIX, display_name
+from runner.registry.init_functions import init_functions
 from runner.registry.tables import DTYPES
 from runner.run import checkpoint
 from runner.spec.types import Rule, TieSpec
@@ -158,10 +159,15 @@ def _check_tied(file: Path, header: dict[str, tuple[tuple[int, ...], str]], tied
                                   f"but here {alias!r} is {how}: only [{wanted}] would be read; make the two equal in the file, or drop one")
 
 
+def _reads_file(fn: str) -> bool:
+    function = init_functions().get(fn)  # None for a modifier
+    return function is not None and function.reads_file
+
+
 def _by_rule(plan: Any, kinds: tuple[str, ...] | None) -> Iterator[tuple[Rule, list[Any]]]:
     rules: dict[int, tuple[Rule, list[Any]]] = {}
     for tensor in plan.tensors:
-        if tensor.rule is not None and tensor.rule.fn == "pretrained" and (kinds is None or tensor.kind in kinds):
+        if tensor.rule is not None and _reads_file(tensor.rule.fn) and (kinds is None or tensor.kind in kinds):
             rules.setdefault(tensor.rule.index, (tensor.rule, []))[1].append(tensor)
     return iter(rules.values())
 

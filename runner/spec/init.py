@@ -35,7 +35,7 @@ def parse_rules(declared: list[Any], problems: Problems) -> tuple[Rule, ...]:
                 args["index"] = tuple(args["index"])
         else:
             args = _resolve_gain(args, f"{key}.gain", problems)
-            if fn == "pretrained" and isinstance(args.get("rename"), list):
+            if init_functions()[fn].reads_file and isinstance(args.get("rename"), list):
                 # A YAML `[fc1, 0]` reads the 0 as a number: a prefix is text either way.
                 args["rename"] = tuple(str(p) if isinstance(p, int) and not isinstance(p, bool) else p for p in args["rename"])
             bad = argument_problems(fn, args)
