@@ -24,6 +24,7 @@ from runner.registry import init_functions
 from runner.registry import tables as registry
 from runner.registry.tables import layer_types
 from runner.run import checkpoint
+from runner.run.directory import read_metrics
 
 PLUGIN = Path(__file__).resolve().parent / "plugin_fixture" / "runner_test_plugin.py"
 LAYERS = "+model.layers={scale: {type: PlugScale, num_features: 64}, fc: {type: Linear, in_features: 64, out_features: 10}}"
@@ -34,6 +35,9 @@ PlugScale = runner_test_plugin:PlugScale
 
 [runner.inits]
 plug_constant_ = runner_test_plugin:plug_constant_
+
+[runner.callbacks]
+plug_evals = runner_test_plugin:PlugEvals
 """
 LOAD = """\
 import sys, runner
@@ -49,10 +53,12 @@ print(type(model.scale).__module__, model.scale.weight.unique().tolist())
 @contextmanager
 def registry_restored():
     """Leaves the layer and init registries as they were (other tests share this process)."""
-    layers, inits = dict(registry._REGISTERED), dict(init_functions._REGISTERED)
+    layers, inits, callbacks = dict(registry._REGISTERED), dict(init_functions._REGISTERED), dict(registry._CALLBACKS)
     try:
         yield
     finally:
+        registry._CALLBACKS.clear()
+        registry._CALLBACKS.update(callbacks)
         registry._REGISTERED.clear()
         registry._REGISTERED.update(layers)
         init_functions._REGISTERED.clear()
@@ -197,7 +203,8 @@ def plugin_run(tmp_path_factory):
     install(root / "site", "runner-test-plugin", ENTRY_POINTS)
     marker = root / "imported"
     result = run_cli(
-        *QUIET, "model=custom", LAYERS, "model.frozen=[scale.weight]", CONSTANT_RULE, "trainer.epochs=1",
+        *QUIET, "model=custom", LAYERS, "model.frozen=[scale.weight]", CONSTANT_RULE, "trainer.epochs=2",
+        "trainer.callbacks=[{name: plug_evals, tag: seen}]",
         f"hydra.run.dir={root / 'run'}", cwd=root, env=env_with(root / "site", marker),
     )
     return root / "run", root / "site", result, marker
@@ -210,6 +217,9 @@ def test_entry_point_layer_and_init_work_from_the_cli(plugin_run):
     weights = load_file(checkpoint.latest_checkpoint(run_dir) / "model.safetensors")
     assert torch.equal(weights["scale.weight"], torch.full((64,), 0.375))  # the plugin's init; frozen since
     assert not torch.equal(weights["scale.bias"], torch.zeros(64))  # trained
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["plug_seen"] for r in evals] == [1, 2]  # the entry point's callback, with its argument
+    assert int(load_file(checkpoint.latest_checkpoint(run_dir) / "optimizer.safetensors")["plugevals.count"]) == 2
 
 
 def test_runner_load_sees_entry_point_plugins(plugin_run, tmp_path):
@@ -279,3 +289,19 @@ def test_a_registered_init_functions_entry_states_its_std_and_dims_as_a_built_in
         assert rows["fc1.weight"]["std"] == pytest.approx(2.0 / 64 ** 0.5, rel=0.1)
         with pytest.raises(runner.ConfigError, match=r"init.rules\[0\]: scaled_normal needs a tensor with exactly 2 dims"):
             validate(compose("init.rules=[{match: '*', fn: scaled_normal}]"))
+
+
+def test_trainer_callbacks_are_checked_against_the_registry_and_the_constructor(compose):
+    from runner.prepare.plan import validate
+
+    plugin = import_plugin()
+    with registry_restored():
+        with pytest.raises(runner.ConfigError, match=r"trainer.callbacks\[0\]: unknown callback 'plug_evals'; none is registered"):
+            validate(compose("trainer.callbacks=[plug_evals]"))
+        runner.register_callback("plug_evals", plugin.PlugEvals)
+        with pytest.raises(runner.ConfigError, match=r"trainer.callbacks\[0\].name: unknown callback 'plug_eval'; did you mean 'plug_evals'"):
+            validate(compose("trainer.callbacks=[{name: plug_eval}]"))
+        with pytest.raises(runner.ConfigError, match=r"trainer.callbacks\[0\]: plug_evals: got an unexpected keyword argument 'tags'"):
+            validate(compose("trainer.callbacks=[{name: plug_evals, tags: x}]"))
+        with pytest.raises(ValueError, match="must be a subclass of runner.Callback"):
+            runner.register_callback("not_one", dict)

@@ -155,6 +155,9 @@ class TrainerConfig:
     # torch threads (0: torch's default; under the joblib launcher, the cores shared among its jobs).
     threads: int = 0
     progress: str = "auto"  # auto (a bar on a terminal) | bar | log | off
+    # Callbacks of your own, by registered name (runner.register_callback or a `runner.callbacks` entry point):
+    # [name, ...] or [{name: N, <constructor argument>: value}, ...]; they run after the built-in ones.
+    callbacks: List[Any] = field(default_factory=list)
 
 
 @dataclass

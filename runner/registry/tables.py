@@ -93,6 +93,31 @@ def add_plugin_group(group: str, register: Callable[[str, Any], None]) -> None:
 add_plugin_group("runner.layers", register_layer)
 
 
+# Callbacks added by register_callback (from code or a `runner.callbacks` entry point): name -> class.
+_CALLBACKS: dict[str, type] = {}
+CALLBACK_HOOKS = ("on_train_start", "on_step_start", "on_step_end", "on_eval", "on_train_end", "state_dict", "load_state_dict")
+
+
+def register_callback(name: str, cls: type) -> None:
+    """Makes a runner.Callback subclass nameable in `trainer.callbacks` (its constructor's arguments are its keys)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"callback name {name!r} must be a Python identifier")
+    if not isinstance(cls, type) or not all(hasattr(cls, hook) for hook in CALLBACK_HOOKS):
+        raise ValueError(f"callback {name!r} must be a subclass of runner.Callback, got {cls!r}")
+    if _CALLBACKS.get(name, cls) is not cls:
+        raise ValueError(f"callback {name!r} already means {qualified_name(_CALLBACKS[name])}; it cannot also mean {qualified_name(cls)}")
+    _CALLBACKS[name] = cls
+
+
+add_plugin_group("runner.callbacks", register_callback)
+
+
+def callback_types() -> dict[str, type]:
+    """Returns every callback `trainer.callbacks` may name (plugins loaded first)."""
+    load_plugins()
+    return dict(_CALLBACKS)
+
+
 def load_plugins() -> None:
     """Registers the objects of installed distributions' entry points, once per group.
 

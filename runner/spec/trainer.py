@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
 from runner.config.schema import TrackerConfig
 from runner.data.sources import DATASETS
 from runner.errors import Problems, suggest
-from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS
+from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS, callback_types
 from runner.spec.common import check_choice
-from runner.spec.types import DataSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
+from runner.spec.types import CallbackSpec, DataSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
 
 AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")
@@ -114,3 +115,34 @@ def check_device_name(name: Any, key: str, problems: Problems) -> bool:
         return True
     problems.add(key, f"expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
     return False
+
+
+def parse_callbacks(declared: Any, problems: Problems) -> tuple[CallbackSpec, ...]:
+    """Returns trainer.callbacks (names, or {name: N, <argument>: value}) checked against the registered
+    callbacks and their constructors, adding a problem per bad entry."""
+    if not isinstance(declared, list):
+        problems.add("trainer.callbacks", f"expected a list of callback names or {{name: ..., <argument>: ...}} mappings, got {declared!r}")
+        return ()
+    known, parsed = callback_types(), []
+    for index, item in enumerate(declared):
+        key = f"trainer.callbacks[{index}]"
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            name, args = item["name"], {k: v for k, v in item.items() if k != "name"}
+        elif isinstance(item, str):
+            name, args = item, {}
+        else:
+            problems.add(key, f"expected a callback name or {{name: ..., <argument>: ...}}, got {item!r}")
+            continue
+        if name not in known:
+            hint = suggest(name, known) or (" registered: " + ", ".join(sorted(known)) if known else
+                                            " none is registered (runner.register_callback, or a `runner.callbacks` entry point)")
+            problems.add(f"{key}.name" if isinstance(item, dict) else key, f"unknown callback {name!r};{hint}")
+            continue
+        try:
+            inspect.signature(known[name]).bind(**args)
+        except TypeError as error:
+            problems.add(key, f"{name}: {error}")
+            continue
+        parsed.append(CallbackSpec(name, tuple(args.items())))
+    return tuple(parsed)
+

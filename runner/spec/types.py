@@ -54,6 +54,14 @@ class MonitorSpec:
 
 
 @dataclass(frozen=True)
+class CallbackSpec:
+    """One of trainer.callbacks: a registered callback's name and its constructor's arguments."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class TrainerSpec:
     epochs: int = 20
     max_steps: int | None = None
@@ -80,6 +88,7 @@ class TrainerSpec:
     strategy: str = "single"
     threads: int = 0
     progress: str = "auto"
+    callbacks: tuple[CallbackSpec, ...] = ()  # the schema's [], parsed
 
 
 @dataclass(frozen=True)

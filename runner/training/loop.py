@@ -35,7 +35,7 @@ from runner.model.distributed import Group, setup, teardown, wrap
 from runner.model.tensors import verify_ties
 from runner.prepare.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare.prepare import Prepared
-from runner.registry.tables import TASKS
+from runner.registry.tables import TASKS, callback_types
 from runner.run import checkpoint
 from runner.run.checkpoint import Position
 from runner.run.directory import RunDir, environment, write_json, writing
@@ -162,7 +162,7 @@ class Outcome:
 
 
 def components(prepared: Prepared, entries: list, group: Group) -> list[Callback]:
-    """The built-in callbacks the trainer settings ask for, in the order they run."""
+    """The callbacks the trainer settings ask for, in the order they run: the built-in ones, then trainer.callbacks."""
     trainer, watch = prepared.spec.trainer, prepared.plan.watch
     found: list[Callback] = []
     if trainer.ema_decay is not None:
@@ -175,6 +175,8 @@ def components(prepared: Prepared, entries: list, group: Group) -> list[Callback
     if trainer.tensorboard and group.is_main and trainer.hist_every:
         watched = [e for e in entries if e.name in watch.tensors]
         found.append(Histograms(trainer.hist_every, [e.name for e in watched], [e.tensor for e in watched]))
+    registered = callback_types()
+    found += [registered[c.name](**dict(c.args)) for c in trainer.callbacks]  # trainer.callbacks, after the built-ins
     return found
 
 

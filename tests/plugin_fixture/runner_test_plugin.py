@@ -1,7 +1,7 @@
-"""A plugin for tests/test_plugins.py: one layer type and one init function.
+"""A plugin for tests/test_plugins.py: one layer type, one init function and one callback.
 
 The tests install it into a temporary directory with a dist-info of its own (entry points in the
-groups `runner.layers` and `runner.inits`), or only put it on the path, uninstalled. On import it
+groups `runner.layers`, `runner.inits` and `runner.callbacks`), or only put it on the path, uninstalled. On import it
 appends a line to the file named by RUNNER_TEST_PLUGIN_MARKER, when that is set, so a test can
 tell whether a process imported it.
 """
@@ -12,6 +12,8 @@ import os
 
 import torch
 from torch import nn
+
+import runner
 
 if os.environ.get("RUNNER_TEST_PLUGIN_MARKER"):
     with open(os.environ["RUNNER_TEST_PLUGIN_MARKER"], "a", encoding="utf-8") as marker:
@@ -35,6 +37,23 @@ def plug_constant_(tensor: torch.Tensor, value: float = 0.375) -> torch.Tensor:
     """Fills the tensor with `value`."""
     with torch.no_grad():
         return tensor.fill_(value)
+
+
+class PlugEvals(runner.Callback):
+    """Counts evaluations (across resumes) and adds the count to each eval record as `plug_<tag>`."""
+
+    def __init__(self, tag: str = "evals"):
+        self.tag, self.count = tag, 0
+
+    def on_eval(self, loop, record):
+        self.count += 1
+        record[f"plug_{self.tag}"] = self.count
+
+    def state_dict(self):
+        return {"count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state):
+        self.count = int(state["count"]) if "count" in state else 0
 
 
 NOT_CALLABLE = 42  # a broken `runner.inits` entry point names this
