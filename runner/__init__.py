@@ -3,12 +3,39 @@
     cfg = runner.compose(["model=mlp", "init=xavier"])
     model = runner.build(cfg)            # built, initialized, placed
     summary = runner.train(cfg, "runs/x")
+
+The names below are imported on first use, so that `python -m runner --help` and a mistyped
+override are answered before torch is imported (about 3 s).
 """
 
-from runner.api import build, compose, load, resume, train
-from runner.errors import ConfigError, RunError
-from runner.registry.init_functions import register_init
-from runner.registry.tables import register_callback, register_layer
-from runner.training.callbacks import Callback
+from __future__ import annotations
 
-__all__ = ["compose", "build", "train", "resume", "load", "register_layer", "register_init", "register_callback", "Callback", "ConfigError", "RunError"]
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runner.api import build, compose, load, resume, train
+    from runner.errors import ConfigError, RunError
+    from runner.registry.init_functions import register_init
+    from runner.registry.tables import register_callback, register_layer
+    from runner.training.callbacks import Callback
+
+_HOMES = {
+    "compose": "runner.api", "build": "runner.api", "train": "runner.api", "resume": "runner.api", "load": "runner.api",
+    "register_layer": "runner.registry.tables", "register_callback": "runner.registry.tables",
+    "register_init": "runner.registry.init_functions", "Callback": "runner.training.callbacks",
+    "ConfigError": "runner.errors", "RunError": "runner.errors",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value  # once imported, an ordinary module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from conftest import run_cli
 
@@ -33,3 +35,11 @@ def test_cli_rerun_command_reproduces_the_weights(tmp_path):
     assert again.returncode == 0, again.stderr
     sha = lambda d: json.loads((tmp_path / d / "summary.json").read_text())["weights_sha256"]
     assert sha("a") == sha("b")
+
+
+def test_a_mistyped_override_is_answered_before_torch_is_imported(tmp_path):
+    # `runner` imports its API on first use, so Hydra's composition errors come in well under a second.
+    probe = "import runner.cli, sys\nsys.argv = ['runner', 'trainer.epoch=3']\ntry:\n    runner.cli.main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert "Key 'epoch' not in 'TrainerConfig'" in result.stderr

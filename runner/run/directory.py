@@ -11,11 +11,12 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from runner.errors import RunError
+
+if TYPE_CHECKING:  # imported where used: the CLI reads file names before torch is needed
+    import torch
 
 
 def _file(name: str) -> property:
@@ -166,6 +167,8 @@ class RunLock:
 
 def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """Returns a SHA-256 over (name, dtype, shape, bytes) of the tensors, in name order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(named, key=lambda item: item[0]):
         data = tensor.detach().to("cpu").contiguous()
@@ -183,6 +186,7 @@ def environment(device: torch.device, run_dir: Path) -> dict[str, Any]:
     """Returns what a reader needs to reproduce the run: versions, platform, device, git commit, command."""
     import hydra
     import omegaconf
+    import torch
 
     return {
         "python": platform.python_version(),
