@@ -18,6 +18,8 @@ import runner
 from conftest import QUIET, REPO
 from runner.run import checkpoint
 
+pytestmark = pytest.mark.xdist_group("faults")  # one worker builds the module's shared fixture
+
 RUN = [*QUIET, "trainer.epochs=4", "trainer.ckpt_every=3", "trainer.keep_last=2", "trainer.log_every=5", "trainer.threads=1"]
 
 

@@ -52,8 +52,10 @@ print(type(model.scale).__module__, model.scale.weight.unique().tolist())
 
 @contextmanager
 def registry_restored():
-    """Leaves the layer and init registries as they were (other tests share this process)."""
+    """Leaves the layer and init registries as they were (other tests share this process), and starts
+    from an empty layer_types cache (an earlier test in this process may have filled it)."""
     layers, inits, callbacks = dict(registry._REGISTERED), dict(init_functions._REGISTERED), dict(registry._CALLBACKS)
+    layer_types.cache_clear()
     try:
         yield
     finally:
@@ -108,6 +110,7 @@ def registered_run(tmp_path_factory):
         yield run_dir, plugin
 
 
+@pytest.mark.xdist_group("registered_run")  # the module fixture is built on one worker
 def test_registered_layer_trains_and_computes_what_pytorch_computes(registered_run):
     run_dir, plugin = registered_run
     model = runner.load(run_dir)
@@ -120,6 +123,7 @@ def test_registered_layer_trains_and_computes_what_pytorch_computes(registered_r
     assert torch.allclose(model(x), (x * model.scale.weight + model.scale.bias) @ model.fc.weight.T + model.fc.bias)
 
 
+@pytest.mark.xdist_group("registered_run")  # the module fixture is built on one worker
 @pytest.mark.parametrize("how", ["load", "resume"])
 def test_saved_run_naming_an_unregistered_type_is_refused_without_importing(registered_run, tmp_path, how):
     # The plugin's module is importable in the subprocess, but no distribution registers it.
@@ -210,6 +214,7 @@ def plugin_run(tmp_path_factory):
     return root / "run", root / "site", result, marker
 
 
+@pytest.mark.xdist_group("plugin_run")  # the module fixture is built on one worker
 def test_entry_point_layer_and_init_work_from_the_cli(plugin_run):
     run_dir, _, result, marker = plugin_run
     assert result.returncode == 0, result.stderr
@@ -222,6 +227,7 @@ def test_entry_point_layer_and_init_work_from_the_cli(plugin_run):
     assert int(load_file(checkpoint.latest_checkpoint(run_dir) / "optimizer.safetensors")["plugevals.count"]) == 2
 
 
+@pytest.mark.xdist_group("plugin_run")  # the module fixture is built on one worker
 def test_runner_load_sees_entry_point_plugins(plugin_run, tmp_path):
     run_dir, site, _, _ = plugin_run
     result = load_in_subprocess(run_dir, env_with(site, tmp_path / "imported"))

@@ -18,6 +18,8 @@ from runner.run.directory import read_metrics
 from runner.sweep.search import distribution
 from runner.training.pruning import make_pruner
 
+pytestmark = pytest.mark.xdist_group("search")  # one worker builds the module's shared fixture
+
 # Four epochs of digits: evaluations 0-3. Learning rates a decade apart, so some trials trail the rest.
 SEARCH = ["+search=lr_init", "hydra.sweeper.n_trials=8", "hydra.sweeper.sampler.name=random", "seed=3",
           "optim.lr=choice(0.00003,0.0003,0.003)", "init=choice(xavier,normal)",

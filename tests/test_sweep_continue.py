@@ -32,6 +32,7 @@ def seeded_sweep(tmp_path_factory):
     return sweep, result
 
 
+@pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
 @pytest.mark.slow
 def test_seed_groups_are_the_mean_and_sample_std_of_the_jobs(seeded_sweep):
     sweep, _ = seeded_sweep
@@ -51,6 +52,7 @@ def test_seed_groups_are_the_mean_and_sample_std_of_the_jobs(seeded_sweep):
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
 @pytest.mark.slow
 def test_progress_is_printed_as_each_job_ends(seeded_sweep):
     _, result = seeded_sweep
@@ -70,6 +72,7 @@ def test_a_failing_job_is_named_when_it_fails(tmp_path):
     assert lines[2].startswith("sweep: 1/2 jobs done, 1 failed") and lines[3] == "sweep: 2/2 jobs done, 1 failed"
 
 
+@pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
 @pytest.mark.slow
 def test_hparams_are_read_back_by_tensorboard(seeded_sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

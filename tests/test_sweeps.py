@@ -30,6 +30,7 @@ def sequential_sweep(tmp_path_factory):
     return sweep
 
 
+@pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_four_scheme_sweep_writes_a_report_with_one_row_per_job(sequential_sweep):
     table = rows(sequential_sweep)
     assert [r["overrides"].split()[0] for r in table] == ["init=xavier", "init=kaiming", "init=normal", "init=orthogonal"]
@@ -44,12 +45,14 @@ def test_four_scheme_sweep_writes_a_report_with_one_row_per_job(sequential_sweep
     assert (sequential_sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_normal_init_starts_with_the_smallest_gradients(sequential_sweep):
     # std 0.01 weights shrink the backpropagated signal: the report's grad column shows it.
     table = {r["overrides"].split()[0]: float(r["grad_norm_first"]) for r in rows(sequential_sweep)}
     assert min(table, key=table.get) == "init=normal"
 
 
+@pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_the_report_points_at_vanishing_activations(sequential_sweep):
     # N(0, 0.01^2) weights shrink the forward signal over 10x from fc1 to head; xavier keeps it within 2x.
     report = (sequential_sweep / "report.md").read_text()
@@ -62,6 +65,7 @@ def test_the_report_points_at_vanishing_activations(sequential_sweep):
     assert "`init=xavier`: activation std" not in report
 
 
+@pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_joblib_sweep_equals_the_sequential_one(sequential_sweep, tmp_path):
     result = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", SCHEMES, *TINY, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
@@ -105,15 +109,16 @@ def test_a_failing_job_is_listed_and_the_sweep_goes_on(tmp_path):
     assert [r["status"] for r in rows(tmp_path)] == ["unfinished", "failed"]
 
 
-def _single_and_ddp(tmp_path, *ddp_overrides: str):
-    """Trains TINY for 30 steps in one process and under 2-process DDP, and checks the weights match."""
-    single = run_cli(*TINY, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'single'}")
-    assert single.returncode == 0, single.stderr
+def _single_and_ddp(tmp_path, *overrides: str):
+    """Trains TINY for 30 steps in this process and under 2-process DDP (torchrun, the real CLI), and
+    checks that the weights match."""
+    args = [*[t for t in TINY if not t.startswith(tuple(o.split("=")[0] + "=" for o in overrides))], "trainer.max_steps=30", *overrides]
+    runner.train(runner.compose(args), tmp_path / "single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *TINY, "trainer.max_steps=30", *ddp_overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
+         "trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr
@@ -123,9 +128,15 @@ def _single_and_ddp(tmp_path, *ddp_overrides: str):
 
 
 def test_two_process_ddp_matches_single_process_training(tmp_path):
-    _single_and_ddp(tmp_path)
+    # Histograms on steps that are not logged (5, 10 against log_every=7): rank 0 alone writes them, and a
+    # collective there would wait for ranks that never join it.
+    _single_and_ddp(tmp_path, "trainer.tensorboard=true", "trainer.log_every=7", "trainer.hist_every=5")
     metrics = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == len((tmp_path / "single" / "metrics.jsonl").read_text().splitlines())  # rank 0 alone wrote
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "ddp"), size_guidance={"histograms": 0}).Reload()
+    assert [e.step for e in events.Histograms("weights/fc1.weight")] == [5, 10, 15, 20, 25, 30]
 
 
 def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
@@ -133,24 +144,8 @@ def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
     _single_and_ddp(tmp_path, "trainer.batch_size=32", "trainer.accumulate_grad_batches=2")
 
 
+@pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
     assert [p.name for p in written] == ["report.md", "report.csv", "report_groups.csv", "report.png"]
     assert json.loads((sequential_sweep / "0" / "summary.json").read_text())["weights_sha256"] == rows(sequential_sweep)[0]["weights_sha256"]
-
-
-def test_ddp_histograms_on_steps_that_are_not_logged_do_not_stall_the_ranks(tmp_path):
-    # Rank 0 alone writes histograms; a collective there would wait for ranks that never join it.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *[t for t in TINY if "tensorboard" not in t], "trainer.log_every=7", "trainer.hist_every=5",
-         f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert ddp.returncode == 0, ddp.stderr
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
-    assert [e.step for e in events.Histograms("weights/fc1.weight")] == [5, 10]

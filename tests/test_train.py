@@ -11,6 +11,8 @@ import runner
 from runner.run import checkpoint
 from runner.run.directory import read_metrics, weights_sha256
 
+pytestmark = pytest.mark.xdist_group("train")  # one worker builds the module's shared fixture
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
