@@ -26,7 +26,8 @@ _HOMES = {
     "register_init": "runner.registry.init_functions", "Callback": "runner.training.callbacks",
     "ConfigError": "runner.errors", "RunError": "runner.errors",
 }
-__all__ = list(_HOMES)
+__all__ = ["compose", "build", "train", "resume", "load", "register_layer", "register_callback", "register_init", "Callback",
+           "ConfigError", "RunError"]
 
 
 def __getattr__(name: str):
