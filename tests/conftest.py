@@ -108,3 +108,53 @@ class NaNBatchesAt(runner.Callback):
 
     def on_step_start(self, loop, step, batches):
         return tuple((x * float("nan"), y) for x, y in batches) if step == self.step else batches
+
+
+def write_idx(path: Path, array, gz: bool = False) -> None:
+    """Writes an IDX file of unsigned bytes, as LeCun's page specifies it: 0x0000, type 0x08, the number
+    of dimensions, each size as a big-endian int32, then the bytes."""
+    import gzip
+    import struct
+
+    raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape) + array.astype("uint8").tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def write_cifar(path: Path, images, *labels) -> None:
+    """Writes CIFAR's binary layout: per image, its label byte(s), then 1024 red, 1024 green and 1024
+    blue bytes, each plane row by row."""
+    with open(path, "wb") as handle:
+        for index, image in enumerate(images):
+            handle.write(bytes(int(column[index]) for column in labels))
+            for channel in range(3):
+                for row in range(32):
+                    handle.write(bytes(int(v) for v in image[channel][row]))
+
+
+@pytest.fixture(scope="session")
+def image_datasets(tmp_path_factory):
+    """Small MNIST (gzipped train, plain test), CIFAR-10 and CIFAR-100 directories in their own formats:
+    name -> (root, {"train": (images, labels), "test": (images, labels)}), images as (N, C, H, W) uint8."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    made = {}
+    root = tmp_path_factory.mktemp("mnist")
+    mnist = {split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)) for split, n in (("train", 40), ("test", 12))}
+    write_idx(root / "train-images-idx3-ubyte.gz", mnist["train"][0], gz=True)
+    write_idx(root / "train-labels-idx1-ubyte.gz", mnist["train"][1], gz=True)
+    write_idx(root / "t10k-images-idx3-ubyte", mnist["test"][0])
+    write_idx(root / "t10k-labels-idx1-ubyte", mnist["test"][1])
+    made["mnist"] = (root, {split: (images[:, None], labels) for split, (images, labels) in mnist.items()})
+    root = tmp_path_factory.mktemp("cifar10")
+    batches = [(rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 6)) for _ in range(6)]
+    for name, (images, labels) in zip([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"], batches):
+        write_cifar(root / name, images, labels)
+    made["cifar10"] = (root, {"train": tuple(np.concatenate(part) for part in zip(*batches[:5])), "test": batches[5]})
+    root = tmp_path_factory.mktemp("cifar100")
+    splits = {split: (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 20, n), rng.integers(0, 100, n))
+              for split, n in (("train", 10), ("test", 4))}
+    for split, (images, coarse, fine) in splits.items():
+        write_cifar(root / f"{split}.bin", images, coarse, fine)
+    made["cifar100"] = (root, {split: (images, fine) for split, (images, coarse, fine) in splits.items()})
+    return made

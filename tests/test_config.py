@@ -39,8 +39,12 @@ def test_every_optim_config_trains_a_few_steps(compose, optim, tmp_path):
 
 
 @pytest.mark.parametrize("data", [d for d in config_names("data") if d != "file"])
-def test_every_data_config_validates(compose, data):
+def test_every_data_config_validates(compose, data, image_datasets):
     model = {"text": ["model=transformer_lm"], "digits_reconstruction": ["model=autoencoder"]}.get(data, [])
+    source = "mnist" if data == "fashion_mnist" else data
+    if source in image_datasets:  # a directory in the dataset's own format, and a model that takes images
+        size = ["model.vars.channels=3", "model.vars.size=32"] if source.startswith("cifar") else ["model.vars.size=28"]
+        model = [f"data.root={image_datasets[source][0]}", "model=cnn", *size]
     validate(compose(f"data={data}", *model))
 
 

@@ -1,4 +1,5 @@
-"""Datasets (digits, synthetic, text, the user's own file) and the in-memory batch server."""
+"""Datasets (digits, synthetic, text, the user's own file, MNIST and CIFAR from a local directory) and
+the in-memory batch server."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,20 +35,43 @@ class Dataset:
 
 
 def load_data(cfg: DataConfig) -> Dataset:
-    """Returns the seeded train/val split of the configured data, checked against its declared shape."""
+    """Returns the train/val data of the configured source, checked against its declared shape: the
+    source's own test split as val where it has one and `data.val_fraction` is null, else a seeded split."""
     try:
-        features, targets = DATASETS[cfg.name](cfg)
+        made = DATASETS[cfg.name].make(cfg)
     except ValueError as error:  # e.g. scikit-learn refusing a sample count or class count
         raise ConfigError([Problem("data", f"could not make the {cfg.name} data: {str(error).splitlines()[0]}")]) from None
-    if cfg.task == "reconstruction":
-        targets = features  # an autoencoder's target is its input
-    _check_shapes(features, targets, cfg)
-    return split(features, targets, cfg.val_fraction, cfg.split_seed)
+    features, targets, held_out = made if len(made) == 3 else (*made, None)
+    pairs = [(features, targets)] if held_out is None or cfg.val_fraction is not None else [(features, targets), held_out]
+    checked = []
+    for x, y in pairs:
+        x = _as_declared_shape(x, cfg)
+        y = x if cfg.task == "reconstruction" else y  # an autoencoder's target is its input
+        _check_shapes(x, y, cfg)
+        checked.append((x, y))
+    if len(checked) == 2:
+        (train_x, train_y), (val_x, val_y) = checked
+        return Dataset(train_x, train_y, val_x, val_y)
+    return split(*checked[0], cfg.val_fraction, cfg.split_seed)
 
 
-def split(features: torch.Tensor, targets: torch.Tensor, val_fraction: float, seed: int) -> Dataset:
+def sample_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """One sample's feature shape: `data.shape`, or a vector of `data.num_features`."""
+    return tuple(cfg.shape) if cfg.shape is not None else (cfg.num_features,)
+
+
+def _as_declared_shape(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """The features reshaped to `data.shape` where only the layout differs (images as flat rows, say)."""
+    shape = sample_shape(cfg)
+    if x.dim() >= 2 and tuple(x.shape[1:]) != shape and math.prod(x.shape[1:]) == math.prod(shape) and cfg.shape is not None:
+        return x.reshape(len(x), *shape)
+    return x
+
+
+def split(features: torch.Tensor, targets: torch.Tensor, val_fraction: float | None, seed: int) -> Dataset:
     """Returns a seeded random split; the same seed gives every job of a sweep the same split."""
     n = features.shape[0]
+    val_fraction = 0.2 if val_fraction is None else val_fraction  # a source without a test split of its own
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(n * val_fraction))
     val, train = order[:n_val], order[n_val:]
@@ -96,6 +120,34 @@ def _text(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return grammar_windows(cfg.num_samples, cfg.num_features, cfg.num_outputs, cfg.split_seed)
 
 
+def _mnist(cfg: DataConfig) -> tuple:
+    from runner.data.images import read_mnist
+
+    return _pixels(read_mnist(Path(str(cfg.root))))
+
+
+def _cifar10(cfg: DataConfig) -> tuple:
+    from runner.data.images import read_cifar
+
+    return _pixels(read_cifar(Path(str(cfg.root)), "cifar10"))
+
+
+def _cifar100(cfg: DataConfig) -> tuple:
+    from runner.data.images import read_cifar
+
+    return _pixels(read_cifar(Path(str(cfg.root)), "cifar100"))
+
+
+def _pixels(arrays: tuple[np.ndarray, ...]) -> tuple:
+    """(train images, labels, (test images, labels)) as tensors, pixels scaled from bytes to [0, 1]."""
+    train_x, train_y, test_x, test_y = arrays
+    return _scaled(train_x), torch.from_numpy(train_y), (_scaled(test_x), torch.from_numpy(test_y))
+
+
+def _scaled(images: np.ndarray) -> torch.Tensor:
+    return torch.tensor(images, dtype=torch.float32).div_(255.0)  # a copy: the file's buffer is read-only
+
+
 def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(str(cfg.path))
     if not path.is_file():
@@ -126,9 +178,26 @@ def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 
-# `data.name` -> the function that makes its (features, targets): the one list of datasets, which the
-# spec checks names against.
-DATASETS = {"digits": _digits, "synthetic": _synthetic, "file": _file, "text": _text}
+@dataclass(frozen=True)
+class Source:
+    """One `data.name`: the function that makes its (features, targets[, (test features, test targets)]),
+    whether it reads a directory (`data.root`), and whether it has a test split of its own (used as the
+    validation data when `data.val_fraction` is null)."""
+
+    make: Callable[[DataConfig], tuple]
+    needs_root: bool = False
+    own_split: bool = False
+    shape: tuple[int, ...] | None = None  # its samples' shape, where fixed
+
+
+# `data.name` -> its Source: the one list of datasets, which the spec checks names against.
+DATASETS: dict[str, Source] = {
+    "digits": Source(_digits), "synthetic": Source(_synthetic), "file": Source(_file), "text": Source(_text),
+    "mnist": Source(_mnist, needs_root=True, own_split=True, shape=(1, 28, 28)),
+    "cifar10": Source(_cifar10, needs_root=True, own_split=True, shape=(3, 32, 32)),
+    "cifar100": Source(_cifar100, needs_root=True, own_split=True, shape=(3, 32, 32)),
+}
+
 
 def _pick(arrays: object, cfg: DataConfig, path: Path) -> tuple[object, object]:
     if not isinstance(arrays, dict):
@@ -161,9 +230,12 @@ def _check_shapes(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> None:
     problems = []
     if cfg.task == "language_model" and x.is_floating_point():
         problems.append(Problem("data.task", "language_model needs integer token ids as features"))
-    if x.dim() != 2:
-        problems.append(Problem("data.path" if cfg.name == "file" else "data", f"features must be 2-D (samples, features), got shape {tuple(x.shape)}"))
-    elif x.shape[1] != cfg.num_features:
+    shape = sample_shape(cfg)
+    if cfg.shape is not None and tuple(x.shape[1:]) != shape:
+        problems.append(Problem("data.shape", f"is {list(shape)} but the data's samples have shape {list(x.shape[1:])}"))
+    elif cfg.shape is None and x.dim() != 2:
+        problems.append(Problem("data.path" if cfg.name == "file" else "data.shape", f"features of shape {tuple(x.shape)} are not rows (samples, features): set data.shape to one sample's shape, {list(x.shape[1:])}"))
+    elif cfg.shape is None and x.shape[1] != cfg.num_features:
         problems.append(Problem("data.num_features", f"is {cfg.num_features} but the data has {x.shape[1]} features per sample"))
     if len(x) != len(y):
         problems.append(Problem("data.path", f"{len(x)} feature rows but {len(y)} targets"))

@@ -118,6 +118,21 @@ class Permute(nn.Module):
         return f"dims={self.dims}"
 
 
+class Reshape(nn.Module):
+    """Each sample viewed as `shape`: flat rows become images, and images already of that shape pass
+    unchanged (x.reshape(len(x), *shape)), so one model takes both."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
 class Select(nn.Module):
     """One index along `dim`, that dim removed (torch.select): ViT's class token is Select(1, 0)."""
 
@@ -340,6 +355,7 @@ PROJECT_LAYERS: dict[str, type[nn.Module]] = {
     "MatMul": MatMul,
     "Concat": Concat,
     "Permute": Permute,
+    "Reshape": Reshape,
     "Select": Select,
     "Slice": Slice,
     "Normalize": Normalize,

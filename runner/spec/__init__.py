@@ -26,7 +26,7 @@ from runner.spec.common import field_names, parse_globs
 from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
-from runner.spec.trainer import check_data, parse_callbacks, check_trainer, parse_monitor, parse_tracker
+from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_monitor, parse_tracker
 from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, freeze
 
 
@@ -53,6 +53,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
     data, trainer = freeze(typed.data, DataSpec), freeze(typed.trainer, TrainerSpec)
+    data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape))
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),
                                   early_stopping=parse_monitor(trainer.early_stopping, data.task, problems),
                                   callbacks=parse_callbacks(container["trainer"].get("callbacks", []), problems))

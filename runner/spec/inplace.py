@@ -7,7 +7,7 @@ from runner.spec.types import INPUT, LayerSpec, TensorSpec, output_of, wiring
 
 # Layers whose output may be their input itself or a view of it (Dropout is the identity in eval
 # mode): an in-place layer after one of them overwrites the value it was given.
-_VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
+_VIEWS = frozenset({"Identity", "Flatten", "Unflatten", "Reshape", "Permute", "Select", "Slice", "TokensToRows", "Dropout", "Dropout1d",
                     "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Detach", "Item", "SplitHeads", "MergeHeads"})
 _MERGES = frozenset({"Add", "Mul"})  # with one input, the input itself
 # Layers whose backward reads their own output: overwriting it stops the first backward.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any
 
@@ -31,8 +32,21 @@ def check_data(data: DataSpec, problems: Problems) -> None:
     _check_positive(data.num_features, "data.num_features", problems)
     _check_positive(data.num_outputs, "data.num_outputs", problems)
     _check_positive(data.num_samples, "data.num_samples", problems)
-    if not 0.0 < data.val_fraction < 1.0:
+    source = DATASETS.get(data.name)
+    if data.val_fraction is None:
+        if source is not None and not source.own_split:
+            problems.add("data.val_fraction", f"null means the source's own test split, and {data.name} has none: give a fraction")
+    elif not 0.0 < data.val_fraction < 1.0:
         problems.add("data.val_fraction", f"expected a fraction strictly between 0 and 1, got {data.val_fraction}")
+    if data.shape is not None:
+        if not data.shape or not all(isinstance(n, int) and n > 0 for n in data.shape):
+            problems.add("data.shape", f"expected a list of sizes > 0 (one sample's shape), got {list(data.shape)}")
+        elif math.prod(data.shape) != data.num_features:
+            problems.add("data.num_features", f"is {data.num_features} but data.shape {list(data.shape)} holds {math.prod(data.shape)} values: set it to that")
+        elif source is not None and source.shape is not None and math.prod(data.shape) != math.prod(source.shape):
+            problems.add("data.shape", f"{data.name}'s samples have shape {list(source.shape)}; {list(data.shape)} holds {math.prod(data.shape)} values, not {math.prod(source.shape)}")
+    if source is not None and source.needs_root and not data.root:
+        problems.add("data.root", f"required for data.name={data.name}: the directory holding its files (see docs/config.md#data)")
     if data.name == "file":
         if not data.path:
             problems.add("data.path", "required when data.name=file: the path of a .npz, .csv or .pt file")

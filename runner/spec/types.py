@@ -25,13 +25,15 @@ class DataSpec:
     task: str = "classification"
     num_features: int = 64
     num_outputs: int = 10
-    val_fraction: float = 0.2
+    shape: tuple[int, ...] | None = None
+    val_fraction: float | None = 0.2
     split_seed: int = 0
     num_samples: int = 2000
     noise: float = 0.1
     path: str | None = None
     features_key: str = "features"
     targets_key: str = "targets"
+    root: str | None = None
 
 
 @dataclass(frozen=True)
