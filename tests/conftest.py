@@ -74,8 +74,25 @@ def mlp_weights(tmp_path_factory):
 
 
 def needs(option: str, weights: Path) -> list[str]:
-    """The overrides a preset requires: the fine-tune preset names the weights to start from."""
-    return [f"init.rules.0.path={weights}"] if option == "finetune" else []
+    """The overrides a preset requires: the fine-tune preset names the weights to start from, the
+    token-stream preset a directory of token files (written beside the weights)."""
+    if option == "finetune":
+        return [f"init.rules.0.path={weights}"]
+    if option == "nanogpt_chars":
+        return [f"data.root={token_files(weights.parent / 'tokens')}"]
+    return []
+
+
+def token_files(root: Path, vocab: int = 65) -> Path:
+    """A directory with nanoGPT's layout, train.bin and val.bin of random uint16 ids (once per root)."""
+    import numpy as np
+
+    if not root.is_dir():
+        root.mkdir()
+        rng = np.random.default_rng(0)
+        rng.integers(0, vocab, 3000).astype(np.uint16).tofile(root / "train.bin")
+        rng.integers(0, vocab, 600).astype(np.uint16).tofile(root / "val.bin")
+    return root
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import runner
-from conftest import config_names, model_choice, needs
+from conftest import config_names, model_choice, needs, token_files
 from runner.config.schema import DataConfig, SchedulerConfig, TrackerConfig, TrainerConfig, conf_dir
 from runner.errors import ConfigError
 from runner.prepare.plan import validate
@@ -39,12 +39,14 @@ def test_every_optim_config_trains_a_few_steps(compose, optim, tmp_path):
 
 
 @pytest.mark.parametrize("data", [d for d in config_names("data") if d != "file"])
-def test_every_data_config_validates(compose, data, image_datasets):
+def test_every_data_config_validates(compose, data, image_datasets, tmp_path):
     model = {"text": ["model=transformer_lm"], "digits_reconstruction": ["model=autoencoder"]}.get(data, [])
     source = "mnist" if data == "fashion_mnist" else data
     if source in image_datasets:  # a directory in the dataset's own format, and a model that takes images
         size = ["model.vars.channels=3", "model.vars.size=32"] if source.startswith("cifar") else ["model.vars.size=28"]
         model = [f"data.root={image_datasets[source][0]}", "model=cnn", *size]
+    if data == "tokens":
+        model = [f"data.root={token_files(tmp_path / 'tokens')}", "data.vocab_size=65", "data.block_size=32", "model=nanogpt"]
     validate(compose(f"data={data}", *model))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from runner.config.schema import DataConfig
+from runner.data.tokens import TokenStream, read_ids, windows
 from runner.errors import ConfigError, Problem
 
 
@@ -33,14 +34,20 @@ class Dataset:
 
         return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y))
 
+    def batches(self, batch_size: int, seed: int) -> "Batches":
+        """The training batches' server."""
+        return Batches(self.train_x, self.train_y, batch_size, seed)
 
-def load_data(cfg: DataConfig) -> Dataset:
+
+def load_data(cfg: DataConfig) -> Dataset | TokenStream:
     """Returns the train/val data of the configured source, checked against its declared shape: the
     source's own test split as val where it has one and `data.val_fraction` is null, else a seeded split."""
     try:
         made = DATASETS[cfg.name].make(cfg)
     except ValueError as error:  # e.g. scikit-learn refusing a sample count or class count
         raise ConfigError([Problem("data", f"could not make the {cfg.name} data: {str(error).splitlines()[0]}")]) from None
+    if isinstance(made, TokenStream):
+        return made  # read per batch, from its files
     features, targets, held_out = made if len(made) == 3 else (*made, None)
     pairs = [(features, targets)] if held_out is None or cfg.val_fraction is not None else [(features, targets), held_out]
     checked = []
@@ -148,6 +155,16 @@ def _scaled(images: np.ndarray) -> torch.Tensor:
     return torch.tensor(images, dtype=torch.float32).div_(255.0)  # a copy: the file's buffer is read-only
 
 
+def _tokens(cfg: DataConfig) -> TokenStream:
+    root = Path(str(cfg.root))
+    if not root.is_dir():
+        raise ConfigError([Problem("data.root", f"no such directory: {root}; put train.bin and val.bin there (flat {cfg.dtype} token ids; runner downloads nothing)")])
+    train = read_ids(root / "train.bin", cfg.dtype, cfg.vocab_size)
+    val_x, val_y = windows(read_ids(root / "val.bin", cfg.dtype, cfg.vocab_size), cfg.block_size)
+    windows(train, cfg.block_size, limit=1)  # at least one training window
+    return TokenStream(train, cfg.block_size, val_x, val_y)
+
+
 def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(str(cfg.path))
     if not path.is_file():
@@ -196,6 +213,7 @@ DATASETS: dict[str, Source] = {
     "mnist": Source(_mnist, needs_root=True, own_split=True, shape=(1, 28, 28)),
     "cifar10": Source(_cifar10, needs_root=True, own_split=True, shape=(3, 32, 32)),
     "cifar100": Source(_cifar100, needs_root=True, own_split=True, shape=(3, 32, 32)),
+    "tokens": Source(_tokens, needs_root=True, own_split=True),
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from runner.config.schema import TrackerConfig
 from runner.data.sources import DATASETS
+from runner.data.tokens import DTYPES as TOKEN_DTYPES
 from runner.errors import Problems, suggest
 from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS, callback_types
 from runner.spec.common import check_choice
@@ -52,6 +53,24 @@ def check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.path", "required when data.name=file: the path of a .npz, .csv or .pt file")
         elif not data.path.endswith((".npz", ".csv", ".pt")):
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
+    if data.name == "tokens":
+        _check_tokens(data, problems)
+
+
+def _check_tokens(data: DataSpec, problems: Problems) -> None:
+    """data=tokens: a language model over windows of block_size ids from a vocabulary of vocab_size."""
+    check_choice(data.dtype, TOKEN_DTYPES, "data.dtype", problems)
+    for key, value in (("data.block_size", data.block_size), ("data.vocab_size", data.vocab_size)):
+        if value is None:
+            problems.add(key, "required for data.name=tokens")
+        else:
+            _check_positive(value, key, problems)
+    if data.task != "language_model":
+        problems.add("data.task", f"data.name=tokens is next-token prediction: expected language_model, got {data.task!r}")
+    if data.block_size is not None and data.num_features != data.block_size:
+        problems.add("data.num_features", f"is {data.num_features} but data.block_size is {data.block_size}: a window's ids are the features")
+    if data.vocab_size is not None and data.num_outputs != data.vocab_size:
+        problems.add("data.num_outputs", f"is {data.num_outputs} but data.vocab_size is {data.vocab_size}: a language model outputs a score per id")
 
 
 def parse_tracker(tracker: TrackerConfig | None, problems: Problems) -> TrackerSpec | None:

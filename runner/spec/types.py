@@ -34,6 +34,9 @@ class DataSpec:
     features_key: str = "features"
     targets_key: str = "targets"
     root: str | None = None
+    block_size: int | None = None
+    vocab_size: int | None = None
+    dtype: str = "uint16"
 
 
 @dataclass(frozen=True)
