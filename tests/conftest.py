@@ -174,4 +174,19 @@ def image_datasets(tmp_path_factory):
     for split, (images, coarse, fine) in splits.items():
         write_cifar(root / f"{split}.bin", images, coarse, fine)
     made["cifar100"] = (root, {split: (images, fine) for split, (images, coarse, fine) in splits.items()})
+    root = tmp_path_factory.mktemp("image_folder")
+    folder = {split: (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 3) for split, n in (("train", 9), ("val", 3))}
+    for split, (images, labels) in folder.items():
+        write_pngs(root / split, images, labels, ["cat", "dog", "emu"])
+    made["image_folder"] = (root, {"train": folder["train"], "test": folder["val"]})
     return made
+
+
+def write_pngs(folder: Path, images, labels, classes: list[str]) -> None:
+    """Writes (N, C, H, W) uint8 images as folder/<class>/<index>.png with Pillow (RGB or L)."""
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels)):
+        (folder / classes[label]).mkdir(parents=True, exist_ok=True)
+        pixels = image.transpose(1, 2, 0)
+        Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(folder / classes[label] / f"{index:03d}.png")

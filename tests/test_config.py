@@ -43,8 +43,9 @@ def test_every_data_config_validates(compose, data, image_datasets, tmp_path):
     model = {"text": ["model=transformer_lm"], "digits_reconstruction": ["model=autoencoder"]}.get(data, [])
     source = "mnist" if data == "fashion_mnist" else data
     if source in image_datasets:  # a directory in the dataset's own format, and a model that takes images
-        size = ["model.vars.channels=3", "model.vars.size=32"] if source.startswith("cifar") else ["model.vars.size=28"]
-        model = [f"data.root={image_datasets[source][0]}", "model=cnn", *size]
+        size = ["model.vars.size=28"] if source == "mnist" else ["model.vars.channels=3", "model.vars.size=32"]
+        classes = ["data.num_outputs=3"] if source == "image_folder" else []
+        model = [f"data.root={image_datasets[source][0]}", "model=cnn", *size, *classes]
     if data == "tokens":
         model = [f"data.root={token_files(tmp_path / 'tokens')}", "data.vocab_size=65", "data.block_size=32", "model=nanogpt"]
     validate(compose(f"data={data}", *model))

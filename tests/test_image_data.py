@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from conftest import Payload, write_cifar, write_idx
+from conftest import Payload, write_cifar, write_idx, write_pngs
 from runner.data.sources import load_data
 
 
 def images_in(image_datasets, name: str, *overrides: str) -> list[str]:
     """The digits CNN on a dataset's images, as the config files' comments say to run it."""
-    vars_ = ["model.vars.channels=3", "model.vars.size=32"] if name.startswith("cifar") else ["model.vars.size=28"]
-    return [f"data={name}", f"data.root={image_datasets[name][0]}", "model=cnn", *vars_, *overrides]
+    vars_ = ["model.vars.size=28"] if name == "mnist" else ["model.vars.channels=3", "model.vars.size=32"]
+    classes = ["data.num_outputs=3"] if name == "image_folder" else []
+    return [f"data={name}", f"data.root={image_datasets[name][0]}", "model=cnn", *vars_, *classes, *overrides]
 
 
 def scaled(images: np.ndarray) -> torch.Tensor:
@@ -115,3 +116,46 @@ def test_the_cnn_s_reshape_takes_flat_rows_and_images_alike(compose, image_datas
         from_images, from_rows = model(images), model(images.reshape(12, 784))
     assert model.image(images.reshape(12, 784)).shape == (12, 1, 28, 28)
     assert torch.equal(from_images, from_rows)
+
+
+def test_an_image_folder_reads_back_pixel_for_pixel_with_classes_in_sorted_order(compose, image_datasets, tmp_path):
+    root, written = image_datasets["image_folder"]
+    data = load_data(compose(*images_in(image_datasets, "image_folder")).data)
+    # Files are read class by class (cat, dog, emu), each class's in name order.
+    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.val_x, data.val_y)):
+        images, labels = written[split]
+        order = np.argsort(labels, kind="stable")
+        assert torch.equal(x, scaled(images[order])) and torch.equal(y, torch.from_numpy(labels[order]))
+    # A JPEG decodes as Pillow itself decodes it; a grayscale folder gives one channel.
+    from PIL import Image
+
+    gray = np.arange(64, dtype=np.uint8).reshape(1, 1, 8, 8)
+    flat_root = tmp_path / "flat"
+    (flat_root / "a").mkdir(parents=True)
+    (flat_root / "b").mkdir()
+    Image.fromarray(gray[0, 0]).save(flat_root / "a" / "0.png")
+    Image.fromarray(255 - gray[0, 0]).save(flat_root / "b" / "0.jpg", quality=90)
+    flat = load_data(compose("data=image_folder", f"data.root={flat_root}", "data.shape=[1,8,8]", "data.num_features=64",
+                             "data.num_outputs=2", "data.val_fraction=0.5").data)
+    both = torch.cat([flat.train_x, flat.val_x])[torch.cat([flat.train_y, flat.val_y]).argsort()]
+    assert torch.equal(both[0, 0], scaled(gray[0, 0]))
+    assert torch.equal(both[1, 0], scaled(np.asarray(Image.open(flat_root / "b" / "0.jpg"))))
+
+
+def test_an_image_folder_refuses_what_does_not_fit_naming_the_key(compose, image_datasets, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    write_pngs(root / "train", np.zeros((2, 3, 32, 32), np.uint8), [0, 1], ["a", "b"])
+    args = ["data=image_folder", f"data.root={root}", "data.num_outputs=2"]
+    assert f"data.val_fraction: is null (the source's own split) but {root} has no val/ folder" in _error(compose, *args)
+    assert f"data.num_outputs: is 3 but {root} has 2 class folders (a, b)" in _error(compose, *args, "data.num_outputs=3", "data.val_fraction=0.5")
+    Image.new("RGB", (16, 32)).save(root / "train" / "a" / "small.png")
+    assert f"data.shape: is [3, 32, 32] (mode RGB, 32x32) but {root / 'train' / 'a' / 'small.png'} is mode RGB, 16x32" in \
+        _error(compose, *args, "data.val_fraction=0.5")
+    Image.new("RGBA", (32, 32)).save(root / "train" / "a" / "small.png")
+    assert "is mode RGBA, 32x32; every image must have the declared shape" in _error(compose, *args, "data.val_fraction=0.5")
+    (root / "train" / "a" / "small.png").write_bytes(b"not a png")
+    assert f"data.root: {root / 'train' / 'a' / 'small.png'}: cannot be decoded as an image" in _error(compose, *args, "data.val_fraction=0.5")
+    with pytest.raises(runner.ConfigError, match="data.shape: required for data.name=image_folder"):
+        runner.build(compose(*args, "data.shape=null"))

@@ -67,14 +67,14 @@ class InitConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | text | file | mnist | cifar10 | cifar100 | tokens
+    name: str = "digits"  # digits | synthetic | text | file | mnist | cifar10 | cifar100 | image_folder | tokens
     task: str = "classification"  # classification | regression | reconstruction | language_model
     num_features: int = 64
     num_outputs: int = 10
     # One sample's feature shape, e.g. [3, 32, 32]; null: a vector of num_features. The data is
     # reshaped to it where only the layout differs (images as flat rows: data.shape=[784]).
     shape: Optional[List[int]] = None
-    # The held-out share; null: the source's own test split (mnist, cifar10, cifar100, tokens).
+    # The held-out share; null: the source's own test split (mnist, cifar10, cifar100, image_folder's val/, tokens).
     val_fraction: Optional[float] = 0.2
     # The split has its own seed so that every job of a sweep sees the same split.
     split_seed: int = 0
@@ -85,7 +85,7 @@ class DataConfig:
     path: Optional[str] = None
     features_key: str = "features"
     targets_key: str = "targets"
-    # mnist, cifar10, cifar100, tokens: the directory holding the dataset's files
+    # mnist, cifar10, cifar100, image_folder, tokens: the directory holding the dataset's files
     root: Optional[str] = None
     # tokens: the window length, the number of distinct ids, and the ids' type in the files
     block_size: Optional[int] = None

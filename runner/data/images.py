@@ -6,8 +6,12 @@ downloaded and nothing is unpickled):
 - CIFAR-10 and CIFAR-100: the binary version (`data_batch_1.bin` ... `test_batch.bin`; `train.bin`,
   `test.bin`), records of label byte(s) then 3072 pixel bytes, red plane, green plane, blue plane.
 
+- an image folder: one subfolder per class of PNG or JPEG files (torchvision's ImageFolder layout),
+  under `train/` and `val/`, or directly under the root; decoded with Pillow.
+
 Each reader returns (train images, train labels, test images, test labels): images (N, C, H, W) as
-uint8, labels int64. The caller scales pixels to [0, 1].
+uint8, labels int64 (the image folder: test arrays None without `val/`). The caller scales pixels
+to [0, 1].
 """
 
 from __future__ import annotations
@@ -92,6 +96,53 @@ def _cifar_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray
         raise _bad(path, f"{raw.size} bytes is not a whole number of {record}-byte records ({label_bytes} label byte(s) + 3072 pixels)")
     records = raw.reshape(-1, record)
     return records[:, label_bytes:].reshape(-1, 3, 32, 32), records[:, label_bytes - 1].astype(np.int64)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MODES = {1: "L", 3: "RGB"}  # channels -> the Pillow mode an image must have
+
+
+def read_image_folder(root: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """`root/train/<class>/*` and `root/val/<class>/*` (or `root/<class>/*`), each image of `shape`
+    (channels, height, width) in Pillow mode L (1 channel) or RGB (3); also returns the class names,
+    sorted, whose index is the label."""
+    _check_root(root, "one subfolder per class of PNG or JPEG images (or train/ and val/ holding such subfolders)")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ConfigError([Problem("data.root", f"{train_dir} has no class subfolders (expected {train_dir}/<class>/<image>.png)")])
+    train = _decode_classes(train_dir, classes, shape)
+    if train_dir == root or not (root / "val").is_dir():
+        return (*train, None, None, classes)
+    extra = sorted(p.name for p in (root / "val").iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise ConfigError([Problem("data.root", f"{root / 'val'} has classes that train/ lacks: {', '.join(extra)}")])
+    return (*train, *_decode_classes(root / "val", classes, shape), classes)
+
+
+def _decode_classes(folder: Path, classes: list[str], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(shape) != 3 or shape[0] not in _MODES:
+        raise ConfigError([Problem("data.shape", f"expected [channels, height, width] with 1 or 3 channels, got {list(shape)}")])
+    mode, size = _MODES[shape[0]], (shape[2], shape[1])  # Pillow sizes are (width, height)
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                with Image.open(path) as image:
+                    if image.mode != mode or image.size != size:
+                        raise ConfigError([Problem("data.shape", (
+                            f"is {list(shape)} (mode {mode}, {size[0]}x{size[1]}) but {path} is mode {image.mode}, "
+                            f"{image.size[0]}x{image.size[1]}; every image must have the declared shape"))])
+                    pixels = np.asarray(image, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as error:
+                raise _bad(path, f"cannot be decoded as an image: {error}") from None
+            images.append(pixels.reshape(size[1], size[0], -1).transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise ConfigError([Problem("data.root", f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files in its class subfolders")])
+    return np.stack(images), np.array(labels, dtype=np.int64)
 
 
 def _check_root(root: Path, what: str) -> None:

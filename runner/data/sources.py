@@ -145,6 +145,21 @@ def _cifar100(cfg: DataConfig) -> tuple:
     return _pixels(read_cifar(Path(str(cfg.root)), "cifar100"))
 
 
+def _image_folder(cfg: DataConfig) -> tuple:
+    from runner.data.images import read_image_folder
+
+    root = Path(str(cfg.root))
+    train_x, train_y, val_x, val_y, classes = read_image_folder(root, sample_shape(cfg))
+    if len(classes) != cfg.num_outputs:
+        shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        raise ConfigError([Problem("data.num_outputs", f"is {cfg.num_outputs} but {root} has {len(classes)} class folders ({shown})")])
+    if val_x is None:
+        if cfg.val_fraction is None:
+            raise ConfigError([Problem("data.val_fraction", f"is null (the source's own split) but {root} has no val/ folder: give a fraction to hold out")])
+        return _scaled(train_x), torch.from_numpy(train_y)
+    return _pixels((train_x, train_y, val_x, val_y))
+
+
 def _pixels(arrays: tuple[np.ndarray, ...]) -> tuple:
     """(train images, labels, (test images, labels)) as tensors, pixels scaled from bytes to [0, 1]."""
     train_x, train_y, test_x, test_y = arrays
@@ -205,6 +220,7 @@ class Source:
     needs_root: bool = False
     own_split: bool = False
     shape: tuple[int, ...] | None = None  # its samples' shape, where fixed
+    needs_shape: bool = False  # data.shape must be given (images of any size)
 
 
 # `data.name` -> its Source: the one list of datasets, which the spec checks names against.
@@ -213,6 +229,7 @@ DATASETS: dict[str, Source] = {
     "mnist": Source(_mnist, needs_root=True, own_split=True, shape=(1, 28, 28)),
     "cifar10": Source(_cifar10, needs_root=True, own_split=True, shape=(3, 32, 32)),
     "cifar100": Source(_cifar100, needs_root=True, own_split=True, shape=(3, 32, 32)),
+    "image_folder": Source(_image_folder, needs_root=True, own_split=True, needs_shape=True),
     "tokens": Source(_tokens, needs_root=True, own_split=True),
 }
 

@@ -46,6 +46,8 @@ def check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.num_features", f"is {data.num_features} but data.shape {list(data.shape)} holds {math.prod(data.shape)} values: set it to that")
         elif source is not None and source.shape is not None and math.prod(data.shape) != math.prod(source.shape):
             problems.add("data.shape", f"{data.name}'s samples have shape {list(source.shape)}; {list(data.shape)} holds {math.prod(data.shape)} values, not {math.prod(source.shape)}")
+    if source is not None and source.needs_shape and data.shape is None:
+        problems.add("data.shape", f"required for data.name={data.name}: [channels, height, width] of every image")
     if source is not None and source.needs_root and not data.root:
         problems.add("data.root", f"required for data.name={data.name}: the directory holding its files (see docs/config.md#data)")
     if data.name == "file":
