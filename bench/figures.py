@@ -1,5 +1,5 @@
-"""Figures 2-14: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast,
-MLflow tracking.
+"""Figures 2-15: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast,
+MLflow tracking, token windows.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -359,5 +359,36 @@ def tracking_overhead(repeats: int, smoke: bool) -> list[Row]:
     return rows
 
 
+def token_windows(repeats: int, smoke: bool) -> list[Row]:
+    """15. batches/s of data=tokens' window sampler over nanoGPT's get_batch, on a memory-mapped uint16 file."""
+    import numpy as np
+
+    from runner.data.tokens import TokenWindows, read_ids
+
+    block, batch, count = 256, 64, 5 if smoke else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.bin"
+        np.random.default_rng(0).integers(0, 50257, 2_000_000 if not smoke else 20_000).astype(np.uint16).tofile(path)
+        windows = TokenWindows(read_ids(path, "uint16", 50257), block, batch, seed=0, device=torch.device("cpu"))
+
+        def ours() -> float:
+            batches = windows.epoch(0)
+            return timed(lambda: [next(batches) for _ in range(min(count, windows.steps_per_epoch))])
+
+        def get_batch() -> float:  # nanoGPT's train.py, CPU branch: a new memmap per batch, one window per row
+            def run() -> None:
+                for _ in range(min(count, windows.steps_per_epoch)):
+                    data = np.memmap(path, dtype=np.uint16, mode="r")
+                    ix = torch.randint(len(data) - block, (batch,))
+                    torch.stack([torch.from_numpy(data[i : i + block].astype(np.int64)) for i in ix])
+                    torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block].astype(np.int64)) for i in ix])
+
+            return timed(run)
+
+        mine, theirs = alternate(ours, get_batch, repeats)
+    return [Row("15. token batches/s: runner / nanoGPT's get_batch", f"block {block}, batch {batch}", theirs / mine, ">= 0.95",
+                "uint16 memmap, 2M tokens")]
+
+
 ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution,
-       checkpoint_overhead, ema_overhead, autocast_speedup, tracking_overhead]
+       checkpoint_overhead, ema_overhead, autocast_speedup, tracking_overhead, token_windows]
