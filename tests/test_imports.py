@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "runner"
 # Lowest first. A module may import from its own layer and the layers before it.
 LAYERS = ["errors", "registry", "config", "data", "spec", "model", "run", "init", "prepare", "training", "sweep",
-          "api cli inspect report __main__ __init__"]
+          "api", "cli evaluate inspect report __main__ __init__"]
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer.split()}
 
 

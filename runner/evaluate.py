@@ -1,0 +1,74 @@
+"""`runner.evaluate(run_dir, overrides)` and `python -m runner.evaluate <run dir> [overrides]`: the
+metrics of a trained run's model on the validation data of its saved config, with data overrides
+(`data.root=OTHER`, `data.val_fraction=0.5`, `data=cifar10`, ...) in the grammar of a new run.
+
+The model is the run's own, loaded as `runner.load` loads it (its newest checkpoint, hashes
+verified, nothing unpickled); an override of `model.*` or `init.*` is refused, since the weights
+would not be what they describe. The data is checked against the model before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Sequence
+
+from runner.api import compose_resumed, load, locate_run
+from runner.data.sources import load_data
+from runner.errors import ConfigError, Problem, report_errors
+from runner.prepare.plan import check
+from runner.registry.tables import DTYPES, TASKS
+from runner.training.evaluation import evaluate as evaluate_split
+from runner.training.evaluation import loss_function
+
+
+def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), device: str = "cpu", ema: bool = False) -> dict:
+    """Returns {"val_loss", "val_accuracy" (classification), "samples", "checkpoint"} of the run's model
+    (its EMA weights with `ema=True`) on the validation data its config, with `overrides`, describes."""
+    latest, run_dir = locate_run(run_dir)
+    cfg, saved = compose_resumed(latest, run_dir, overrides), compose_resumed(latest, run_dir, ())
+    changed = [group for group in ("model", "init") if _plain(cfg[group]) != _plain(saved[group])]
+    if changed:
+        raise ConfigError([Problem(f"{group}", "evaluate uses the run's trained model as it was saved: no model.* or init.* overrides")
+                           for group in changed])
+    plan, _ = check(cfg, machine=False)  # the model against the data's declared shape; the training device is not needed
+    spec = plan.spec
+    data = load_data(spec.data)
+    model = load(latest, device=device, ema=ema)
+    data = data.to(next(iter(model.parameters())).device, DTYPES[spec.trainer.dtype])
+    task = TASKS[spec.data.task]
+    result = evaluate_split(model, data.val_x, data.val_y, loss_function(spec.data.task, spec.trainer.loss), task.classifies)
+    metrics = {"val_loss": result.loss, **({"val_accuracy": result.accuracy} if task.classifies else {})}
+    return {**metrics, "samples": len(data.val_x), "checkpoint": str(latest)}
+
+
+def _plain(section) -> object:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(section, resolve=True)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m runner.evaluate <run dir> [overrides]`: prints the metrics as JSON."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0])
+        print("usage: python -m runner.evaluate <run dir> [overrides ...]")
+        sys.exit(0 if argv else 2)
+    metrics = report_errors(lambda: evaluate(argv[0], argv[1:]))
+    print(json.dumps(metrics, indent=2))
+
+
+class _CallableModule(types.ModuleType):
+    """`import runner.evaluate` binds the name to this module: calling it calls evaluate(), so
+    `runner.evaluate(run_dir)` means the same whichever of the two the name holds."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
