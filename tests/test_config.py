@@ -81,6 +81,8 @@ def _defaults(cls: type) -> list[tuple[str, object]]:
     found = []
     for f in dataclasses.fields(cls):
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value):
+            value = tuple(_defaults(type(value)))  # a nested group (data.transforms) compares field by field
         found.append((f.name, tuple(value) if isinstance(value, list) else value))
     return found
 

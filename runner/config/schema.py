@@ -66,6 +66,14 @@ class InitConfig:
 
 
 @dataclass
+class TransformsConfig:
+    # Each a list of {name: <transform>, <argument>: value} (or a bare name), applied in order to image
+    # batches: random_crop {padding}, horizontal_flip {p}, normalize {mean, std}. eval: deterministic ones only.
+    train: List[Any] = field(default_factory=list)
+    eval: List[Any] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"  # digits | synthetic | text | file | mnist | cifar10 | cifar100 | image_folder | tokens
     task: str = "classification"  # classification | regression | reconstruction | language_model
@@ -91,6 +99,7 @@ class DataConfig:
     block_size: Optional[int] = None
     vocab_size: Optional[int] = None
     dtype: str = "uint16"  # uint16 | uint32
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
 
 
 @dataclass

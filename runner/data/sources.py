@@ -14,17 +14,20 @@ import torch
 
 from runner.config.schema import DataConfig
 from runner.data.tokens import TokenStream, read_ids, windows
+from runner.data.transforms import Pipeline, batch_generator, make_pipeline
 from runner.errors import ConfigError, Problem
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors, on the CPU until the trainer moves them."""
+    """Train and validation tensors, on the CPU until the trainer moves them. `transform` is applied to
+    each training batch as it is served (the validation data was transformed once, when loaded)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+    transform: Pipeline | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Dataset":
         """Returns the dataset on `device`, float features cast to `dtype` (token ids stay integers)."""
@@ -32,11 +35,11 @@ class Dataset:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
-        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y))
+        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y), self.transform)
 
     def batches(self, batch_size: int, seed: int) -> "Batches":
         """The training batches' server."""
-        return Batches(self.train_x, self.train_y, batch_size, seed)
+        return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
 
 
 def load_data(cfg: DataConfig) -> Dataset | TokenStream:
@@ -58,8 +61,29 @@ def load_data(cfg: DataConfig) -> Dataset | TokenStream:
         checked.append((x, y))
     if len(checked) == 2:
         (train_x, train_y), (val_x, val_y) = checked
-        return Dataset(train_x, train_y, val_x, val_y)
-    return split(*checked[0], cfg.val_fraction, cfg.split_seed)
+        data = Dataset(train_x, train_y, val_x, val_y)
+    else:
+        data = split(*checked[0], cfg.val_fraction, cfg.split_seed)
+    return _transformed(data, cfg)
+
+
+def _transformed(data: Dataset, cfg: DataConfig) -> Dataset:
+    """The data with `data.transforms`: eval's applied to the validation images now, train's fitted
+    (normalize's statistics, on the training images) and kept for each batch."""
+    lists = _plain(cfg.transforms)
+    if not lists or not any(lists.values()):
+        return data
+    train, evaluation = (make_pipeline(lists.get(split) or []).fit(data.train_x) for split in ("train", "eval"))
+    return Dataset(data.train_x, data.train_y, evaluation(data.val_x), data.val_y, train if train.steps else None)
+
+
+def _plain(value: object) -> object:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return {k: list(v) for k, v in value.items()} if isinstance(value, dict) else (
+        {k: list(getattr(value, k)) for k in ("train", "eval")} if value is not None else None)
 
 
 def sample_shape(cfg: DataConfig) -> tuple[int, ...]:
@@ -295,8 +319,8 @@ class Batches:
     exactly the batches an uninterrupted run would have seen, with no generator state to save.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None = None):
+        self.x, self.y, self.batch_size, self.seed, self.transform = x, y, batch_size, seed, transform
         self.steps_per_epoch = math.ceil(len(x) / batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -310,4 +334,7 @@ class Batches:
         xs, ys = self.x.index_select(0, order), self.y.index_select(0, order)
         size = self.batch_size
         for index in range(start, self.steps_per_epoch):
-            yield xs[index * size : (index + 1) * size], ys[index * size : (index + 1) * size]
+            x = xs[index * size : (index + 1) * size]
+            if self.transform is not None:
+                x = self.transform(x, batch_generator(self.seed, epoch, index))
+            yield x, ys[index * size : (index + 1) * size]

@@ -27,7 +27,7 @@ from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
 from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_monitor, parse_tracker
-from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, freeze
+from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, TransformsSpec, freeze
 
 
 def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
@@ -53,7 +53,8 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         raise ConfigError([*problems.items, _omegaconf_problem(getattr(error, "full_key", None) or "config", error)]) from None
     container["optim"].update(optim_extras)
     data, trainer = freeze(typed.data, DataSpec), freeze(typed.trainer, TrainerSpec)
-    data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape))
+    data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape),
+                               transforms=TransformsSpec(tuple(data.transforms.train), tuple(data.transforms.eval)))
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),
                                   early_stopping=parse_monitor(trainer.early_stopping, data.task, problems),
                                   callbacks=parse_callbacks(container["trainer"].get("callbacks", []), problems))

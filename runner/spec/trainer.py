@@ -10,6 +10,7 @@ from typing import Any
 from runner.config.schema import TrackerConfig
 from runner.data.sources import DATASETS
 from runner.data.tokens import DTYPES as TOKEN_DTYPES
+from runner.data.transforms import TRANSFORMS
 from runner.errors import Problems, suggest
 from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS, callback_types
 from runner.spec.common import check_choice
@@ -57,6 +58,41 @@ def check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
     if data.name == "tokens":
         _check_tokens(data, problems)
+    _check_transforms(data, problems)
+
+
+def _check_transforms(data: DataSpec, problems: Problems) -> None:
+    """data.transforms: known names, constructor arguments that construct, deterministic ones for eval."""
+    lists = {"train": data.transforms.train, "eval": data.transforms.eval}
+    if any(lists.values()) and (data.shape is None or len(data.shape) != 3):
+        problems.add("data.transforms", f"image transforms need data.shape [channels, height, width], got {None if data.shape is None else list(data.shape)}")
+    for split, items in lists.items():
+        for index, item in enumerate(items):
+            key = f"data.transforms.{split}[{index}]"
+            item = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+            if item is None or not isinstance(item.get("name"), str):
+                problems.add(key, "expected {name: <transform>, <argument>: value} or a transform's name")
+                continue
+            name = item.pop("name")
+            if name not in TRANSFORMS:
+                hint = suggest(name, TRANSFORMS)
+                problems.add(f"{key}.name", f"unknown transform {name!r}; expected one of {', '.join(TRANSFORMS)}" + (f";{hint}" if hint else ""))
+                continue
+            try:
+                transform = TRANSFORMS[name](**item)
+            except TypeError as error:
+                problems.add(key, f"{name}: {str(error).split('() ', 1)[-1]}")
+                continue
+            except ValueError as error:
+                problems.add(f"{key}.{str(error).split(':')[0]}", str(error).split(": ", 1)[1])
+                continue
+            channels = data.shape[0] if data.shape is not None and len(data.shape) == 3 else None
+            for stat in ("mean", "std"):
+                given = getattr(transform, stat, None)
+                if given is not None and channels is not None and len(given) != channels:
+                    problems.add(f"{key}.{stat}", f"gives {len(given)} value(s) for {channels} channel(s) (data.shape {list(data.shape)})")
+            if split == "eval" and transform.random:
+                problems.add(key, f"{name} is random: evaluation takes deterministic transforms only (put it in data.transforms.train)")
 
 
 def _check_tokens(data: DataSpec, problems: Problems) -> None:

@@ -20,6 +20,12 @@ INPUT = "input"  # in `inputs:` and `output:`, the model's (or the container's) 
 
 
 @dataclass(frozen=True)
+class TransformsSpec:
+    train: tuple = ()  # items as plain dicts (or names)
+    eval: tuple = ()
+
+
+@dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
     task: str = "classification"
@@ -37,6 +43,7 @@ class DataSpec:
     block_size: int | None = None
     vocab_size: int | None = None
     dtype: str = "uint16"
+    transforms: TransformsSpec = field(default_factory=TransformsSpec)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""Image transforms declared in `data.transforms.train` / `data.transforms.eval`, applied to whole
+batches of (N, C, H, W) tensors on the device they are served from.
+
+Random transforms draw from a generator seeded by (seed, epoch, batch), so a run resumed in the
+middle of an epoch augments exactly as an uninterrupted one. Each transform keeps the image's
+shape: the model's declared input shape (`data.shape`) holds before and after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+class RandomCrop:
+    """torchvision's RandomCrop(size of the image, padding): zero padding on every side, then a crop of
+    the original size at a uniformly random offset per image."""
+
+    random = True
+
+    def __init__(self, padding: int = 4):
+        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+            raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")
+        self.padding = padding
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n, channels, height, width = x.shape
+        p = self.padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        rows = (top[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        return padded[batch, torch.arange(channels, device=x.device)[None, :, None, None], rows, cols]
+
+
+class HorizontalFlip:
+    """torchvision's RandomHorizontalFlip(p): each image mirrored left to right with probability p."""
+
+    random = True
+
+    def __init__(self, p: float = 0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        flip = (torch.rand(len(x), generator=generator) < self.p).to(x.device)
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class Normalize:
+    """(x - mean[c]) / std[c] per channel; mean and std null: computed once from the training split
+    (over its images and pixels, std with N in the denominator)."""
+
+    random = False
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        for key, value in (("mean", mean), ("std", std)):
+            if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value)):
+                raise ValueError(f"{key}: expected a list of numbers (one per channel) or null, got {value!r}")
+        if std is not None and any(v <= 0 for v in std):
+            raise ValueError(f"std: expected numbers > 0, got {list(std)}")
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float64)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
+
+    def fit(self, train_x: torch.Tensor) -> None:
+        data = train_x.double()
+        if self.mean is None:
+            self.mean = data.mean(dim=(0, 2, 3)).cpu()
+        if self.std is None:
+            self.std = data.std(dim=(0, 2, 3), correction=0).cpu()
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        mean = self.mean.to(x.device, x.dtype)[None, :, None, None]
+        std = self.std.to(x.device, x.dtype)[None, :, None, None]
+        return (x - mean) / std
+
+
+# `data.transforms` names -> the class (its constructor's arguments are the item's other keys).
+TRANSFORMS: dict[str, type] = {"random_crop": RandomCrop, "horizontal_flip": HorizontalFlip, "normalize": Normalize}
+
+
+@dataclass
+class Pipeline:
+    """A list of transforms, applied in order."""
+
+    steps: list[Any]
+
+    @property
+    def random(self) -> bool:
+        return any(step.random for step in self.steps)
+
+    def fit(self, train_x: torch.Tensor) -> "Pipeline":
+        for step in self.steps:
+            if hasattr(step, "fit"):
+                step.fit(train_x)
+        return self
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x, generator)
+        return x
+
+
+def make_pipeline(items: Sequence[Any]) -> Pipeline:
+    """Builds the transforms of a checked `data.transforms.<split>` list ({name: ..., <arg>: ...} or a name)."""
+    steps = []
+    for item in items:
+        item = {"name": item} if isinstance(item, str) else dict(item)
+        steps.append(TRANSFORMS[item.pop("name")](**item))
+    return Pipeline(steps)
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The generator of one training batch's random transforms: from (seed, epoch, batch) alone."""
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_003 + batch)
