@@ -19,13 +19,13 @@ from runner.api import compose_resumed, load, locate_run
 from runner.data.sources import load_data
 from runner.errors import ConfigError, Problem, report_errors
 from runner.prepare.plan import check
-from runner.registry.tables import DTYPES, TASKS
+from runner.registry.tables import DTYPES
 from runner.training.evaluation import evaluate as evaluate_split
 from runner.training.evaluation import loss_function
 
 
 def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), device: str = "cpu", ema: bool = False) -> dict:
-    """Returns {"val_loss", "val_accuracy" (classification), "samples", "checkpoint"} of the run's model
+    """Returns {"val_loss", "val_<metric>" for each of the config's `metrics:`, "samples", "checkpoint"} of the run's model
     (its EMA weights with `ema=True`) on the validation data its config, with `overrides`, describes."""
     latest, run_dir = locate_run(run_dir)
     cfg, saved = compose_resumed(latest, run_dir, overrides), compose_resumed(latest, run_dir, ())
@@ -38,10 +38,8 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), device: str = "
     data = load_data(spec.data)
     model = load(latest, device=device, ema=ema)
     data = data.to(next(iter(model.parameters())).device, DTYPES[spec.trainer.dtype])
-    task = TASKS[spec.data.task]
-    result = evaluate_split(model, data.val_x, data.val_y, loss_function(spec.data.task, spec.trainer.loss), task.classifies)
-    metrics = {"val_loss": result.loss, **({"val_accuracy": result.accuracy} if task.classifies else {})}
-    return {**metrics, "samples": len(data.val_x), "checkpoint": str(latest)}
+    result = evaluate_split(model, data.val_x, data.val_y, loss_function(spec.data.task, spec.trainer.loss), spec.metrics)
+    return {**result.record(), "samples": len(data.val_x), "checkpoint": str(latest)}
 
 
 def _plain(section) -> object:

@@ -98,7 +98,7 @@ def test_a_resumed_run_stops_where_the_uninterrupted_one_does(compose, tmp_path)
 @pytest.mark.parametrize("overrides, key, words", [
     (["trainer.early_stopping={metric: val_acc}"], "trainer.early_stopping.metric", "did you mean 'val_accuracy'"),
     (["data=synthetic", "data.task=regression", "trainer.early_stopping={metric: val_accuracy}"], "trainer.early_stopping.metric",
-     "this task logs: val_loss, train_loss"),
+     "this run logs: val_loss, train_loss"),
     (["trainer.early_stopping={mode: up}"], "trainer.early_stopping.mode", "expected min or max, got 'up'"),
     (["trainer.early_stopping={patience: 0}"], "trainer.early_stopping.patience", "expected a whole number of evaluations >= 1, got 0"),
     (["trainer.early_stopping={min_delta: -1}"], "trainer.early_stopping.min_delta", "expected a number >= 0, got -1"),

@@ -202,6 +202,9 @@ class RunConfig:
     resume: Optional[str] = None
     # Also track the run elsewhere (`+tracker=mlflow`); null: the run directory only.
     tracker: Optional[TrackerConfig] = None
+    # Evaluation metrics, each logged as val_<name>: accuracy, top5, perplexity, or a registered one;
+    # null: [accuracy] for tasks with class ids (classification, language_model), else none.
+    metrics: Optional[List[str]] = None
 
 
 # Each mapping of the schema, by its dotted path ("" is the top level).

@@ -223,6 +223,63 @@ TRACKERS: dict[str, str] = {"mlflow": "mlflow"}
 
 # ---------------------------------------------------------------- tasks and losses
 
+@dataclass(frozen=True)
+class Metric:
+    """An evaluation metric: `count(outputs, targets)` gives a chunk's sum over its rows (the mean is
+    the sum over the split / its rows), or `of_loss` derives it from the mean loss. `mode` is the
+    direction of better (early stopping's default), `classifies` whether it needs class scores."""
+
+    count: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    of_loss: Callable[[float], float] | None = None
+    mode: str = "max"
+    classifies: bool = True
+
+
+def _hits(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (out.argmax(-1) == targets.reshape(-1)).sum()
+
+
+def _top5_hits(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (out.topk(min(5, out.shape[-1]), dim=-1).indices == targets.reshape(-1, 1)).any(-1).sum()
+
+
+def _perplexity(loss: float) -> float:
+    import math
+
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+# `metrics:` names -> Metric; register_metric (or a `runner.metrics` entry point) adds to it.
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(_hits),
+    "top5": Metric(_top5_hits),
+    "perplexity": Metric(of_loss=_perplexity, mode="min"),  # exp of the mean cross-entropy: a language model's
+}
+
+
+def register_metric(name: str, count: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mode: str = "max") -> None:
+    """Makes `metrics: [name]` log `val_<name>`: count(outputs, targets) returns a chunk's sum over its rows
+    (e.g. the number of hits), as a tensor; the metric is that sum over the validation split / its rows."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"metric name {name!r} must be a Python identifier")
+    if not callable(count):
+        raise ValueError(f"metric {name!r} must be callable (outputs, targets) -> a tensor summed over the rows")
+    if mode not in ("min", "max"):
+        raise ValueError(f"metric {name!r}: mode must be min or max, got {mode!r}")
+    if METRICS.get(name, Metric(count, mode=mode)).count is not count:
+        raise ValueError(f"metric {name!r} already means {qualified_name(METRICS[name].count or METRICS[name].of_loss)}")
+    METRICS[name] = Metric(count, mode=mode, classifies=False)
+
+
+add_plugin_group("runner.metrics", register_metric)
+
+
+def metric_names() -> dict[str, Metric]:
+    """Every metric `metrics:` may name (plugins loaded first)."""
+    load_plugins()
+    return dict(METRICS)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": F.cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss,
 }

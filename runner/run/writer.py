@@ -211,7 +211,8 @@ class Writer:
             values = {(key if "/" in key else f"train/{key}"): value for key, value in record.items()
                       if key not in ("kind", "step", "epoch") and isinstance(value, (int, float))}
         elif kind == "eval":
-            values = {f"eval/{key}": record[key] for key in ("val_loss", "val_accuracy") if record.get(key) is not None}
+            values = {f"eval/{key}": value for key, value in record.items()  # val_loss and each val_<metric>
+                      if key.startswith("val_") and not key.endswith("_ema") and isinstance(value, (int, float))}
         else:
             return
         if values:

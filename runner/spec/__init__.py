@@ -26,7 +26,7 @@ from runner.spec.common import field_names, parse_globs
 from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
-from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_monitor, parse_tracker
+from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_metrics, parse_monitor, parse_tracker
 from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, TransformsSpec, freeze
 
 
@@ -55,8 +55,9 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     data, trainer = freeze(typed.data, DataSpec), freeze(typed.trainer, TrainerSpec)
     data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape),
                                transforms=TransformsSpec(tuple(data.transforms.train), tuple(data.transforms.eval)))
+    metrics = parse_metrics(typed.metrics, data.task, problems)
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),
-                                  early_stopping=parse_monitor(trainer.early_stopping, data.task, problems),
+                                  early_stopping=parse_monitor(trainer.early_stopping, metrics, problems),
                                   callbacks=parse_callbacks(container["trainer"].get("callbacks", []), problems))
     check_data(data, problems)
     check_trainer(trainer, problems)
@@ -69,6 +70,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         seed=typed.seed,
         config=container,
         tracker=parse_tracker(typed.tracker, problems),
+        metrics=metrics,
     )
 
 

@@ -12,7 +12,7 @@ from runner.data.sources import DATASETS
 from runner.data.tokens import DTYPES as TOKEN_DTYPES
 from runner.data.transforms import TRANSFORMS
 from runner.errors import Problems, suggest
-from runner.registry.tables import DTYPES, LOSSES, TASKS, TRACKERS, callback_types
+from runner.registry.tables import DTYPES, LOSSES, METRICS, TASKS, TRACKERS, callback_types, metric_names
 from runner.spec.common import check_choice
 from runner.spec.types import CallbackSpec, DataSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
 
@@ -148,10 +148,26 @@ def check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     check_device_name(trainer.device, "trainer.device", problems)
 
 
-MONITORED = ("val_loss", "train_loss", "val_accuracy")
+def parse_metrics(declared: list[str] | None, task: str, problems: Problems) -> tuple[str, ...]:
+    """`metrics:` as names of the metrics table (null: accuracy for tasks with class ids)."""
+    classifies = task in TASKS and TASKS[task].classifies
+    if declared is None:
+        return ("accuracy",) if classifies else ()
+    known, names = metric_names(), []
+    for index, name in enumerate(declared):
+        if name not in known:
+            hint = suggest(str(name), known)
+            problems.add(f"metrics[{index}]", f"unknown metric {name!r}; expected one of {', '.join(known)}" + (f";{hint}" if hint else ""))
+        elif known[name].classifies and not classifies:
+            problems.add(f"metrics[{index}]", f"{name} needs class ids as targets; task {task!r} has none")
+        elif name in names:
+            problems.add(f"metrics[{index}]", f"{name} is listed twice")
+        else:
+            names.append(name)
+    return tuple(names)
 
 
-def parse_monitor(declared: Any, task: str, problems: Problems) -> MonitorSpec | None:
+def parse_monitor(declared: Any, metrics: tuple[str, ...], problems: Problems) -> MonitorSpec | None:
     """Returns trainer.early_stopping as a MonitorSpec (None when not set), adding a problem per bad key."""
     if declared is None:
         return None
@@ -163,12 +179,13 @@ def parse_monitor(declared: Any, task: str, problems: Problems) -> MonitorSpec |
     for unknown in sorted(set(declared) - set(known)):
         problems.add(f"{key}.{unknown}", f"unknown key;{suggest(str(unknown), list(known)) or ' it takes: ' + ', '.join(known)}")
     metric = declared.get("metric", "val_loss")
-    available = [m for m in MONITORED if m != "val_accuracy" or (task in TASKS and TASKS[task].classifies)]
+    available = ["val_loss", "train_loss", *(f"val_{name}" for name in metrics)]
     if metric not in available:
-        hint = suggest(str(metric), available) or f" this task logs: {', '.join(available)}"
+        hint = suggest(str(metric), available) or f" this run logs: {', '.join(available)}"
         problems.add(f"{key}.metric", f"{metric!r} is not a metric of this run;{hint}")
         metric = "val_loss"
-    mode = declared.get("mode", "max" if metric == "val_accuracy" else "min")
+    better = METRICS[metric[4:]].mode if metric.startswith("val_") and metric[4:] in METRICS else "min"
+    mode = declared.get("mode", better)
     if mode not in ("min", "max"):
         problems.add(f"{key}.mode", f"expected min or max, got {mode!r}")
     patience, min_delta = declared.get("patience", 3), declared.get("min_delta", 0.0)

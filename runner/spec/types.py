@@ -324,4 +324,5 @@ class RunSpec:
     seed: int
     config: dict = field(default_factory=dict)  # the resolved config, as plain containers
     tracker: TrackerSpec | None = None
+    metrics: tuple[str, ...] = ()  # evaluation metrics, each logged as val_<name>
 

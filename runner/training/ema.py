@@ -47,9 +47,7 @@ class EMA(Callback):
         for mine, theirs in self.buffers:
             mine.copy_(theirs)
         self.last = loop.evaluate(self.model)
-        record["val_loss_ema"] = self.last.loss
-        if self.last.accuracy is not None:
-            record["val_accuracy_ema"] = self.last.accuracy
+        record.update(self.last.record("_ema"))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach() for name, tensor in zip(self.names, self.target)}

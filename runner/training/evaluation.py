@@ -1,14 +1,14 @@
-"""The loss a task trains with, and evaluation: mean loss (and accuracy) over a split, in eval mode, one host sync."""
+"""The loss a task trains with, and evaluation: mean loss and metrics over a split, in eval mode, one host sync."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from runner.registry.tables import LOSSES, TASKS
+from runner.registry.tables import LOSSES, METRICS, TASKS
 
 EVAL_CHUNK = 2048
 
@@ -25,7 +25,15 @@ def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor]
 @dataclass
 class Evaluation:
     loss: float
-    accuracy: float | None
+    metrics: dict[str, float] = field(default_factory=dict)  # name -> value, in `metrics:` order
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+    def record(self, suffix: str = "") -> dict[str, float]:
+        """val_loss and val_<metric> (each with `suffix`), as eval records and summary.json name them."""
+        return {f"val_loss{suffix}": self.loss, **{f"val_{name}{suffix}": value for name, value in self.metrics.items()}}
 
 
 def train_mode(model: nn.Module, eval_modules: tuple[str, ...]) -> None:
@@ -37,22 +45,23 @@ def train_mode(model: nn.Module, eval_modules: tuple[str, ...]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, classify: bool,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, metrics: tuple[str, ...] = (),
              eval_modules: tuple[str, ...] = ()) -> Evaluation:
-    """Returns mean loss (and accuracy for classification) over (x, y), in eval mode, one host sync."""
+    """Returns the mean loss and the `metrics` over (x, y), in eval mode, with one host sync."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    table = {name: METRICS[name] for name in metrics}
+    counted = [name for name, metric in table.items() if metric.count is not None]
+    sums = torch.zeros(1 + len(counted), dtype=torch.float64, device=x.device)  # the loss's, then each counted metric's
     rows = 0
     for start in range(0, len(x), EVAL_CHUNK):
         out = model(x[start : start + EVAL_CHUNK])
         targets = y[start : start + EVAL_CHUNK]
-        total += loss_fn(out, targets).double() * out.shape[0]
+        parts = [loss_fn(out, targets).double() * out.shape[0], *(table[name].count(out, targets).double() for name in counted)]
+        sums += torch.stack(parts)
         rows += out.shape[0]
-        if classify:
-            correct += (out.argmax(-1) == targets.reshape(-1)).sum()
     if was_training:
         train_mode(model, eval_modules)
-    loss, hits = torch.stack([total, correct.double()]).tolist()
-    return Evaluation(loss / rows, hits / rows if classify else None)
+    loss, *totals = (value / rows for value in sums.tolist())
+    by_count = dict(zip(counted, totals))
+    return Evaluation(loss, {name: by_count[name] if name in by_count else table[name].of_loss(loss) for name in metrics})

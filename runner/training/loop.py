@@ -35,7 +35,7 @@ from runner.model.distributed import Group, setup, teardown, wrap
 from runner.model.tensors import verify_ties
 from runner.prepare.optim import make_optimizer, make_scheduler, trainable
 from runner.prepare.prepare import Prepared
-from runner.registry.tables import TASKS, callback_types
+from runner.registry.tables import callback_types
 from runner.run import checkpoint
 from runner.run.checkpoint import Position
 from runner.run.directory import RunDir, environment, write_json, writing
@@ -145,7 +145,7 @@ class Schedule:
     accumulate: int
     progress: str
     eval_modules: tuple[str, ...]
-    classify: bool
+    metrics: tuple[str, ...]
     config: dict
 
 
@@ -190,7 +190,7 @@ class Loop:
         self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver
         self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.accumulate_grad_batches,
                                  _progress_mode(trainer.progress), prepared.plan.eval_modules,
-                                 TASKS[spec.data.task].classifies, spec.config)
+                                 spec.metrics, spec.config)
         entries = trainable(self.model)
         stats = GradStats(entries, watch.tensors) if trainer.grad_stats else None
         acts = ActivationStats(self.model, list(watch.layers)) if trainer.activation_stats and watch.layers else None
@@ -232,9 +232,9 @@ class Loop:
         self.outcome.checkpoint_requested = True
 
     def evaluate(self, model: nn.Module, eval_modules: tuple[str, ...] = ()) -> Evaluation:
-        """`model`'s loss (and accuracy) on the validation split, under the run's autocast, as the trained model is evaluated."""
+        """`model`'s loss and metrics on the validation split, under the run's autocast, as the trained model is evaluated."""
         with self.precision.autocast():
-            return evaluate(model, self.data.val_x, self.data.val_y, self.step.loss_fn, self.schedule.classify, eval_modules)
+            return evaluate(model, self.data.val_x, self.data.val_y, self.step.loss_fn, self.schedule.metrics, eval_modules)
 
     # -------------------------------------------------------------- state
 
@@ -348,16 +348,14 @@ class Loop:
             outcome.train_loss = mean
         result = self.evaluate(self.model, self.schedule.eval_modules)  # the model is evaluated as it trains
         outcome.last_eval, outcome.checkpoint_requested = result, False
-        record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": outcome.train_loss, "val_loss": result.loss}
-        if result.accuracy is not None:
-            record["val_accuracy"] = result.accuracy
+        record = {"kind": "eval", "step": step, "epoch": epoch, "train_loss": outcome.train_loss, **result.record()}
         for callback in self.callbacks:
             callback.on_eval(self, record)
         self.writer.write(record)
         if self.schedule.progress == "log":
-            accuracy = f" val_accuracy {result.accuracy:.4f}" if result.accuracy is not None else ""
+            shown = "".join(f" val_{name} {value:.4f}" for name, value in result.metrics.items())
             log.info("epoch %d step %d/%d train_loss %.4f val_loss %.4f%s", epoch, step, self.schedule.total_steps,
-                     outcome.train_loss or float("nan"), result.loss, accuracy)
+                     outcome.train_loss or float("nan"), result.loss, shown)
         if outcome.stopped is not None:
             log.warning("step %d: stopping early: %s", step, outcome.stopped)
 

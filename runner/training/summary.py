@@ -27,6 +27,7 @@ def summarize(prepared: Prepared, outcome: Any, callbacks: list[Callback], preci
         "train_loss": outcome.train_loss,
         "val_loss": last.loss if last else None,
         "val_accuracy": last.accuracy if last else None,
+        **(last.record() if last else {}),  # val_<metric> for each of `metrics:`
         "steps": final.step,
         "epochs": final.epoch,
         "wall_seconds": None,
@@ -38,6 +39,7 @@ def summarize(prepared: Prepared, outcome: Any, callbacks: list[Callback], preci
         "seed": prepared.spec.seed,
         "val_loss_ema": averaged.loss if averaged else None,
         "val_accuracy_ema": averaged.accuracy if averaged else None,
+        **(averaged.record("_ema") if averaged else {}),
         "best": monitor.summary() if monitor is not None else None,
         "stopped_early": outcome.stopped,
         "pruned": pruning.pruned if pruning is not None else False,
