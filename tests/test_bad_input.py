@@ -51,3 +51,17 @@ def test_csv_and_pt_data_files_load(compose, tmp_path, suffix):
         torch.save({"features": torch.from_numpy(x), "targets": torch.from_numpy(y)}, path)
     summary = runner.train(compose("data=file", f"data.path={path}", "data.num_features=3", "data.num_outputs=2", "trainer.max_steps=2"), tmp_path / "run")
     assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize("section", ["model", "init", "data", "optim", "trainer"])
+def test_a_config_without_a_section_is_a_config_error_or_takes_the_schema_s_default(compose, section):
+    # Found by the fuzz test: a missing trainer section raised KeyError.
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(compose(), resolve=True)
+    del config[section]
+    if section == "trainer":  # every trainer key has a default
+        assert validate(config).spec.trainer.epochs == 20
+    else:
+        with pytest.raises(ConfigError, match=f"{section}: .*missing mandatory value: {section}"):
+            validate(config)

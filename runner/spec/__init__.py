@@ -45,7 +45,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     if wrong:  # nothing inside can be read
         raise ConfigError(wrong)
     optim_extras = _check_unknown_keys(container, problems)
-    _check_vars(container["model"], referenced, problems)
+    _check_vars(container.get("model", {}), referenced, problems)
     _check_booleans(container, problems)
     try:
         typed: RunConfig = OmegaConf.to_object(with_schema(container))  # type: ignore[assignment]
@@ -58,7 +58,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     metrics = parse_metrics(typed.metrics, data.task, problems)
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),
                                   early_stopping=parse_monitor(trainer.early_stopping, metrics, problems),
-                                  callbacks=parse_callbacks(container["trainer"].get("callbacks", []), problems))
+                                  callbacks=parse_callbacks(container.get("trainer", {}).get("callbacks", []), problems))
     check_data(data, problems)
     check_trainer(trainer, problems)
     return RunSpec(
