@@ -80,7 +80,21 @@ def needs(option: str, weights: Path) -> list[str]:
         return [f"init.rules.0.path={weights}"]
     if option == "nanogpt_chars":
         return [f"data.root={token_files(weights.parent / 'tokens')}"]
+    if option == "resnet18_cifar10":
+        return [f"data.root={cifar_files(weights.parent / 'cifar10')}"]
     return []
+
+
+def cifar_files(root: Path) -> Path:
+    """A directory of CIFAR-10's binary version, 4 random images per file (once per root)."""
+    import numpy as np
+
+    if not root.is_dir():
+        root.mkdir()
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            write_cifar(root / name, rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 4))
+    return root
 
 
 def token_files(root: Path, vocab: int = 65) -> Path:
