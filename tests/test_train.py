@@ -100,3 +100,13 @@ def test_digits_are_exactly_scikit_learns():
 def test_max_steps_zero_builds_and_checkpoints_without_training(compose, tmp_path):
     summary = runner.train(compose("trainer.max_steps=0"), tmp_path)
     assert summary["steps"] == 0 and checkpoint.latest_checkpoint(tmp_path).name == "step_0000000"
+
+
+def test_the_progress_bar_shows_samples_per_second(compose, tmp_path, capfd):
+    import re
+
+    runner.train(compose("trainer.progress=bar", "trainer.epochs=2"), tmp_path)
+    last = [line for line in capfd.readouterr().err.replace("\r", "\n").splitlines() if "samples/s" in line][-1]
+    steps, samples = re.search(r"([\d.]+)step/s, (\d+) samples/s", last).groups()
+    # 1437 training rows in 23 steps of 64 (the last one short): about 62.5 rows a step, both rates over a few seconds.
+    assert 40 < float(samples) / float(steps) < 90, last

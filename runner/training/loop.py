@@ -259,7 +259,7 @@ class Loop:
             self.writer.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
         for callback in self.callbacks:
             callback.on_train_start(self)
-        bar = _progress_bar(schedule.progress, schedule.total_steps, position.step)
+        bar, seen = _progress_bar(schedule.progress, schedule.total_steps, position.step), 0
         step, epoch, start = position.step, position.epoch, position.batch
         while step < schedule.total_steps:
             began = time.perf_counter()
@@ -277,6 +277,9 @@ class Loop:
                     callback.on_step_end(self, step)
                 if bar is not None:
                     bar.update(1)
+                    seen += sum(len(x) for x, _ in group)
+                    if logged:  # the rows trained on since the bar started, per second
+                        bar.set_postfix_str(f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f} samples/s", refresh=False)
                 if step >= schedule.total_steps:
                     break
                 if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
