@@ -77,3 +77,21 @@ def test_bad_metric_lists_name_the_item(compose):
     assert "trainer.early_stopping.metric: 'val_perplexity' is not a metric of this run; this run logs: val_loss, train_loss, val_top5" in message
     with pytest.raises(runner.ConfigError, match="metrics\\[0\\]: accuracy needs class ids as targets; task 'regression' has none"):
         runner.build(compose("data=synthetic", "data.task=regression", "metrics=[accuracy]"))
+
+
+def test_the_sweep_report_has_a_column_per_metric_and_its_mean_per_configuration(compose, tmp_path):
+    from conftest import read_csv
+    from runner.sweep.report import write_report
+
+    summaries = []
+    for job, seed in (("0", 0), ("1", 1)):  # one configuration, two seeds: what `-m seed=0,1` leaves
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        summaries.append(runner.train(compose("metrics=[accuracy,top5,perplexity]", "trainer.max_steps=6", f"seed={seed}"), tmp_path / job))
+    write_report(tmp_path)
+    rows = read_csv(tmp_path / "report.csv")
+    assert list(rows[0])[5:8] == ["val_accuracy", "val_top5", "val_perplexity"]
+    assert [float(r["val_top5"]) for r in rows] == pytest.approx([s["val_top5"] for s in summaries])
+    group = read_csv(tmp_path / "report_groups.csv")[0]
+    assert float(group["val_perplexity_mean"]) == pytest.approx((summaries[0]["val_perplexity"] + summaries[1]["val_perplexity"]) / 2)
+    assert "| val_loss | val_accuracy | val_top5 | val_perplexity | train_loss |" in (tmp_path / "report.md").read_text()

@@ -36,7 +36,20 @@ COLUMNS = (
 
 
 GROUP_METRICS = ("val_loss", "val_accuracy", "train_loss", "grad_norm_first", "grad_norm_last")
-GROUP_COLUMNS = ("configuration", "n", "failed", "seeds", *(f"{m}_{s}" for m in GROUP_METRICS for s in ("mean", "std")))
+
+
+def metric_columns(jobs: list[Job]) -> tuple[str, ...]:
+    """The runs' other `metrics:` (val_top5, val_perplexity, a registered one), in the order first seen:
+    columns after val_accuracy, in every table of the report."""
+    found = (key for job in jobs for key, value in job.summary.items()
+             if key.startswith("val_") and not key.endswith("_ema") and isinstance(value, (int, float)) and key not in COLUMNS)
+    return tuple(dict.fromkeys(found))
+
+
+def _with(columns: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    """`columns` with `extra` after val_accuracy."""
+    at = columns.index("val_accuracy") + 1
+    return (*columns[:at], *extra, *columns[at:])
 
 
 @dataclass
@@ -80,6 +93,7 @@ class Job:
             "steps_per_second": s.get("steps_per_second"), "weights_sha256": s.get("weights_sha256"),
             "seed": s.get("seed"), "run": self.how, "error": self.error,
             "rerun": reproduce_command(self.directory) if RunDir(self.directory).config.is_file() else "",
+            **{key: value for key, value in s.items() if key.startswith("val_") and key not in ("val_loss", "val_accuracy")},
         }
 
 
@@ -108,15 +122,15 @@ class Configuration:
 
     def stats(self, metric: str) -> tuple[float | None, float | None]:
         """The mean and sample standard deviation of `metric` over finished jobs (std None below 2 values)."""
-        values = [v for v in (j.row()[metric] for j in self.finished) if v is not None]
+        values = [v for v in (j.row().get(metric) for j in self.finished) if v is not None]
         if not values:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
-    def row(self) -> dict[str, Any]:
+    def row(self, metrics: tuple[str, ...] = GROUP_METRICS) -> dict[str, Any]:
         row: dict[str, Any] = {"configuration": self.label, "n": len(self.finished), "failed": sum(j.status == "failed" for j in self.jobs),
                                "seeds": " ".join(str(j.summary["seed"] if "seed" in j.summary else _seed_of(j)) for j in self.jobs)}
-        for metric in GROUP_METRICS:
+        for metric in metrics:
             row[f"{metric}_mean"], row[f"{metric}_std"] = self.stats(metric)
         return row
 
@@ -186,16 +200,19 @@ def write_report(sweep_dir: str | Path, jobs: list[Job] | None = None) -> list[P
     jobs = read_jobs(sweep_dir) if jobs is None else jobs
     rows = [job.row() for job in jobs]
     groups = configurations(jobs)
-    _write_csv(sweep_dir / "report.csv", COLUMNS, rows)
-    _write_csv(sweep_dir / "report_groups.csv", GROUP_COLUMNS, [group.row() for group in groups])
-    (sweep_dir / "report.md").write_text(_markdown(jobs, rows, groups), encoding="utf-8")
+    extra = metric_columns(jobs)
+    columns, metrics = _with(COLUMNS, extra), _with(GROUP_METRICS, extra)
+    group_columns = ("configuration", "n", "failed", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")))
+    _write_csv(sweep_dir / "report.csv", columns, rows)
+    _write_csv(sweep_dir / "report_groups.csv", group_columns, [group.row(metrics) for group in groups])
+    (sweep_dir / "report.md").write_text(_markdown(jobs, rows, groups, columns, metrics), encoding="utf-8")
     _plot(jobs, groups, sweep_dir / "report.png")
     return [sweep_dir / "report.md", sweep_dir / "report.csv", sweep_dir / "report_groups.csv", sweep_dir / "report.png"]
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -208,22 +225,23 @@ def _continued(jobs: list[Job]) -> str:
     return " Continued from an earlier run of this sweep: " + ", ".join(f"{n} {how}" for how, n in counts.items() if n) + "."
 
 
-def _by_configuration(groups: list[Configuration]) -> list[str]:
+def _by_configuration(groups: list[Configuration], metrics: tuple[str, ...]) -> list[str]:
     """report.md's table of configurations: each metric as mean ± std over the finished seeds."""
     if not any(len(g.jobs) > 1 for g in groups):
         return []  # one job per configuration: the job table says it all
     lines = ["", "## By configuration", "", "Mean ± sample standard deviation over each configuration's finished jobs (seeds).", "",
-             "| configuration | n | failed | " + " | ".join(GROUP_METRICS) + " |", "|" + "---|" * (3 + len(GROUP_METRICS))]
+             "| configuration | n | failed | " + " | ".join(metrics) + " |", "|" + "---|" * (3 + len(metrics))]
     for group in groups:
         cells = []
-        for metric in GROUP_METRICS:
+        for metric in metrics:
             mean, std = group.stats(metric)
             cells.append("-" if mean is None else f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
         lines.append(f"| {_cell(group.label)} | {len(group.finished)} | {group.row()['failed']} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configuration]) -> str:
+def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configuration], columns: tuple[str, ...],
+              metrics: tuple[str, ...]) -> str:
     lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.{_continued(jobs)}", ""]
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
     if done:
@@ -236,10 +254,10 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configur
     if failed:
         lines.append("")
         lines.append("**Not finished:** " + "; ".join(f"job {j.directory.name} (`{j.label}`): {j.status}{': ' + j.error if j.error else ''}" for j in failed))
-    lines += _by_configuration(groups)
-    lines += ["", "## Jobs", "", "| " + " | ".join(c for c in COLUMNS if c != "rerun") + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    lines += _by_configuration(groups, metrics)
+    lines += ["", "## Jobs", "", "| " + " | ".join(c for c in columns if c != "rerun") + " |", "|" + "---|" * (len(columns) - 1)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS if c != "rerun") + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns if c != "rerun") + " |")
     lines += ["", "Rerun any job alone:", ""]
     lines += [f"- job {row['job']}: `{row['rerun']}`" for row in rows if row["rerun"]]
     lines += ["", "![loss curves, gradient norms and activation std at step 1 (initial weights)](report.png)", ""]
