@@ -46,6 +46,12 @@ def test_every_data_config_validates(compose, data, image_datasets, tmp_path):
         size = ["model.vars.size=28"] if source == "mnist" else ["model.vars.channels=3", "model.vars.size=32"]
         classes = ["data.num_outputs=3"] if source == "image_folder" else []
         model = [f"data.root={image_datasets[source][0]}", "model=cnn", *size, *classes]
+    if data == "parquet":  # a table written with pyarrow's own writer
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"x": [0.5, 1.5, 2.5, 3.5], "label": [0, 1, 0, 1]}), tmp_path / "t.parquet")
+        model = [f"data.path={tmp_path / 't.parquet'}", "data.features=[x]", "data.target=label", "data.num_features=1", "data.num_outputs=2"]
     if data == "tokens":
         model = [f"data.root={token_files(tmp_path / 'tokens')}", "data.vocab_size=65", "data.block_size=32", "model=nanogpt"]
     validate(compose(f"data={data}", *model))

@@ -122,7 +122,7 @@ TABLE = [
     (["init.rules=[5]"], 2, "init.rules[0]: expected a mapping like"),
     (["init.strict=true", "init.rules=[{match: '*.weight', fn: ones_}]"], 2, "init.rules: strict: no rule sets trainable tensor 'fc1.bias'"),
     (["data.task=clasification"], 2, "data.task: expected one of classification, regression, reconstruction, language_model, got 'clasification'; did you mean 'classification'"),
-    (["data.name=digitz"], 2, "data.name: expected one of digits, synthetic, file, text, mnist, cifar10, cifar100, image_folder, tokens, got 'digitz'; did you mean 'digits'"),
+    (["data.name=digitz"], 2, "data.name: expected one of digits, synthetic, file, parquet, text, mnist, cifar10, cifar100, image_folder, tokens, got 'digitz'; did you mean 'digits'"),
     (["data=synthetic", "data.name=text"], 2, "data.num_outputs: the text data's vocabulary has 28 characters, got 4"),
     (["resume=/nonexistent/run"], 2, "resume: no such run directory: /nonexistent/run"),
     (["resume={bad}"], 1, "no checkpoint found"),

@@ -75,7 +75,7 @@ class TransformsConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | text | file | mnist | cifar10 | cifar100 | image_folder | tokens
+    name: str = "digits"  # digits | synthetic | text | file | parquet | mnist | cifar10 | cifar100 | image_folder | tokens
     task: str = "classification"  # classification | regression | reconstruction | language_model
     num_features: int = 64
     num_outputs: int = 10
@@ -89,7 +89,7 @@ class DataConfig:
     # synthetic
     num_samples: int = 2000
     noise: float = 0.1
-    # file: .npz, .csv or .pt holding features and targets
+    # file: .npz, .csv or .pt holding features and targets; parquet: a .parquet file
     path: Optional[str] = None
     features_key: str = "features"
     targets_key: str = "targets"
@@ -100,6 +100,9 @@ class DataConfig:
     vocab_size: Optional[int] = None
     dtype: str = "uint16"  # uint16 | uint32
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    # parquet: the feature columns (numbers, or one column of equal-length lists) and the target column
+    features: Optional[List[str]] = None
+    target: Optional[str] = None
 
 
 @dataclass

@@ -204,6 +204,46 @@ def _tokens(cfg: DataConfig) -> TokenStream:
     return TokenStream(train, cfg.block_size, val_x, val_y)
 
 
+def _parquet(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Parquet table (what Hugging Face `datasets` exports): the feature columns side by side, or one
+    column of equal-length lists, and the target column; read with pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(str(cfg.path))
+    if not path.is_file():
+        raise ConfigError([Problem("data.path", f"no such file: {path}")])
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ConfigError([Problem("data.path", f"{path} is not a Parquet file: {str(error).splitlines()[0]}")]) from None
+    features, target = list(cfg.features), str(cfg.target)
+    problems = [Problem(key, f"{path} has no column {name!r}; it has: {', '.join(schema.names)}")
+                for key, name in [*(("data.features", f) for f in features), ("data.target", target)] if name not in schema.names]
+    if problems:
+        raise ConfigError(problems)
+    table = pq.read_table(path, columns=[*features, target])
+    columns = []
+    for name in features:
+        column = table.column(name)
+        try:
+            if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
+                columns.append(np.stack([np.asarray(row, dtype=np.float64) for row in column.to_pylist()]))
+            else:
+                columns.append(column.to_numpy().astype(np.float64)[:, None])
+        except (ValueError, TypeError, pa.ArrowException) as error:
+            raise ConfigError([Problem("data.features", f"{path}: column {name!r} ({column.type}) is not numbers or equal-length lists of numbers: {error}")]) from None
+    y = table.column(target).to_numpy()
+    if not np.issubdtype(y.dtype, np.number):
+        raise ConfigError([Problem("data.target", f"{path}: column {target!r} holds {table.column(target).type}, not numbers")])
+    x = torch.from_numpy(np.concatenate(columns, axis=1)).float()
+    if cfg.task == "classification":
+        if not np.array_equal(y, np.round(y)):
+            raise ConfigError([Problem("data.target", f"{path}: classification targets must be integer class ids")])
+        return x, torch.from_numpy(y.astype(np.int64))
+    return x, torch.from_numpy(y.astype(np.float32)).reshape(len(y), -1)
+
+
 def _file(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(str(cfg.path))
     if not path.is_file():
@@ -249,7 +289,7 @@ class Source:
 
 # `data.name` -> its Source: the one list of datasets, which the spec checks names against.
 DATASETS: dict[str, Source] = {
-    "digits": Source(_digits), "synthetic": Source(_synthetic), "file": Source(_file), "text": Source(_text),
+    "digits": Source(_digits), "synthetic": Source(_synthetic), "file": Source(_file), "parquet": Source(_parquet), "text": Source(_text),
     "mnist": Source(_mnist, needs_root=True, own_split=True, shape=(1, 28, 28)),
     "cifar10": Source(_cifar10, needs_root=True, own_split=True, shape=(3, 32, 32)),
     "cifar100": Source(_cifar100, needs_root=True, own_split=True, shape=(3, 32, 32)),

@@ -54,6 +54,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     container["optim"].update(optim_extras)
     data, trainer = freeze(typed.data, DataSpec), freeze(typed.trainer, TrainerSpec)
     data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape),
+                               features=None if data.features is None else tuple(data.features),
                                transforms=TransformsSpec(tuple(data.transforms.train), tuple(data.transforms.eval)))
     metrics = parse_metrics(typed.metrics, data.task, problems)
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),

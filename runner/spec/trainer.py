@@ -58,6 +58,13 @@ def check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.path", f"expected a .npz, .csv or .pt file, got {data.path!r}")
     if data.name == "tokens":
         _check_tokens(data, problems)
+    if data.name == "parquet":
+        if not data.path or not str(data.path).endswith(".parquet"):
+            problems.add("data.path", f"required for data.name=parquet: a .parquet file, got {data.path!r}")
+        if not data.features:
+            problems.add("data.features", "required for data.name=parquet: the feature column names (or one column of lists)")
+        if not data.target:
+            problems.add("data.target", "required for data.name=parquet: the target column's name")
     _check_transforms(data, problems)
 
 

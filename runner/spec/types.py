@@ -44,6 +44,8 @@ class DataSpec:
     vocab_size: int | None = None
     dtype: str = "uint16"
     transforms: TransformsSpec = field(default_factory=TransformsSpec)
+    features: tuple[str, ...] | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
