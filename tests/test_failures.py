@@ -122,6 +122,8 @@ TABLE = [
     (["init.rules=[5]"], 2, "init.rules[0]: expected a mapping like"),
     (["init.strict=true", "init.rules=[{match: '*.weight', fn: ones_}]"], 2, "init.rules: strict: no rule sets trainable tensor 'fc1.bias'"),
     (["data.task=clasification"], 2, "data.task: expected one of classification, regression, reconstruction, language_model, got 'clasification'; did you mean 'classification'"),
+    (["data.block_size=32"], 2, "data.block_size: data.name=digits does not read it (it is for data.name=tokens); remove it"),
+    (["data.root=/tmp"], 2, "data.root: data.name=digits does not read it (it is for data.name=mnist or cifar10 or cifar100 or image_folder or tokens)"),
     (["data.name=digitz"], 2, "data.name: expected one of digits, synthetic, file, parquet, text, mnist, cifar10, cifar100, image_folder, tokens, got 'digitz'; did you mean 'digits'"),
     (["data=synthetic", "data.name=text"], 2, "data.num_outputs: the text data's vocabulary has 28 characters, got 4"),
     (["resume=/nonexistent/run"], 2, "resume: no such run directory: /nonexistent/run"),

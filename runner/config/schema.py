@@ -98,7 +98,7 @@ class DataConfig:
     # tokens: the window length, the number of distinct ids, and the ids' type in the files
     block_size: Optional[int] = None
     vocab_size: Optional[int] = None
-    dtype: str = "uint16"  # uint16 | uint32
+    dtype: Optional[str] = None  # uint16 | uint32 (data=tokens sets uint16)
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
     # parquet: the feature columns (numbers, or one column of equal-length lists) and the target column
     features: Optional[List[str]] = None

@@ -70,20 +70,16 @@ def load_data(cfg: DataConfig) -> Dataset | TokenStream:
 def _transformed(data: Dataset, cfg: DataConfig) -> Dataset:
     """The data with `data.transforms`: eval's applied to the validation images now, train's fitted
     (normalize's statistics, on the training images) and kept for each batch."""
-    lists = _plain(cfg.transforms)
-    if not lists or not any(lists.values()):
-        return data
-    train, evaluation = (make_pipeline(lists.get(split) or []).fit(data.train_x) for split in ("train", "eval"))
-    return Dataset(data.train_x, data.train_y, evaluation(data.val_x), data.val_y, train if train.steps else None)
-
-
-def _plain(value: object) -> object:
     from omegaconf import OmegaConf
 
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return {k: list(v) for k, v in value.items()} if isinstance(value, dict) else (
-        {k: list(getattr(value, k)) for k in ("train", "eval")} if value is not None else None)
+    train, evaluation = (getattr(cfg.transforms, split) for split in ("train", "eval"))  # a spec's tuples or a composed config's lists
+    if not train and not evaluation:
+        return data
+    train, evaluation = (make_pipeline(OmegaConf.to_container(items) if OmegaConf.is_config(items) else items) for items in (train, evaluation))
+    fitted: dict = {}  # statistics both pipelines share, computed once
+    train.fit(data.train_x, fitted)
+    evaluation.fit(data.train_x, fitted)
+    return Dataset(data.train_x, data.train_y, evaluation(data.val_x), data.val_y, train if train.steps else None)
 
 
 def sample_shape(cfg: DataConfig) -> tuple[int, ...]:
@@ -281,7 +277,7 @@ class Source:
     validation data when `data.val_fraction` is null)."""
 
     make: Callable[[DataConfig], tuple]
-    needs_root: bool = False
+    reads: tuple[str, ...] = ()  # the keys of SOURCE_KEYS it reads (data.root, when read, is required)
     own_split: bool = False
     shape: tuple[int, ...] | None = None  # its samples' shape, where fixed
     needs_shape: bool = False  # data.shape must be given (images of any size)
@@ -289,13 +285,16 @@ class Source:
 
 # `data.name` -> its Source: the one list of datasets, which the spec checks names against.
 DATASETS: dict[str, Source] = {
-    "digits": Source(_digits), "synthetic": Source(_synthetic), "file": Source(_file), "parquet": Source(_parquet), "text": Source(_text),
-    "mnist": Source(_mnist, needs_root=True, own_split=True, shape=(1, 28, 28)),
-    "cifar10": Source(_cifar10, needs_root=True, own_split=True, shape=(3, 32, 32)),
-    "cifar100": Source(_cifar100, needs_root=True, own_split=True, shape=(3, 32, 32)),
-    "image_folder": Source(_image_folder, needs_root=True, own_split=True, needs_shape=True),
-    "tokens": Source(_tokens, needs_root=True, own_split=True),
+    "digits": Source(_digits), "synthetic": Source(_synthetic), "file": Source(_file, reads=("path",)),
+    "parquet": Source(_parquet, reads=("path", "features", "target")), "text": Source(_text),
+    "mnist": Source(_mnist, reads=("root",), own_split=True, shape=(1, 28, 28)),
+    "cifar10": Source(_cifar10, reads=("root",), own_split=True, shape=(3, 32, 32)),
+    "cifar100": Source(_cifar100, reads=("root",), own_split=True, shape=(3, 32, 32)),
+    "image_folder": Source(_image_folder, reads=("root",), own_split=True, needs_shape=True),
+    "tokens": Source(_tokens, reads=("root", "block_size", "vocab_size", "dtype"), own_split=True),
 }
+# Keys that only some sources read: set for another source, each is a config error rather than ignored.
+SOURCE_KEYS = ("path", "root", "features", "target", "block_size", "vocab_size", "dtype")
 
 
 def _pick(arrays: object, cfg: DataConfig, path: Path) -> tuple[object, object]:

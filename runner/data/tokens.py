@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -51,7 +52,7 @@ class TokenStream:
     val_y: torch.Tensor
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    @property
+    @cached_property  # read once: prepare asks for it twice (buffers to fit, LSUV's batch)
     def train_x(self) -> torch.Tensor:
         """The first 256 non-overlapping training windows: what a batch-needing init (LSUV) is given."""
         return windows(self.train, self.block_size, limit=256)[0].to(self.device)

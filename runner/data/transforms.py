@@ -67,17 +67,27 @@ class Normalize:
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float64)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
 
-    def fit(self, train_x: torch.Tensor) -> None:
-        data = train_x.double()
-        if self.mean is None:
-            self.mean = data.mean(dim=(0, 2, 3)).cpu()
-        if self.std is None:
-            self.std = data.std(dim=(0, 2, 3), correction=0).cpu()
+    def fit(self, train_x: torch.Tensor, fitted: dict) -> None:
+        if self.mean is None or self.std is None:
+            mean, std = fitted.setdefault("channel_stats", channel_stats(train_x))
+            self.mean = mean if self.mean is None else self.mean
+            self.std = std if self.std is None else self.std
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         mean = self.mean.to(x.device, x.dtype)[None, :, None, None]
         std = self.std.to(x.device, x.dtype)[None, :, None, None]
         return (x - mean) / std
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (N in the denominator) of (N, C, H, W) images, summed in float64 a
+    channel at a time: no float64 copy of the whole training set."""
+    means, stds = [], []
+    for channel in images.unbind(1):
+        mean = channel.sum(dtype=torch.float64) / channel.numel()
+        means.append(mean)
+        stds.append(((channel - mean.to(channel.dtype)).double().square().sum() / channel.numel()).sqrt())
+    return torch.stack(means).cpu(), torch.stack(stds).cpu()
 
 
 # `data.transforms` names -> the class (its constructor's arguments are the item's other keys).
@@ -94,11 +104,11 @@ class Pipeline:
     def random(self) -> bool:
         return any(step.random for step in self.steps)
 
-    def fit(self, train_x: torch.Tensor) -> "Pipeline":
+    def fit(self, train_x: torch.Tensor, fitted: dict) -> None:
+        """Fits the steps that learn from the training images; `fitted` shares what they compute."""
         for step in self.steps:
             if hasattr(step, "fit"):
-                step.fit(train_x)
-        return self
+                step.fit(train_x, fitted)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         for step in self.steps:

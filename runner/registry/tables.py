@@ -266,7 +266,7 @@ def register_metric(name: str, count: Callable[[torch.Tensor, torch.Tensor], tor
         raise ValueError(f"metric {name!r} must be callable (outputs, targets) -> a tensor summed over the rows")
     if mode not in ("min", "max"):
         raise ValueError(f"metric {name!r}: mode must be min or max, got {mode!r}")
-    if METRICS.get(name, Metric(count, mode=mode)).count is not count:
+    if name in METRICS and METRICS[name].count is not count:
         raise ValueError(f"metric {name!r} already means {qualified_name(METRICS[name].count or METRICS[name].of_loss)}")
     METRICS[name] = Metric(count, mode=mode, classifies=False)
 

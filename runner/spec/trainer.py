@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from runner.config.schema import TrackerConfig
-from runner.data.sources import DATASETS
+from runner.data.sources import DATASETS, SOURCE_KEYS
 from runner.data.tokens import DTYPES as TOKEN_DTYPES
 from runner.data.transforms import TRANSFORMS
 from runner.errors import Problems, suggest
@@ -49,7 +49,11 @@ def check_data(data: DataSpec, problems: Problems) -> None:
             problems.add("data.shape", f"{data.name}'s samples have shape {list(source.shape)}; {list(data.shape)} holds {math.prod(data.shape)} values, not {math.prod(source.shape)}")
     if source is not None and source.needs_shape and data.shape is None:
         problems.add("data.shape", f"required for data.name={data.name}: [channels, height, width] of every image")
-    if source is not None and source.needs_root and not data.root:
+    for key in SOURCE_KEYS:
+        if source is not None and getattr(data, key) is not None and key not in source.reads:
+            readers = [name for name, other in DATASETS.items() if key in other.reads]
+            problems.add(f"data.{key}", f"data.name={data.name} does not read it (it is for data.name={' or '.join(readers)}); remove it")
+    if source is not None and "root" in source.reads and not data.root:
         problems.add("data.root", f"required for data.name={data.name}: the directory holding its files (see docs/config.md#data)")
     if data.name == "file":
         if not data.path:

@@ -42,7 +42,7 @@ class DataSpec:
     root: str | None = None
     block_size: int | None = None
     vocab_size: int | None = None
-    dtype: str = "uint16"
+    dtype: str | None = None
     transforms: TransformsSpec = field(default_factory=TransformsSpec)
     features: tuple[str, ...] | None = None
     target: str | None = None

@@ -25,9 +25,9 @@ def summarize(prepared: Prepared, outcome: Any, callbacks: list[Callback], preci
     averaged = ema.last if ema is not None else None
     return {
         "train_loss": outcome.train_loss,
-        "val_loss": last.loss if last else None,
-        "val_accuracy": last.accuracy if last else None,
-        **(last.record() if last else {}),  # val_<metric> for each of `metrics:`
+        "val_loss": None,
+        "val_accuracy": None,  # present (null) in every summary, as before metrics: existed
+        **(last.record() if last else {}),  # val_loss and val_<metric> for each of `metrics:`
         "steps": final.step,
         "epochs": final.epoch,
         "wall_seconds": None,
@@ -37,8 +37,8 @@ def summarize(prepared: Prepared, outcome: Any, callbacks: list[Callback], preci
         "device": str(prepared.device),
         "dtype": str(prepared.dtype).replace("torch.", ""),
         "seed": prepared.spec.seed,
-        "val_loss_ema": averaged.loss if averaged else None,
-        "val_accuracy_ema": averaged.accuracy if averaged else None,
+        "val_loss_ema": None,
+        "val_accuracy_ema": None,
         **(averaged.record("_ema") if averaged else {}),
         "best": monitor.summary() if monitor is not None else None,
         "stopped_early": outcome.stopped,
