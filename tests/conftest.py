@@ -53,14 +53,82 @@ def compose():
     return _compose
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Runs `python -m runner ARGS` in a subprocess and returns the completed process."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """Runs `python -m runner ARGS` and returns its exit status and output (see `run_module`)."""
+    return run_module("runner", *args, cwd=cwd, env=env, timeout=timeout, process=process)
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120,
+               process: bool = False) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` (runner or one of its entry points) and returns its exit status and
+    output as a CompletedProcess.
+
+    By default in this process, as `python -m` would run it (see `in_process`): a new process would
+    spend ~6 s importing torch and torch._dynamo before any work. `process=True` starts a real one,
+    for what only a process shows: signals, plugins installed for it, what a fresh import loads.
+    """
+    if not process:
+        return in_process(module, list(args), cwd or REPO, env or {})
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args], cwd=cwd or REPO, env=full_env,
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def in_process(module: str, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """Runs the `main` of `python -m MODULE` with ARGS as sys.argv[1:], in `cwd` with `env` added to the
+    environment, capturing stdout and stderr; what a process would leave behind is put back after:
+    the arguments, directory, environment, Hydra's global state and the logging handlers Hydra adds.
+    An exception that escapes is printed as the interpreter would print it, with exit status 1."""
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    saved_logging = {logger: (logger.handlers[:], logger.level, logger.propagate) for logger in loggers}
+    saved = sys.argv[:], os.getcwd(), dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env)
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.chdir(cwd)
+    sys.argv = [module, *args]
+    GlobalHydra.instance().clear()
+    code: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                if module == "runner":
+                    importlib.import_module("runner.cli").main()  # what runner/__main__.py calls
+                else:
+                    importlib.import_module(module).main(args)
+            except SystemExit as leaving:
+                code = leaving.code
+                if isinstance(code, str):  # sys.exit("message"): printed, status 1
+                    print(code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv, cwd_before, environ = saved
+        os.chdir(cwd_before)
+        os.environ.clear()
+        os.environ.update(environ)
+        for logger in [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]:
+            handlers, level, propagate = saved_logging.get(logger, ([], logging.NOTSET, True))
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    return subprocess.CompletedProcess([module, *args], 0 if code is None else code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,6 @@ other groups, a zero default lr, and Hydra's override errors as config errors.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import runner
-from conftest import QUIET, REPO
+from conftest import QUIET, run_cli, run_module
 from runner.errors import ConfigError
 from runner.prepare.plan import validate
 
@@ -267,10 +264,8 @@ def test_a_variable_nothing_reads_and_a_bad_division_are_errors(compose, tmp_pat
 
 
 def test_a_sweep_over_a_model_variable_builds_each_size(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "experiment=nanogpt", "model.vars.n_layer=1,2", *QUIET, "trainer.max_steps=1",
-         "data.num_samples=64", f"hydra.sweep.dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = run_cli("-m", "experiment=nanogpt", "model.vars.n_layer=1,2", *QUIET, "trainer.max_steps=1",
+                   "data.num_samples=64", f"hydra.sweep.dir={tmp_path}")
     assert done.returncode == 0, done.stderr[-2000:]
     for job, layers in ((0, 1), (1, 2)):
         model = runner.load(tmp_path / str(job))
@@ -308,8 +303,7 @@ def test_a_zero_default_lr_is_allowed_when_every_group_sets_its_own(compose):
 
 
 def test_inspect_reports_a_merged_layers_override_without_a_traceback():
-    done = subprocess.run([sys.executable, "-m", "runner.inspect", "model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = run_module("runner.inspect", "model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "model=custom '+model.layers={...}'" in done.stderr
     assert len(done.stderr.splitlines()) == 2

@@ -4,8 +4,6 @@ the loss and accuracy computed by hand in plain torch."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import runner
-from conftest import REPO, write_idx
+from conftest import run_module, write_idx
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +60,8 @@ def test_evaluate_refuses_another_model_and_a_bad_key(mnist_run):
 
 
 def test_the_cli_prints_the_metrics_as_json_and_exits_2_on_a_config_error(mnist_run, other_mnist):
-    result = subprocess.run([sys.executable, "-m", "runner.evaluate", str(mnist_run), f"data.root={other_mnist}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_module("runner.evaluate", str(mnist_run), f"data.root={other_mnist}")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["val_loss"] == pytest.approx(by_hand(mnist_run, other_mnist)["val_loss"], rel=1e-6)
-    bad = subprocess.run([sys.executable, "-m", "runner.evaluate", str(mnist_run), "data.root=/nowhere"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = run_module("runner.evaluate", str(mnist_run), "data.root=/nowhere")
     assert bad.returncode == 2 and "data.root: no such directory: /nowhere" in bad.stderr and "Traceback" not in bad.stderr

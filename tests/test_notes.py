@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 from itertools import chain
-from pathlib import Path
 
 import pytest
 import torch

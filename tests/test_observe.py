@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import runner
 from runner.errors import ConfigError

@@ -133,7 +133,7 @@ def test_saved_run_naming_an_unregistered_type_is_refused_without_importing(regi
     if how == "load":
         result = load_in_subprocess(run_dir, env)
     else:
-        result = run_cli(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path, env=env)
+        result = run_cli(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path, env=env, process=True)  # entry points: a fresh process
     assert result.returncode == 2, result.stderr
     assert "unknown layer type 'PlugScale'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -209,7 +209,7 @@ def plugin_run(tmp_path_factory):
     result = run_cli(
         *QUIET, "model=custom", LAYERS, "model.frozen=[scale.weight]", CONSTANT_RULE, "trainer.epochs=2",
         "trainer.callbacks=[{name: plug_evals, tag: seen}]",
-        f"hydra.run.dir={root / 'run'}", cwd=root, env=env_with(root / "site", marker),
+        f"hydra.run.dir={root / 'run'}", cwd=root, env=env_with(root / "site", marker), process=True,
     )
     return root / "run", root / "site", result, marker
 
@@ -248,7 +248,7 @@ not_callable = runner_test_plugin:NOT_CALLABLE
 def test_broken_entry_points_are_a_config_error_naming_each(tmp_path):
     install(tmp_path / "site", "broken-plugin", BROKEN)
     result = run_cli(*QUIET, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                     env=env_with(tmp_path / "site", tmp_path / "imported"))
+                     env=env_with(tmp_path / "site", tmp_path / "imported"), process=True)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()

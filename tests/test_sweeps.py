@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import runner
-from conftest import REPO, TINY, read_csv, run_cli
+from conftest import REPO, TINY, read_csv, run_cli, run_module
 from runner.sweep.report import write_report
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_a_failing_job_is_listed_and_the_sweep_goes_on(tmp_path):
     assert "**Not finished:** job 1 (`model.layers.fc1.type=Linaer`): failed" in (tmp_path / "report.md").read_text()
     # An unfinished job (killed before its summary) is reported too, by `python -m runner.report`.
     (tmp_path / "0" / "summary.json").unlink()
-    regenerated = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    regenerated = run_module("runner.report", str(tmp_path))
     assert regenerated.returncode == 0, regenerated.stderr
     assert [r["status"] for r in rows(tmp_path)] == ["unfinished", "failed"]
 
