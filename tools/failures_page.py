@@ -1,11 +1,11 @@
-"""docs/failures.md's table of bad inputs, generated from tests/test_failures.py's TABLE.
+"""docs/failures.md's table of bad inputs, generated from tests/integration/test_failures.py's TABLE.
 
 Each row of TABLE is a bad input, the exit status the CLI gives it and the words its one message
-must contain; tests/test_failures.py checks each, so the page shows what is tested. `{bad}` (a
+must contain; tests/integration/test_failures.py checks each, so the page shows what is tested. `{bad}` (a
 folder of the test's files) reads `<dir>`, and `*FILE` the data=file overrides it stands for.
 
 `python tools/failures_page.py` writes the table anew (between the markers <!-- failures:begin -->
-and <!-- failures:end -->); tests/test_docs_current.py fails when it is out of date.
+and <!-- failures:end -->); tests/unit/test_docs_current.py fails when it is out of date.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "tests" / "test_failures.py"
+SOURCE = REPO / "tests" / "integration" / "test_failures.py"
 PAGE = REPO / "docs" / "failures.md"
 BEGIN = "<!-- failures:begin -->"
 END = "<!-- failures:end -->"
-# Refused by Hydra on the CLI before runner's own checks (tests/test_failures.py test_cli_compose_errors_exit_2).
+# Refused by Hydra on the CLI before runner's own checks (tests/integration/test_failures.py test_cli_compose_errors_exit_2).
 HYDRA_ROWS = [
     ("`trainer.watch=fc1`", 2, "trainer.watch (Hydra: a list is expected; write `trainer.watch=[fc1]`)"),
     ("`trainer.epoch=3` (a misspelt key), `trainer.epochs=many`, `trainer.compile=maybe`, `modell=cnn`, `model=cnnn`",

@@ -10,7 +10,7 @@ Each example's header comment is the source of truth:
     # <prose>                                    (optional; `PARTLY:` says what cannot be expressed)
     <the YAML body>
 
-`python tools/notes_page.py` writes docs/notes.md anew; tests/test_docs_current.py fails when it is
+`python tools/notes_page.py` writes docs/notes.md anew; tests/unit/test_docs_current.py fails when it is
 out of date.
 """
 
@@ -223,7 +223,7 @@ def page() -> str:
         "Every pattern of the source notes, written in our YAML. Back to the [README](../README.md).",
         "",
         "<!-- Generated from the header comments of examples/notes/experiment/*.yaml: edit those, then run",
-        "     `python tools/notes_page.py`, which writes this page (tests/test_docs_current.py checks it). -->",
+        "     `python tools/notes_page.py`, which writes this page (tests/unit/test_docs_current.py checks it). -->",
         "",
         "The runner was written from five sets of notes on PyTorch parameter management (numbered 000 to",
         f"004). Each of the {len(found)} examples below takes a piece of PyTorch code from them and writes it as an",
@@ -233,7 +233,7 @@ def page() -> str:
         "python -m runner --config-dir examples/notes experiment=<name>",
         "```",
         "",
-        "(add `trainer.max_steps=3` for a quick look). Each example has a test in tests/test_notes.py that",
+        "(add `trainer.max_steps=3` for a quick look). Each example has a test in tests/integration/test_notes.py that",
         "compares it with plain PyTorch written from the notes. **full**: the notes' code is expressed as",
         "written; **partly**: some of it cannot be, and the example says what and what it does instead.",
         "",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import runner
-from conftest import REPO, TINY, read_csv, run_cli, run_module
+from conftest import QUIET, REPO, TINY, read_csv, run_cli, run_module
 from runner.sweep.report import write_report
 
 pytestmark = pytest.mark.slow
@@ -149,3 +149,13 @@ def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
     assert [p.name for p in written] == ["report.md", "report.csv", "report_groups.csv", "report.png"]
     assert json.loads((sequential_sweep / "0" / "summary.json").read_text())["weights_sha256"] == rows(sequential_sweep)[0]["weights_sha256"]
+
+
+def test_a_sweep_over_a_model_variable_builds_each_size(tmp_path):
+    # A model variable (model.vars) is a sweep axis like any other key.
+    done = run_cli("-m", "experiment=nanogpt", "model.vars.n_layer=1,2", *QUIET, "trainer.max_steps=1",
+                   "data.num_samples=64", f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for job, layers in ((0, 1), (1, 2)):
+        model = runner.load(tmp_path / str(job))
+        assert sorted({name.split(".")[2] for name, _ in model.named_parameters() if name.startswith("transformer.h.")}) == [str(i) for i in range(layers)]

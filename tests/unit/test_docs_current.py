@@ -1,5 +1,5 @@
 """Generated pages are current: docs/notes.md (tools/notes_page.py, from the examples) and the table of
-docs/failures.md (tools/failures_page.py, from tests/test_failures.py's TABLE)."""
+docs/failures.md (tools/failures_page.py, from tests/integration/test_failures.py's TABLE)."""
 
 from __future__ import annotations
 

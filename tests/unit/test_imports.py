@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "runner"
+from conftest import REPO
+
+PACKAGE = REPO / "runner"
 # Lowest first. A module may import from its own layer and the layers before it.
 LAYERS = ["errors", "registry", "config", "data", "spec", "model", "run", "init", "prepare", "training", "sweep",
           "api", "cli evaluate inspect report __main__ __init__"]

@@ -1,4 +1,4 @@
-"""A plugin for tests/test_plugins.py: one layer type, one init function and one callback.
+"""A plugin for tests/cli/test_plugins.py: one layer type, one init function and one callback.
 
 The tests install it into a temporary directory with a dist-info of its own (entry points in the
 groups `runner.layers`, `runner.inits` and `runner.callbacks`), or only put it on the path, uninstalled. On import it

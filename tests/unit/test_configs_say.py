@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 import runner
-from conftest import QUIET, run_cli, run_module
 from runner.errors import ConfigError
 from runner.prepare.plan import validate
 
@@ -263,15 +262,6 @@ def test_a_variable_nothing_reads_and_a_bad_division_are_errors(compose, tmp_pat
         validate(compose(_model_file(tmp_path, WIDE % "floordiv"), "model=wide", "model.vars.heads=7"))
 
 
-def test_a_sweep_over_a_model_variable_builds_each_size(tmp_path):
-    done = run_cli("-m", "experiment=nanogpt", "model.vars.n_layer=1,2", *QUIET, "trainer.max_steps=1",
-                   "data.num_samples=64", f"hydra.sweep.dir={tmp_path}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    for job, layers in ((0, 1), (1, 2)):
-        model = runner.load(tmp_path / str(job))
-        assert sorted({name.split(".")[2] for name, _ in model.named_parameters() if name.startswith("transformer.h.")}) == [str(i) for i in range(layers)]
-
-
 # ---------------------------------------------------------------- 7b. model files hold models
 
 
@@ -300,13 +290,6 @@ def test_a_zero_default_lr_is_allowed_when_every_group_sets_its_own(compose):
     found = problems_of(compose, "optim.lr=0", "optim.param_groups=[{match: 'fc1.*', lr: 0.01}, {}]")
     assert "optim.param_groups[1] does not" in found["optim.lr"]
     assert "no param_groups" in problems_of(compose, "optim.lr=0")["optim.lr"]
-
-
-def test_inspect_reports_a_merged_layers_override_without_a_traceback():
-    done = run_module("runner.inspect", "model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}")
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr and "model=custom '+model.layers={...}'" in done.stderr
-    assert len(done.stderr.splitlines()) == 2
 
 
 def test_in_place_after_a_shared_module_computes_what_plain_pytorch_does_when_no_one_else_reads(compose):

@@ -1,4 +1,4 @@
-"""The real CLI in a subprocess: a run directory on success; exit 2 and one clear message on a bad config."""
+"""The CLI: a run directory on success; exit 2 and one clear message on a bad config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import run_cli
+from conftest import run_cli, run_module
 
 
 def test_cli_trains_into_the_given_run_directory(tmp_path):
@@ -43,3 +43,10 @@ def test_a_mistyped_override_is_answered_before_torch_is_imported(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["2", "False"], result.stderr
     assert "Key 'epoch' not in 'TrainerConfig'" in result.stderr
+
+
+def test_inspect_reports_a_merged_layers_override_without_a_traceback():
+    done = run_module("runner.inspect", "model.layers={fc: {type: Linear, in_features: 64, out_features: 10}}")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "model=custom '+model.layers={...}'" in done.stderr
+    assert len(done.stderr.splitlines()) == 2
