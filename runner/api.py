@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner.config.compose import compose, resume_composition
+from runner.config.schema import upgraded
 from runner.data.sources import Dataset
 from runner.errors import ConfigError, Problem, Problems
 from runner.init import pretrained
@@ -200,6 +201,6 @@ def load(path: str | Path, device: str = "cpu", ema: bool = False) -> nn.Module:
 
 def saved_config(latest: Path) -> dict:
     """Returns the config a checkpoint was written with (verified), as a run to continue, not to resume again."""
-    saved = dict(checkpoint.read_state(latest)["config"])
+    saved = upgraded(dict(checkpoint.read_state(latest)["config"]))
     saved["resume"] = None
     return saved

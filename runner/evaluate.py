@@ -38,7 +38,7 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), device: str = "
     data = load_data(spec.data)
     model = load(latest, device=device, ema=ema)
     data = data.to(next(iter(model.parameters())).device, DTYPES[spec.trainer.dtype])
-    result = evaluate_split(model, data.val_x, data.val_y, loss_function(spec.data.task, spec.trainer.loss), spec.metrics)
+    result = evaluate_split(model, data.val_x, data.val_y, loss_function(spec.data.task, spec.loss), spec.metrics)
     return {**result.record(), "samples": len(data.val_x), "checkpoint": str(latest)}
 
 

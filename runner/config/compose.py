@@ -14,7 +14,7 @@ from typing import Any, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config.schema import SECTIONS, OptimConfig, conf_dir
+from runner.config.schema import MOVED, SECTIONS, OptimConfig, conf_dir
 
 
 def _number(op: str, value: Any) -> float | int:
@@ -94,6 +94,8 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
     cause = error.__cause__
     key = getattr(cause, "full_key", None) or ""
     lines = [line for line in str(error).splitlines() if line.strip()]
+    if key in MOVED:
+        return Problem(key, f"moved: set {MOVED[key]} instead")
     if key and "not in" in str(cause):  # a misspelt key: Hydra would advise `+key=`, which only adds the typo
         parent, _, name = key.rpartition(".")
         given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]

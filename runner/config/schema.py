@@ -163,7 +163,6 @@ class TrainerConfig:
     early_stopping: Any = None
     # Keep the checkpoint with the best monitored value (early_stopping's metric, else val_loss).
     keep_best: Any = flag(False)
-    loss: str = "auto"  # auto | cross_entropy | mse | l1 | smooth_l1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "float32"  # float32 | float64 | bfloat16
     # Forward pass and loss under torch.autocast in this dtype (null: off); weights stay in `dtype`.
@@ -180,6 +179,18 @@ class TrainerConfig:
     # Callbacks of your own, by registered name (runner.register_callback or a `runner.callbacks` entry point):
     # [name, ...] or [{name: N, <constructor argument>: value}, ...]; they run after the built-in ones.
     callbacks: List[Any] = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    """`loss:`, the training loss (validation's val_loss is the same loss on the validation split)."""
+
+    # auto: the task's own (cross_entropy for class ids, mse otherwise) | cross_entropy | mse | l1 | smooth_l1 | huber
+    name: str = "auto"
+    # Each setting belongs to one loss; null: that loss's own default.
+    label_smoothing: Optional[float] = None  # cross_entropy: 0 (one-hot targets) to 1
+    beta: Optional[float] = None  # smooth_l1: where it turns from squared to linear (>= 0; torch's default 1.0)
+    delta: Optional[float] = None  # huber: the same for huber (> 0; torch's default 1.0)
 
 
 @dataclass
@@ -208,11 +219,31 @@ class RunConfig:
     # Evaluation metrics, each logged as val_<name>: accuracy, top5, perplexity, or a registered one;
     # null: [accuracy] for tasks with class ids (classification, language_model), else none.
     metrics: Optional[List[str]] = None
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+# Keys that have moved: old dotted key -> where it lives now (a saved run's config is read with them moved).
+MOVED = {"trainer.loss": "loss.name"}
+
+
+def upgraded(saved: dict) -> dict:
+    """Returns a saved run's config with its moved keys in their new places (the same meaning)."""
+    saved = {**saved}
+    for old, new in MOVED.items():
+        section, _, key = old.rpartition(".")
+        if key in saved.get(section, {}):
+            value = {**saved[section]}
+            moved = value.pop(key)
+            to_section, _, to_key = new.rpartition(".")
+            saved[section] = value
+            saved[to_section] = {**saved.get(to_section, {}), to_key: moved}
+    return saved
 
 
 # Each mapping of the schema, by its dotted path ("" is the top level).
 SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
-            "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig}
+            "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig,
+            "loss": LossConfig}
 
 
 def register_schema() -> None:

@@ -11,7 +11,7 @@ installed distributions (groups `runner.layers` and `runner.inits`), never from 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -225,12 +225,12 @@ TRACKERS: dict[str, str] = {"mlflow": "mlflow"}
 
 @dataclass(frozen=True)
 class Metric:
-    """An evaluation metric: `count(outputs, targets)` gives a chunk's sum over its rows (the mean is
-    the sum over the split / its rows), or `of_loss` derives it from the mean loss. `mode` is the
-    direction of better (early stopping's default), `classifies` whether it needs class scores."""
+    """An evaluation metric: `count(outputs, targets)` gives a chunk's sum over its rows, the metric is
+    that sum over the split / its rows, passed through `finish` when given. `mode` is the direction of
+    better (early stopping's default), `classifies` whether it needs class scores."""
 
-    count: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    of_loss: Callable[[float], float] | None = None
+    count: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    finish: Callable[[float], float] | None = None
     mode: str = "max"
     classifies: bool = True
 
@@ -243,17 +243,22 @@ def _top5_hits(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (out.topk(min(5, out.shape[-1]), dim=-1).indices == targets.reshape(-1, 1)).any(-1).sum()
 
 
-def _perplexity(loss: float) -> float:
+def _cross_entropy_sum(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.float(), targets.reshape(-1), reduction="sum")
+
+
+def _exp(mean: float) -> float:
     import math
 
-    return math.exp(loss) if loss < 700 else float("inf")
+    return math.exp(mean) if mean < 700 else float("inf")
 
 
 # `metrics:` names -> Metric; register_metric (or a `runner.metrics` entry point) adds to it.
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(_hits),
     "top5": Metric(_top5_hits),
-    "perplexity": Metric(of_loss=_perplexity, mode="min"),  # exp of the mean cross-entropy: a language model's
+    # exp of the mean plain cross-entropy (whatever `loss:` trains with, label smoothing included): a language model's
+    "perplexity": Metric(_cross_entropy_sum, finish=_exp, mode="min"),
 }
 
 
@@ -267,7 +272,7 @@ def register_metric(name: str, count: Callable[[torch.Tensor, torch.Tensor], tor
     if mode not in ("min", "max"):
         raise ValueError(f"metric {name!r}: mode must be min or max, got {mode!r}")
     if name in METRICS and METRICS[name].count is not count:
-        raise ValueError(f"metric {name!r} already means {qualified_name(METRICS[name].count or METRICS[name].of_loss)}")
+        raise ValueError(f"metric {name!r} already means {qualified_name(METRICS[name].count)}")
     METRICS[name] = Metric(count, mode=mode, classifies=False)
 
 
@@ -280,8 +285,23 @@ def metric_names() -> dict[str, Metric]:
     return dict(METRICS)
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "cross_entropy": F.cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss,
+@dataclass(frozen=True)
+class Loss:
+    """A loss: `fn(outputs, targets, **settings)`, the mean over the rows. `settings` are the `loss.<key>`
+    it takes, each with its range (low, high, whether low itself is allowed); `classifies`: its targets are class ids."""
+
+    fn: Callable[..., torch.Tensor]
+    settings: dict[str, tuple[float, float | None, bool]] = field(default_factory=dict)
+    classifies: bool = False
+
+
+# `loss.name` -> Loss (auto: the task's own, see TASKS).
+LOSSES: dict[str, Loss] = {
+    "cross_entropy": Loss(F.cross_entropy, {"label_smoothing": (0.0, 1.0, True)}, classifies=True),
+    "mse": Loss(F.mse_loss),
+    "l1": Loss(F.l1_loss),
+    "smooth_l1": Loss(F.smooth_l1_loss, {"beta": (0.0, None, True)}),
+    "huber": Loss(F.huber_loss, {"delta": (0.0, None, False)}),
 }
 
 

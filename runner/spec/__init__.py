@@ -26,7 +26,7 @@ from runner.spec.common import field_names, parse_globs
 from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
-from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_metrics, parse_monitor, parse_tracker
+from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_loss, parse_metrics, parse_monitor, parse_tracker
 from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, TransformsSpec, freeze
 
 
@@ -72,6 +72,7 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
         config=container,
         tracker=parse_tracker(typed.tracker, problems),
         metrics=metrics,
+        loss=parse_loss(typed.loss, data.task, problems),
     )
 
 

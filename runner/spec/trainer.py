@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import re
 from typing import Any
 
-from runner.config.schema import TrackerConfig
+from runner.config.schema import LossConfig, TrackerConfig
 from runner.data.sources import DATASETS, SOURCE_KEYS
 from runner.data.tokens import DTYPES as TOKEN_DTYPES
 from runner.data.transforms import TRANSFORMS
 from runner.errors import Problems, suggest
 from runner.registry.tables import DTYPES, LOSSES, METRICS, TASKS, TRACKERS, callback_types, metric_names
 from runner.spec.common import check_choice
-from runner.spec.types import CallbackSpec, DataSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
+from runner.spec.types import CallbackSpec, DataSpec, LossSpec, MonitorSpec, TrackerSpec, TrainerSpec, freeze
 
 AUTOCAST = ("bfloat16", "float16")  # trainer.autocast
 PROGRESS = ("auto", "bar", "log", "off")
@@ -146,7 +147,6 @@ def check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)
     _check_positive(trainer.ckpt_every, "trainer.ckpt_every", problems, allow_zero=True)
     _check_positive(trainer.keep_last, "trainer.keep_last", problems)
-    check_choice(trainer.loss, ("auto", *LOSSES), "trainer.loss", problems)
     check_choice(trainer.dtype, DTYPES, "trainer.dtype", problems)
     if trainer.autocast is not None:
         if trainer.autocast not in AUTOCAST:
@@ -176,6 +176,36 @@ def parse_metrics(declared: list[str] | None, task: str, problems: Problems) -> 
         else:
             names.append(name)
     return tuple(names)
+
+
+def parse_loss(declared: LossConfig, task: str, problems: Problems) -> LossSpec:
+    """`loss:` with `auto` resolved to the task's own; each setting given must belong to the loss and lie in its range."""
+    name = TASKS[task].loss if declared.name == "auto" and task in TASKS else declared.name
+    if name not in LOSSES:
+        check_choice(name, ("auto", *LOSSES), "loss.name", problems)
+        return LossSpec()
+    loss, settings = LOSSES[name], []
+    if task in TASKS and loss.classifies != TASKS[task].classifies:
+        fitting = [n for n, other in LOSSES.items() if other.classifies == TASKS[task].classifies]
+        targets = "class ids" if loss.classifies else "numbers to regress to"
+        problems.add("loss.name", f"{name} needs {targets} as targets; task {task!r} has {'class ids' if TASKS[task].classifies else 'numbers'} "
+                                  f"(expected auto, {', '.join(fitting)})")
+    for key in (f.name for f in dataclasses.fields(LossConfig) if f.name != "name"):
+        value = getattr(declared, key)
+        if value is None:
+            continue
+        if key not in loss.settings:
+            takes = [n for n, other in LOSSES.items() if key in other.settings]
+            own = f"; {name} takes {', '.join(loss.settings)}" if loss.settings else f"; {name} takes none"
+            problems.add(f"loss.{key}", f"{' and '.join(takes)} take{'s' if len(takes) == 1 else ''} it, not {name}{own}")
+            continue
+        low, high, low_allowed = loss.settings[key]
+        if not (value > low or (low_allowed and value == low)) or (high is not None and value > high):
+            bounds = f"{'from' if low_allowed else 'above'} {low:g}" + (f" to {high:g}" if high is not None else "")
+            problems.add(f"loss.{key}", f"expected a number {bounds}, got {value}")
+            continue
+        settings.append((key, float(value)))
+    return LossSpec(name, tuple(settings))
 
 
 def parse_monitor(declared: Any, metrics: tuple[str, ...], problems: Problems) -> MonitorSpec | None:

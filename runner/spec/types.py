@@ -93,7 +93,6 @@ class TrainerSpec:
     ema_decay: float | None = None
     early_stopping: MonitorSpec | None = None
     keep_best: bool = False
-    loss: str = "auto"
     device: str = "auto"
     dtype: str = "float32"
     autocast: str | None = None
@@ -103,6 +102,14 @@ class TrainerSpec:
     threads: int = 0
     progress: str = "auto"
     callbacks: tuple[CallbackSpec, ...] = ()  # the schema's [], parsed
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The training loss: a name of the losses table (`auto` resolved to the task's own) and its settings."""
+
+    name: str = "cross_entropy"
+    settings: tuple[tuple[str, float], ...] = ()  # (key, value) for each loss.<key> given
 
 
 @dataclass(frozen=True)
@@ -327,4 +334,5 @@ class RunSpec:
     config: dict = field(default_factory=dict)  # the resolved config, as plain containers
     tracker: TrackerSpec | None = None
     metrics: tuple[str, ...] = ()  # evaluation metrics, each logged as val_<name>
+    loss: LossSpec = field(default_factory=LossSpec)
 

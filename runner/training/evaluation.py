@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -9,17 +10,17 @@ import torch
 from torch import nn
 
 from runner.registry.tables import LOSSES, METRICS, TASKS
+from runner.spec.types import LossSpec
 
 EVAL_CHUNK = 2048
 
 
-def loss_function(task: str, name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Returns the loss for the task (its own default unless `name` says otherwise)."""
-    kind = TASKS[task]
-    base = LOSSES[kind.loss if name == "auto" else name]
-    if kind.per_token:
-        return lambda out, y: base(out, y.reshape(-1))
-    return base
+def loss_function(task: str, loss: LossSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Returns the training loss (`loss:` resolved against the task: `auto` is already its own) with its settings."""
+    fn, settings = LOSSES[loss.name].fn, dict(loss.settings)
+    if TASKS[task].per_token:
+        return lambda out, y: fn(out, y.reshape(-1), **settings)
+    return functools.partial(fn, **settings) if settings else fn
 
 
 @dataclass
@@ -51,17 +52,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     was_training = model.training
     model.eval()
     table = {name: METRICS[name] for name in metrics}
-    counted = [name for name, metric in table.items() if metric.count is not None]
-    sums = torch.zeros(1 + len(counted), dtype=torch.float64, device=x.device)  # the loss's, then each counted metric's
+    sums = torch.zeros(1 + len(table), dtype=torch.float64, device=x.device)  # the loss's, then each metric's
     rows = 0
     for start in range(0, len(x), EVAL_CHUNK):
         out = model(x[start : start + EVAL_CHUNK])
         targets = y[start : start + EVAL_CHUNK]
-        parts = [loss_fn(out, targets).double() * out.shape[0], *(table[name].count(out, targets).double() for name in counted)]
+        parts = [loss_fn(out, targets).double() * out.shape[0], *(metric.count(out, targets).double() for metric in table.values())]
         sums += torch.stack(parts)
         rows += out.shape[0]
     if was_training:
         train_mode(model, eval_modules)
-    loss, *totals = (value / rows for value in sums.tolist())
-    by_count = dict(zip(counted, totals))
-    return Evaluation(loss, {name: by_count[name] if name in by_count else table[name].of_loss(loss) for name in metrics})
+    loss, *means = (value / rows for value in sums.tolist())
+    return Evaluation(loss, {name: metric.finish(mean) if metric.finish else mean for (name, metric), mean in zip(table.items(), means)})

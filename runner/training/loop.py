@@ -198,7 +198,7 @@ class Loop:
         # Logged steps with activation statistics run the forward pass eagerly: hooks added to a
         # compiled model are not seen by the graph it already compiled.
         fast = torch.compile(net) if trainer.compile else net  # shares the model's tensors: checkpoints and stats are unchanged
-        self.step = Step(fast, net, loss_function(spec.data.task, trainer.loss), optimizer, scheduler, [e.tensor for e in entries],
+        self.step = Step(fast, net, loss_function(spec.data.task, spec.loss), optimizer, scheduler, [e.tensor for e in entries],
                          spec.optim.clip_grad_norm, Precision(trainer.autocast, prepared.device, optimizer), stats, acts, group)
         self.losses = Losses(group, prepared.device, stats)
         self.callbacks = [*components(prepared, entries, group), *callbacks]
