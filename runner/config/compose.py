@@ -184,7 +184,8 @@ GROUPS = ("data", "model", "init", "optim")
 def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
     """Returns a problem for each mapping override that Hydra merged into a mapping the config
     already had instead of putting it in its place (`+model.layers={a: ...}` on the default model
-    keeps fc1, fc2, ... beside `a`). A mapping given on the command line must be the whole mapping."""
+    keeps fc1, fc2, ... beside `a`). A mapping given on the command line must be the whole mapping
+    (keys left null excepted)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from runner.errors import Problem
@@ -197,7 +198,8 @@ def merged_overrides(overrides: List[str], cfg: DictConfig) -> list:
         composed = OmegaConf.select(cfg, key, default=None)
         if not isinstance(composed, DictConfig):
             continue
-        kept = [str(k) for k in composed if k not in override.value()]
+        # A key left null (a schema default such as loss.beta) keeps nothing the user did not give.
+        kept = [str(k) for k, v in OmegaConf.to_container(composed, resolve=False).items() if k not in override.value() and v is not None]
         if not kept:
             continue
         how = ("declare a model's layers from the command line on the empty model: model=custom '+model.layers={...}'"

@@ -46,7 +46,7 @@ def outputs(run_dir, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_label_smoothing_trains_as_plain_pytorch_and_val_loss_is_the_smoothed_cross_entropy(compose, tmp_path):
-    cfg = compose("loss.label_smoothing=0.1", "trainer.max_steps=8", "metrics=[perplexity]")
+    cfg = compose("loss={name: cross_entropy, label_smoothing: 0.1}", "trainer.max_steps=8", "metrics=[perplexity]")  # the contract's form
     summary = runner.train(cfg, tmp_path)
     expected = plain_training(cfg, lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1), 8)
     for (name, ours), theirs in zip(runner.load(tmp_path).state_dict().items(), expected.state_dict().values()):
