@@ -74,6 +74,18 @@ class TransformsConfig:
 
 
 @dataclass
+class LoaderConfig:
+    """How training batches are served. num_workers 0: slices of the data already on the device (the
+    fast path for data that fits in memory); > 0: a torch DataLoader whose worker processes gather
+    and transform each batch, the same batches in the same order."""
+
+    num_workers: int = 0
+    pin_memory: Any = flag(False)  # page-locked batches, copied to a CUDA device without blocking
+    persistent_workers: Any = flag(False)  # keep the workers between epochs
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead (null: torch's default, 2)
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"  # digits | synthetic | text | file | parquet | mnist | cifar10 | cifar100 | image_folder | tokens
     task: str = "classification"  # classification | regression | reconstruction | language_model
@@ -100,6 +112,7 @@ class DataConfig:
     vocab_size: Optional[int] = None
     dtype: Optional[str] = None  # uint16 | uint32 (data=tokens sets uint16)
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
     # parquet: the feature columns (numbers, or one column of equal-length lists) and the target column
     features: Optional[List[str]] = None
     target: Optional[str] = None
@@ -243,7 +256,7 @@ def upgraded(saved: dict) -> dict:
 # Each mapping of the schema, by its dotted path ("" is the top level).
 SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig,
-            "loss": LossConfig}
+            "loss": LossConfig, "data.loader": LoaderConfig}
 
 
 def register_schema() -> None:

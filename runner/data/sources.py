@@ -7,12 +7,13 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from runner.config.schema import DataConfig
+from runner.data.loader import LoaderBatches, epoch_order
 from runner.data.tokens import TokenStream, read_ids, windows
 from runner.data.transforms import Pipeline, batch_generator, make_pipeline
 from runner.errors import ConfigError, Problem
@@ -37,9 +38,13 @@ class Dataset:
 
         return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y), self.transform)
 
-    def batches(self, batch_size: int, seed: int) -> "Batches":
-        """The training batches' server."""
-        return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
+    def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None) -> "Batches | LoaderBatches":
+        """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings,
+        num_workers > 0) a DataLoader's workers serving the same batches, moved to `device`."""
+        if loader is None or loader.num_workers == 0:
+            return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
+        return LoaderBatches(self.train_x, self.train_y, batch_size, seed, self.transform, device or self.train_x.device,
+                             loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor)
 
 
 def load_data(cfg: DataConfig) -> Dataset | TokenStream:
@@ -364,8 +369,7 @@ class Batches:
 
     def order(self, epoch: int) -> torch.Tensor:
         """Returns epoch `epoch`'s permutation of the sample indices."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.x), generator=generator).to(self.x.device)
+        return epoch_order(self.seed, epoch, len(self.x)).to(self.x.device)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yields the batches of `epoch` from batch index `start` on."""

@@ -21,6 +21,9 @@ def check_machine(spec: RunSpec, problems: Problems) -> Dataset | None:
     """Adds a problem for each thing this machine lacks; returns the loaded data when it could be read."""
     check_device(spec.trainer.device, "trainer.device", problems)
     check_autocast(spec, problems)
+    if spec.data.loader.pin_memory and DEVICE_FORM.match(str(spec.trainer.device)) and resolve_device(spec.trainer.device).type != "cuda":
+        where = "auto found no CUDA device here" if spec.trainer.device == "auto" else f"trainer.device is {spec.trainer.device}"
+        problems.add("data.loader.pin_memory", f"page-locked batches speed copies to a CUDA device ({where}); remove it")
     if spec.tracker is not None and spec.tracker.name in TRACKERS and importlib.util.find_spec(TRACKERS[spec.tracker.name]) is None:
         problems.add("tracker", "MLflow is not installed here: pip install 'runner[mlflow]' (mlflow-skinny with SQLAlchemy and Alembic)")
     if spec.trainer.strategy == "ddp" and "WORLD_SIZE" not in os.environ:

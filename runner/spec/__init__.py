@@ -27,7 +27,7 @@ from runner.spec.init import parse_rules
 from runner.spec.model import parse_model
 from runner.spec.optim import parse_optim
 from runner.spec.trainer import check_data, check_trainer, parse_callbacks, parse_loss, parse_metrics, parse_monitor, parse_tracker
-from runner.spec.types import DataSpec, InitSpec, RunSpec, SchedulerSpec, TrainerSpec, TransformsSpec, freeze
+from runner.spec.types import DataSpec, InitSpec, LoaderSpec, RunSpec, SchedulerSpec, TrainerSpec, TransformsSpec, freeze
 
 
 def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
@@ -55,7 +55,8 @@ def parse(cfg: DictConfig | dict, problems: Problems) -> RunSpec:
     data, trainer = freeze(typed.data, DataSpec), freeze(typed.trainer, TrainerSpec)
     data = dataclasses.replace(data, shape=None if data.shape is None else tuple(data.shape),
                                features=None if data.features is None else tuple(data.features),
-                               transforms=TransformsSpec(tuple(data.transforms.train), tuple(data.transforms.eval)))
+                               transforms=TransformsSpec(tuple(data.transforms.train), tuple(data.transforms.eval)),
+                               loader=freeze(typed.data.loader, LoaderSpec))
     metrics = parse_metrics(typed.metrics, data.task, problems)
     trainer = dataclasses.replace(trainer, watch=parse_globs(list(trainer.watch), "trainer.watch", problems),
                                   early_stopping=parse_monitor(trainer.early_stopping, metrics, problems),
@@ -184,8 +185,8 @@ def _booleans() -> set[str]:
 
 def _check_booleans(container: dict, problems: Problems) -> None:
     for path in sorted(_booleans()):
-        group, key = path.split(".")
-        value = container.get(group, {}).get(key)
-        if key in container.get(group, {}) and not isinstance(value, bool):
-            problems.add(path, f"expected true or false, got {value!r}")
-            container[group].pop(key)
+        section, _, key = path.rpartition(".")
+        node = _at(container, section, None)
+        if isinstance(node, dict) and key in node and not isinstance(node[key], bool):
+            problems.add(path, f"expected true or false, got {node[key]!r}")
+            node.pop(key)

@@ -71,6 +71,22 @@ def check_data(data: DataSpec, problems: Problems) -> None:
         if not data.target:
             problems.add("data.target", "required for data.name=parquet: the target column's name")
     _check_transforms(data, problems)
+    _check_loader(data, problems)
+
+
+def _check_loader(data: DataSpec, problems: Problems) -> None:
+    """data.loader: worker settings only with workers; the token stream reads its windows in the training process."""
+    loader = data.loader
+    _check_positive(loader.num_workers, "data.loader.num_workers", problems, allow_zero=True)
+    if loader.prefetch_factor is not None:
+        _check_positive(loader.prefetch_factor, "data.loader.prefetch_factor", problems)
+    if loader.num_workers == 0:
+        for key in ("pin_memory", "persistent_workers", "prefetch_factor"):
+            if getattr(loader, key) not in (None, False):
+                problems.add(f"data.loader.{key}", "takes effect only with worker processes: set data.loader.num_workers > 0, or remove it")
+    elif data.name == "tokens":
+        problems.add("data.loader.num_workers", "data=tokens slices its windows from the memory-mapped files in the training process "
+                                                "(nothing to decode, bench figure 15): set 0")
 
 
 def _check_transforms(data: DataSpec, problems: Problems) -> None:

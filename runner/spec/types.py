@@ -26,6 +26,14 @@ class TransformsSpec:
 
 
 @dataclass(frozen=True)
+class LoaderSpec:
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+
+
+@dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
     task: str = "classification"
@@ -44,6 +52,7 @@ class DataSpec:
     vocab_size: int | None = None
     dtype: str | None = None
     transforms: TransformsSpec = field(default_factory=TransformsSpec)
+    loader: LoaderSpec = field(default_factory=LoaderSpec)
     features: tuple[str, ...] | None = None
     target: str | None = None
 

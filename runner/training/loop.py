@@ -75,7 +75,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared.data.to(prepared.device, prepared.dtype)
-    batches = data.batches(trainer.batch_size, spec.seed)
+    if spec.data.loader.num_workers:  # the workers gather from CPU tensors; the batches go to the device as they arrive
+        batches = prepared.data.to(torch.device("cpu"), prepared.dtype).batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
+    else:
+        batches = data.batches(trainer.batch_size, spec.seed)
     steps_per_epoch = math.ceil(batches.steps_per_epoch / trainer.accumulate_grad_batches)  # optimizer steps
     total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * steps_per_epoch
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)

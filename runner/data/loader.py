@@ -1,0 +1,82 @@
+"""Training batches through torch's DataLoader (`data.loader.num_workers > 0`): worker processes gather
+and transform whole batches while the model trains.
+
+The batches are exactly those of the in-memory path (`Batches`): epoch e's order is the permutation
+seeded by (seed, e), batch i is its i-th slice, and its random transforms draw from (seed, e, i).
+So the sampler hands out batch *descriptions* (epoch, index, sample indices), not samples, and a
+worker turns one into a batch: nothing depends on which worker serves it or on worker RNG state,
+and a run resumed in the middle of an epoch starts the sampler at the batch it stopped before.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from runner.data.transforms import Pipeline, batch_generator
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """Epoch `epoch`'s permutation of `count` sample indices, from (seed, epoch) alone (on the CPU)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class _BatchSource(torch.utils.data.Dataset):
+    """Turns a batch description into the batch: rows gathered from the CPU tensors, then transformed."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Pipeline | None, seed: int):
+        self.x, self.y, self.transform, self.seed = x, y, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index, rows = key
+        x = self.x.index_select(0, rows)
+        if self.transform is not None:
+            x = self.transform(x, batch_generator(self.seed, epoch, index))
+        return x, self.y.index_select(0, rows)
+
+
+class _EpochBatches(Sampler):
+    """Describes the batches of one epoch from a start batch; `at` chooses which before each pass (one
+    sampler for the loader's life, so persistent workers outlive the epoch)."""
+
+    def __init__(self, batch_size: int, count: int, seed: int):
+        self.batch_size, self.count, self.seed = batch_size, count, seed
+        self.steps_per_epoch = math.ceil(count / batch_size)
+        self.epoch, self.start = 0, 0
+
+    def at(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        order, size = epoch_order(self.seed, self.epoch, self.count), self.batch_size
+        for index in range(self.start, self.steps_per_epoch):
+            yield self.epoch, index, order[index * size : (index + 1) * size]
+
+
+class LoaderBatches:
+    """The DataLoader path of `Batches`: the same `epoch(epoch, start)` and `steps_per_epoch`, batches
+    moved to `device` as they arrive (without blocking when pinned)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None, device: torch.device,
+                 num_workers: int, pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None):
+        self.device, self.pinned = device, pin_memory
+        self._sampler = _EpochBatches(batch_size, len(x), seed)
+        self.steps_per_epoch = self._sampler.steps_per_epoch
+        self._loader = DataLoader(
+            _BatchSource(x, y, transform, seed), batch_size=None, sampler=self._sampler, num_workers=num_workers,
+            pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
+        )
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._sampler.at(epoch, start)
+        for x, y in self._loader:
+            yield x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)

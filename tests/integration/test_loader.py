@@ -1,0 +1,84 @@
+"""data.loader: with worker processes, torch's DataLoader serves the batches the in-memory path serves
+(rows of epoch e's permutation, transformed from (seed, e, batch)), so a run with workers trains to the
+same weights, and one resumed in the middle of an epoch with workers is bit-identical."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import runner
+from conftest import run_cli
+from runner.data.loader import LoaderBatches
+from runner.data.sources import load_data
+from runner.data.transforms import batch_generator, make_pipeline
+from runner.run.directory import read_metrics
+
+AUGMENT = ["data.transforms.train=[{name: random_crop, padding: 4}, horizontal_flip, normalize]", "data.transforms.eval=[normalize]"]
+
+
+def cifar(image_datasets, *overrides: str) -> list[str]:
+    return ["data=cifar10", f"data.root={image_datasets['cifar10'][0]}", "model=cnn", "model.vars.channels=3", "model.vars.size=32",
+            "trainer.batch_size=8", *overrides]
+
+
+def test_the_workers_serve_each_epoch_s_rows_in_its_seeded_order_transformed_from_seed_epoch_batch(compose, image_datasets):
+    data = load_data(compose(*cifar(image_datasets, "data.transforms.train=[{name: random_crop, padding: 2}, horizontal_flip]")).data)
+    served = LoaderBatches(data.train_x, data.train_y, 8, 3, data.transform, torch.device("cpu"), num_workers=2, persistent_workers=True,
+                           prefetch_factor=1)
+    images = torch.from_numpy(image_datasets["cifar10"][1]["train"][0].astype(np.float32) / np.float32(255))
+    labels = torch.from_numpy(image_datasets["cifar10"][1]["train"][1]).long()
+    crop_flip = make_pipeline([{"name": "random_crop", "padding": 2}, "horizontal_flip"])
+    for epoch, start in ((0, 0), (1, 2), (2, 0)):  # a resumed epoch starts at its batch
+        order = torch.randperm(30, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)).tolist()
+        got = list(served.epoch(epoch, start))
+        assert len(got) == 4 - start  # 30 images, batches of 8
+        for index, (x, y) in enumerate(got, start=start):
+            rows = order[index * 8 : (index + 1) * 8]
+            assert torch.equal(y, labels[rows])
+            assert torch.equal(x, crop_flip(images[rows], batch_generator(3, epoch, index)))
+
+
+def test_a_run_with_workers_trains_to_the_weights_of_the_in_memory_path(compose, image_datasets, tmp_path):
+    overrides = cifar(image_datasets, *AUGMENT, "trainer.epochs=2")
+    served = []
+
+    class Served(runner.Callback):
+        def on_train_start(self, loop):
+            served.append(type(loop.batches).__name__)
+
+    alone = runner.train(compose(*overrides), tmp_path / "alone", callbacks=[Served()])
+    workers = runner.train(compose(*overrides, "data.loader.num_workers=2", "data.loader.persistent_workers=true"), tmp_path / "workers",
+                           callbacks=[Served()])
+    assert served == ["Batches", "LoaderBatches"]
+    assert workers["weights_sha256"] == alone["weights_sha256"]
+
+
+def test_a_run_with_workers_resumed_mid_epoch_is_bit_identical(compose, image_datasets, tmp_path):
+    overrides = cifar(image_datasets, *AUGMENT, "data.loader.num_workers=2", "trainer.epochs=2", "trainer.ckpt_every=2", "trainer.keep_last=20")
+    full = runner.train(compose(*overrides), tmp_path / "full")  # 30 images: 4 steps an epoch
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for late in sorted((tmp_path / "cut" / "checkpoints").iterdir())[3:]:  # keep steps 2, 4, 6: 6 is mid-epoch
+        shutil.rmtree(late)
+    (tmp_path / "cut" / "summary.json").unlink()
+    resumed = runner.resume(tmp_path / "cut")
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["data.loader.pin_memory=true"], "data.loader.pin_memory: takes effect only with worker processes: set data.loader.num_workers > 0, or remove it"),
+    (["data.loader.num_workers=-1"], "data.loader.num_workers: expected a number >= 0, got -1"),
+    (["data.loader.num_workers=2", "data.loader.prefetch_factor=0"], "data.loader.prefetch_factor: expected a number > 0, got 0"),
+    (["data.loader.num_workers=2", "data.loader.pin_memory=true"],
+     "data.loader.pin_memory: page-locked batches speed copies to a CUDA device (trainer.device is cpu); remove it"),
+    (["experiment=nanogpt_chars", "data.root=/nowhere", "data.loader.num_workers=2"],
+     "data.loader.num_workers: data=tokens slices its windows from the memory-mapped files in the training process"),
+])
+def test_bad_loader_settings_exit_2_naming_the_key(tmp_path, overrides, words):
+    result = run_cli(*overrides, "trainer.device=cpu", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "checkpoints").exists()
