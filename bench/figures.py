@@ -1,5 +1,5 @@
-"""Figures 2-15: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast,
-MLflow tracking, token windows.
+"""Figures 2-17: statistics, batch delivery, cold start, sweeps, checkpoints, FLOP/s, compile, graphs, checkpoint cost, EMA, autocast,
+MLflow tracking, token windows, the DataLoader path, ResNet-18 training.
 
 Each returns Rows of ratios measured in this process (or its subprocesses) on this machine.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -390,5 +389,91 @@ def token_windows(repeats: int, smoke: bool) -> list[Row]:
                 "uint16 memmap, 2M tokens")]
 
 
+def _cifar_files(root: Path, count: int) -> Path:
+    """CIFAR-10's binary layout (per image a label byte, then the 3072 pixel bytes), `count` random images per file."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = np.concatenate([rng.integers(0, 10, (count, 1)), rng.integers(0, 256, (count, 3072))], axis=1)
+        records.astype(np.uint8).tofile(root / name)
+    return root
+
+
+def loader_batches(repeats: int, smoke: bool) -> list[Row]:
+    """16. batches/s of data.loader's DataLoader path over a plain DataLoader with the same workers and transforms."""
+    from runner.data.loader import LoaderBatches
+    from runner.data.sources import load_data
+
+    workers, batch = 2, 128
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _cifar_files(Path(tmp) / "cifar10", 80 if smoke else 2000)  # 5 training files
+        cfg = runner.compose(["experiment=resnet18_cifar10", f"data.root={root}"])
+        data = load_data(cfg.data)
+        ours = LoaderBatches(data.train_x, data.train_y, batch, 0, data.transform, torch.device("cpu"), num_workers=workers)
+        plain_seed = iter(range(10**9))
+
+        def collate(samples):  # the default collation, then the same transform code on the batch
+            x, y = torch.utils.data.default_collate(samples)
+            return data.transform(x, torch.Generator().manual_seed(next(plain_seed))), y
+
+        plain = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=batch, shuffle=True, num_workers=workers,
+                           collate_fn=collate, generator=torch.Generator().manual_seed(0))
+        epoch = iter(range(10**9))
+        mine = lambda: ours.steps_per_epoch / timed(lambda: list(ours.epoch(next(epoch))))  # noqa: E731
+        theirs = lambda: len(plain) / timed(lambda: list(plain))  # noqa: E731
+        a, b = alternate(mine, theirs, repeats)
+    return [Row("16. batches/s: data.loader (2 workers) / plain DataLoader, same workers and transforms", f"CIFAR-shaped, batch {batch}",
+                a / b, ">= 0.95", "random crop (pad 4), flip, normalize on each batch in the workers; an epoch a round, workers started per epoch on both sides")]
+
+
+def resnet18_images(repeats: int, smoke: bool) -> list[Row]:
+    """17. images/s of ResNet-18 training (experiment=resnet18_cifar10, its default observability) over a hand-written loop."""
+    from runner.data.transforms import batch_generator
+
+    steps, batch = (2, 8) if smoke else (20, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _cifar_files(Path(tmp) / "cifar10", 40 if smoke else 200)
+        base = prepare(validate(runner.compose(["experiment=resnet18_cifar10", f"data.root={root}", f"trainer.batch_size={batch}",
+                                                f"trainer.max_steps={steps}", "trainer.progress=off"])))
+        initial, spec, equal = copy.deepcopy(base.model), base.spec, []
+
+        def run_runner() -> float:
+            prepared = copy.copy(base)
+            prepared.model = copy.deepcopy(initial)
+            with tempfile.TemporaryDirectory() as out:
+                rate = run_training(prepared, Path(out))["steps_per_second"] * batch
+            run_runner.model = prepared.model
+            return rate
+
+        def run_plain() -> float:  # SGD, momentum, weight decay, norm clipping, linear warm-up then cosine: optim=sgd_cosine by hand
+            model, data = copy.deepcopy(initial), base.data
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0005)
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=50)
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps - 50, 1))
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[50])
+            model.train()
+            done, began = 0, time.perf_counter()
+            order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(spec.seed * 100_003))
+            for index in range(steps):
+                rows = order[index * batch : (index + 1) * batch]
+                x = data.transform(data.train_x[rows], batch_generator(spec.seed, 0, index))
+                loss = torch.nn.functional.cross_entropy(model(x), data.train_y[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0, foreach=True)
+                optimizer.step()
+                scheduler.step()
+                done += 1
+            rate = done * batch / (time.perf_counter() - began)
+            equal.append(all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), run_runner.model.state_dict().values())))
+            return rate
+
+        ours, plain = alternate(run_runner, run_plain, repeats)
+    return [Row("17. images/s, ResNet-18 training: runner (defaults) / hand-written loop", f"CIFAR-shaped, batch {batch}, {steps} steps",
+                ours / plain, ">= 0.95", "final weights bitwise equal" if all(equal) else "WEIGHTS DIFFER")]
+
+
 ALL = [grad_stats_overhead, grad_stats_vs_naive, batch_delivery, cold_start, sweep, checkpoints, flops, compile_speedup, graph_execution,
-       checkpoint_overhead, ema_overhead, autocast_speedup, tracking_overhead, token_windows]
+       checkpoint_overhead, ema_overhead, autocast_speedup, tracking_overhead, token_windows, loader_batches, resnet18_images]

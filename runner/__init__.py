@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.api import build, compose, load, resume, train
     from runner.errors import ConfigError, RunError
-    from runner.evaluate import evaluate
+    from runner.evaluate import evaluate, predict
     from runner.registry.init_functions import register_init
     from runner.registry.tables import register_callback, register_layer, register_metric
     from runner.training.callbacks import Callback
 
 _HOMES = {
     "compose": "runner.api", "build": "runner.api", "train": "runner.api", "resume": "runner.api", "load": "runner.api",
-    "evaluate": "runner.evaluate",
+    "evaluate": "runner.evaluate", "predict": "runner.evaluate",
     "register_layer": "runner.registry.tables", "register_callback": "runner.registry.tables", "register_metric": "runner.registry.tables",
     "register_init": "runner.registry.init_functions", "Callback": "runner.training.callbacks",
     "ConfigError": "runner.errors", "RunError": "runner.errors",
 }
-__all__ = ["compose", "build", "train", "resume", "load", "evaluate", "register_layer", "register_callback", "register_metric", "register_init", "Callback",
+__all__ = ["compose", "build", "train", "resume", "load", "evaluate", "predict", "register_layer", "register_callback", "register_metric", "register_init", "Callback",
            "ConfigError", "RunError"]
 
 

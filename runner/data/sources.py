@@ -29,6 +29,7 @@ class Dataset:
     val_x: torch.Tensor
     val_y: torch.Tensor
     transform: Pipeline | None = None
+    eval_transform: Pipeline | None = None  # already applied to val_x; kept for what it was (resolved_transforms)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Dataset":
         """Returns the dataset on `device`, float features cast to `dtype` (token ids stay integers)."""
@@ -36,7 +37,13 @@ class Dataset:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
-        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y), self.transform)
+        return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y), self.transform, self.eval_transform)
+
+    def resolved_transforms(self) -> dict[str, list[dict]] | None:
+        """`data.transforms` as this data applies them, fitted statistics written out; None without transforms."""
+        if self.transform is None and self.eval_transform is None:
+            return None
+        return {"train": self.transform.settings() if self.transform else [], "eval": self.eval_transform.settings() if self.eval_transform else []}
 
     def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None) -> "Batches | LoaderBatches":
         """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings,
@@ -84,7 +91,8 @@ def _transformed(data: Dataset, cfg: DataConfig) -> Dataset:
     fitted: dict = {}  # statistics both pipelines share, computed once
     train.fit(data.train_x, fitted)
     evaluation.fit(data.train_x, fitted)
-    return Dataset(data.train_x, data.train_y, evaluation(data.val_x), data.val_y, train if train.steps else None)
+    return Dataset(data.train_x, data.train_y, evaluation(data.val_x), data.val_y, train if train.steps else None,
+                   evaluation if evaluation.steps else None)
 
 
 def sample_shape(cfg: DataConfig) -> tuple[int, ...]:

@@ -25,6 +25,9 @@ class RandomCrop:
             raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")
         self.padding = padding
 
+    def settings(self) -> dict:
+        return {"padding": self.padding}
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, channels, height, width = x.shape
         p = self.padding
@@ -47,6 +50,9 @@ class HorizontalFlip:
             raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
         self.p = float(p)
 
+    def settings(self) -> dict:
+        return {"p": self.p}
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         flip = (torch.rand(len(x), generator=generator) < self.p).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -66,6 +72,13 @@ class Normalize:
             raise ValueError(f"std: expected numbers > 0, got {list(std)}")
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float64)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
+
+    def settings(self) -> dict:
+        """The statistics it normalizes with, given or fitted: what a saved config holds so that the run's
+        evaluation, resume and predictions normalize as training did, without the training data."""
+        if self.mean is None or self.std is None:
+            raise ValueError("normalize has not been fitted")
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     def fit(self, train_x: torch.Tensor, fitted: dict) -> None:
         if self.mean is None or self.std is None:
@@ -114,6 +127,11 @@ class Pipeline:
         for step in self.steps:
             x = step(x, generator)
         return x
+
+    def settings(self) -> list[dict]:
+        """The list as a config item by item, {name: ..., <argument>: value}, fitted values included."""
+        names = {cls: name for name, cls in TRANSFORMS.items()}
+        return [{"name": names[type(step)], **step.settings()} for step in self.steps]
 
 
 def make_pipeline(items: Sequence[Any]) -> Pipeline:

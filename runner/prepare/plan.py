@@ -133,6 +133,9 @@ def check(cfg: DictConfig | dict, machine: bool = True) -> tuple[Plan, Dataset |
     spec = parse(cfg, problems)
     plan = make_plan(spec, problems)
     data = check_machine(spec, problems) if machine else None
+    resolved = data.resolved_transforms() if isinstance(data, Dataset) else None
+    if resolved is not None:  # the saved config says what the run normalized with, not only that it normalized
+        spec.config["data"]["transforms"] = resolved
     if machine and plan is not None:
         pretrained.check(plan, problems)  # the files' headers: names, shapes, dtypes
     problems.raise_if_any()
