@@ -38,17 +38,22 @@ class OptunaSweeperConf:
     # Optuna's step is the index of the job's evaluation (0, 1, ...); n_warmup_steps: 1 never prunes at the first.
     pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
     params: Dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | range(...)
+    # What the search optimizes and the pruner watches: val_loss, train_loss or val_<metric> of the jobs' `metrics:`.
+    objective: str = "val_loss"
+    direction: Optional[str] = None  # minimize | maximize; null: the objective's own (max for accuracy and top5)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="runner")
 
 
 class OptunaSweeper(Sweeper):
-    """Minimizes the jobs' return value (the validation loss) over `params` and the command line's sweeps."""
+    """Optimizes the jobs' `objective` (summary.json's value) over `params` and the command line's sweeps."""
 
     def __init__(self, study_name: Optional[str], storage: Optional[str], n_trials: int, n_jobs: int,
-                 sampler: Dict[str, Any], pruner: Dict[str, Any], params: Dict[str, str]):
+                 sampler: Dict[str, Any], pruner: Dict[str, Any], params: Dict[str, str], objective: str = "val_loss",
+                 direction: Optional[str] = None):
         self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, max(1, n_jobs)
+        self.objective, self.direction = objective, direction
         self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
         self.params = {str(k): str(v) for k, v in (_plain(params) or {}).items()}
 
@@ -67,29 +72,46 @@ class OptunaSweeper(Sweeper):
 
         # Every setting is checked before any trial: a bad one exits 2 with its key, as a bad config does.
         space, fixed, sampler, pruner = report_errors(lambda: self._settings(arguments))
+        direction = report_errors(self._direction)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = self.storage or f"sqlite:///{self.sweep_dir.resolve() / 'optuna.db'}"
         name = self.study_name or self.sweep_dir.name
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # left running by a crash
         done = len(study.get_trials(deepcopy=False))
         if done and self.sampler_cfg.get("seed") is not None:
             # A seeded sampler made anew would draw the first trials' parameters again: it goes on from a seed of its own.
             study.sampler = make_sampler({**self.sampler_cfg, "seed": int(self.sampler_cfg["seed"]) + done})
-        log.info("optuna: study %r in %s: %d trials done, %d to go", name, storage, done, max(0, self.n_trials - done))
+        log.info("optuna: study %r in %s: %d trials done, %d to go (%s %s)", name, storage, done, max(0, self.n_trials - done), direction,
+                 self.objective)
         while done < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [[*fixed.values(), *(f"{key}={_text(value)}" for key, value in trial.params.items()),
-                      *job_environment(storage, name, trial._trial_id, self.pruner_cfg)]  # the id the job's Trial needs
+                      *job_environment(storage, name, trial._trial_id, self.pruner_cfg, self.objective)]  # the id the job's Trial needs
                      for trial in trials]
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, job in zip(trials, returns):
-                study.tell(trial, **_outcome(job), skip_if_finished=True)
+                study.tell(trial, **_outcome(job, self.objective), skip_if_finished=True)
             done += len(trials)
-        _write_results(study, self.sweep_dir)
+        _write_results(study, self.sweep_dir, self.objective)
+
+    def _direction(self) -> str:
+        """The study's direction; the objective checked against what the jobs log, before any trial."""
+        from runner.errors import ConfigError, Problem, Problems
+        from runner.registry.tables import METRICS
+        from runner.spec.trainer import parse_metrics
+
+        metrics = parse_metrics(_plain(self.config.get("metrics")), str(self.config.data.task), Problems())
+        logged = {"val_loss": "min", "train_loss": "min", **{f"val_{m}": METRICS[m].mode for m in metrics}}
+        if self.objective not in logged:
+            raise ConfigError([Problem("hydra.sweeper.objective", f"{self.objective!r} is not logged by these jobs; they log: {', '.join(logged)} "
+                                                                  "(a metric is logged when `metrics:` names it)")])
+        if self.direction not in (None, "minimize", "maximize"):
+            raise ConfigError([Problem("hydra.sweeper.direction", f"expected minimize, maximize or null (the objective's own), got {self.direction!r}")])
+        return self.direction or ("minimize" if logged[self.objective] == "min" else "maximize")
 
     def _settings(self, arguments: List[str]) -> Tuple[Dict[str, Any], Dict[str, str], Any, Any]:
         """The search space (sweep overrides), the fixed overrides, the sampler and the pruner."""
@@ -110,30 +132,32 @@ class OptunaSweeper(Sweeper):
         return space, fixed, make_sampler(self.sampler_cfg), make_pruner(self.pruner_cfg)
 
 
-def _outcome(job: Any) -> Dict[str, Any]:
-    """How a job ended, for Optuna: its value, or PRUNED (summary.json says so), or FAIL."""
+def _outcome(job: Any, objective: str) -> Dict[str, Any]:
+    """How a job ended, for Optuna: its summary's objective, or PRUNED (summary.json says so), or FAIL."""
     from optuna.trial import TrialState
 
-    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg is not None else None
-    summary_file = run_dir / "summary.json" if run_dir is not None else None
-    if summary_file is not None and summary_file.is_file() and json.loads(summary_file.read_text()).get("pruned"):
-        return {"state": TrialState.PRUNED}
     try:
-        value = job.return_value
+        job.return_value
     except Exception:  # noqa: BLE001 - the job raised: Hydra re-raises on access
         return {"state": TrialState.FAIL}
+    run_dir = Path(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg is not None else None
+    summary_file = run_dir / "summary.json" if run_dir is not None else None
+    summary = json.loads(summary_file.read_text()) if summary_file is not None and summary_file.is_file() else {}
+    if summary.get("pruned"):
+        return {"state": TrialState.PRUNED}
+    value = summary.get(objective)
     if isinstance(value, (int, float)) and math.isfinite(value):
         return {"values": float(value)}
     return {"state": TrialState.FAIL}
 
 
-def _write_results(study: Any, sweep_dir: Path) -> None:
-    """optimization_results.yaml: the best trial's parameters and value (as hydra-optuna-sweeper wrote)."""
+def _write_results(study: Any, sweep_dir: Path, objective: str) -> None:
+    """optimization_results.yaml: the objective, the best trial's parameters and value (as hydra-optuna-sweeper wrote)."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    results: Dict[str, Any] = {"name": "optuna", "trials": counts}
+    results: Dict[str, Any] = {"name": "optuna", "objective": objective, "direction": study.direction.name.lower(), "trials": counts}
     if complete:
         results.update(best_params=dict(study.best_params), best_value=study.best_value, best_trial=study.best_trial.number)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

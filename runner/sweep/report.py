@@ -205,9 +205,22 @@ def write_report(sweep_dir: str | Path, jobs: list[Job] | None = None) -> list[P
     group_columns = ("configuration", "n", "failed", "seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")))
     _write_csv(sweep_dir / "report.csv", columns, rows)
     _write_csv(sweep_dir / "report_groups.csv", group_columns, [group.row(metrics) for group in groups])
-    (sweep_dir / "report.md").write_text(_markdown(jobs, rows, groups, columns, metrics), encoding="utf-8")
+    (sweep_dir / "report.md").write_text(_markdown(jobs, rows, groups, columns, metrics, _objective(sweep_dir)), encoding="utf-8")
     _plot(jobs, groups, sweep_dir / "report.png")
     return [sweep_dir / "report.md", sweep_dir / "report.csv", sweep_dir / "report_groups.csv", sweep_dir / "report.png"]
+
+
+def _objective(sweep_dir: Path) -> tuple[str, str]:
+    """(summary key, minimize | maximize) that "Best" ranks by: an Optuna search's objective (its
+    optimization_results.yaml says which), else the lowest val_loss."""
+    import yaml
+
+    results = sweep_dir / "optimization_results.yaml"
+    if results.is_file():
+        saved = yaml.safe_load(results.read_text(encoding="utf-8")) or {}
+        if saved.get("objective") and saved.get("direction") in ("minimize", "maximize"):
+            return str(saved["objective"]), str(saved["direction"])
+    return "val_loss", "minimize"
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -241,14 +254,17 @@ def _by_configuration(groups: list[Configuration], metrics: tuple[str, ...]) -> 
 
 
 def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configuration], columns: tuple[str, ...],
-              metrics: tuple[str, ...]) -> str:
+              metrics: tuple[str, ...], objective: tuple[str, str] = ("val_loss", "minimize")) -> str:
     lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.{_continued(jobs)}", ""]
+    key, direction = objective
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
+    ranked = [j for j in done if j.summary.get(key) is not None]
+    if ranked:
+        best = (min if direction == "minimize" else max)(ranked, key=lambda j: j.summary[key])
+        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if best.summary.get(k) is not None]
+        by = "" if key == "val_loss" else f" (by {key}, the search's objective, {'lowest' if direction == 'minimize' else 'highest'})"
+        lines.append(f"**Best:** job {best.directory.name} (`{best.label}`){by}: " + ", ".join(f"{k} {best.summary[k]:.4g}" for k in shown) + ".")
     if done:
-        best = min(done, key=lambda j: j.summary["val_loss"])
-        accuracy = best.summary.get("val_accuracy")
-        lines.append(f"**Best:** job {best.directory.name} (`{best.label}`): val_loss {best.summary['val_loss']:.4g}"
-                     + (f", val_accuracy {accuracy:.4f}" if accuracy is not None else "") + ".")
         lines += _why(done)
     failed = [j for j in jobs if j.status != "ok"]
     if failed:

@@ -16,6 +16,7 @@ from runner.errors import ConfigError, Problem
 from runner.training.callbacks import Callback, Loop
 
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL, ENV_PRUNER = "RUNNER_OPTUNA_STORAGE", "RUNNER_OPTUNA_STUDY", "RUNNER_OPTUNA_TRIAL", "RUNNER_OPTUNA_PRUNER"
+ENV_OBJECTIVE = "RUNNER_OPTUNA_OBJECTIVE"
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
 
 
@@ -35,17 +36,19 @@ def make_pruner(cfg: dict[str, Any]) -> Any:
     except TypeError as error:
         raise ConfigError([Problem("hydra.sweeper.pruner", f"{name}: {error}")]) from None
 
-def job_environment(storage: str, study: str, trial_id: int, pruner: dict[str, Any]) -> list[str]:
+def job_environment(storage: str, study: str, trial_id: int, pruner: dict[str, Any], objective: str = "val_loss") -> list[str]:
     """The overrides that tell a job its trial (Hydra sets them as environment variables of the job)."""
-    values = {ENV_STORAGE: storage, ENV_STUDY: study, ENV_TRIAL: str(trial_id), ENV_PRUNER: json.dumps(pruner, separators=(",", ":"))}
+    values = {ENV_STORAGE: storage, ENV_STUDY: study, ENV_TRIAL: str(trial_id), ENV_PRUNER: json.dumps(pruner, separators=(",", ":")),
+              ENV_OBJECTIVE: objective}
     return [f"++hydra.job.env_set.{key}='{value}'" for key, value in values.items()]
 
 class JobTrial:
     """The job's side of a trial: report each evaluation's value; say when the study's pruner stops it."""
 
-    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: dict[str, Any]):
+    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: dict[str, Any], objective: str = "val_loss"):
         import optuna
 
+        self.objective = objective
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
         self.trial = optuna.trial.Trial(study, trial_id)
@@ -55,7 +58,8 @@ class JobTrial:
         """The trial the sweeper launched this job for, or None outside an Optuna search."""
         if ENV_TRIAL not in os.environ:
             return None
-        return cls(os.environ[ENV_STORAGE], os.environ[ENV_STUDY], int(os.environ[ENV_TRIAL]), json.loads(os.environ[ENV_PRUNER]))
+        return cls(os.environ[ENV_STORAGE], os.environ[ENV_STUDY], int(os.environ[ENV_TRIAL]), json.loads(os.environ[ENV_PRUNER]),
+                   os.environ.get(ENV_OBJECTIVE, "val_loss"))
 
     def pruned(self, value: float, step: int) -> bool:
         """Reports the value at this step; returns whether the pruner stops the trial here."""
@@ -64,7 +68,8 @@ class JobTrial:
 
 
 class Pruning(Callback):
-    """Reports each evaluation's val_loss to the job's Optuna trial; stops the run, as pruned, when the
+    """Reports each evaluation's value of the search's objective (val_loss unless the sweeper says otherwise)
+    to the job's Optuna trial; stops the run, as pruned, when the
     study's pruner says so. Optuna's step is the evaluation's index in this process (0, 1, ...):
     pruners compare trials at equal steps."""
 
@@ -75,6 +80,7 @@ class Pruning(Callback):
 
     def on_eval(self, loop: Loop, record: dict[str, Any]) -> None:
         self.evaluations += 1
-        if loop.stopped is None and self.trial.pruned(record["val_loss"], self.evaluations - 1):
+        objective = self.trial.objective
+        if loop.stopped is None and self.trial.pruned(record[objective], self.evaluations - 1):
             self.pruned = True
-            loop.stop(f"pruned by the Optuna search at evaluation {self.evaluations} (val_loss {record['val_loss']:.6g})")
+            loop.stop(f"pruned by the Optuna search at evaluation {self.evaluations} ({objective} {record[objective]:.6g})")

@@ -116,3 +116,34 @@ def test_a_bad_sweeper_setting_exits_2_naming_it_before_any_trial(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "runner: config error:\n  hydra.sweeper.pruner.name: expected one of median, percentile" in result.stderr
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "0").exists()
+
+
+@pytest.mark.slow
+def test_a_metric_as_the_objective_is_maximized_pruned_on_and_ranked_by(tmp_path):
+    # val_accuracy: Optuna maximizes it, the pruner reads it at each evaluation, and the report's Best is the highest.
+    result = run_cli("-m", *SEARCH[:1], "hydra.sweeper.n_trials=4", *SEARCH[2:], "trainer.epochs=2", "hydra.sweeper.objective=val_accuracy",
+                     f"hydra.sweep.dir={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=tmp_path.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    accuracy = {}
+    for trial in study.get_trials(deepcopy=False):
+        evals = [r["val_accuracy"] for r in read_metrics(tmp_path / str(trial.number) / "metrics.jsonl") if r["kind"] == "eval"]
+        assert [trial.intermediate_values[i] for i in sorted(trial.intermediate_values)] == pytest.approx(evals)
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == pytest.approx(evals[-1])
+            accuracy[trial.number] = evals[-1]
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["objective"] == "val_accuracy" and results["direction"] == "maximize"
+    assert results["best_value"] == pytest.approx(max(accuracy.values()))
+    best = max(accuracy, key=accuracy.get)
+    assert f"**Best:** job {best} (" in (tmp_path / "report.md").read_text()
+    assert "(by val_accuracy, the search's objective, highest)" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_objective_the_jobs_do_not_log_exits_2_naming_what_they_log(tmp_path):
+    result = run_cli("-m", "+search=lr_init", "hydra.sweeper.objective=val_top5", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "hydra.sweeper.objective: 'val_top5' is not logged by these jobs; they log: val_loss, train_loss, val_accuracy" in result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "0").exists()
