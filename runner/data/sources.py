@@ -96,8 +96,19 @@ def _transformed(data: Dataset, cfg: DataConfig) -> Dataset:
 
 
 def sample_shape(cfg: DataConfig) -> tuple[int, ...]:
-    """One sample's feature shape: `data.shape`, or a vector of `data.num_features`."""
+    """One stored sample's feature shape: `data.shape`, or a vector of `data.num_features`."""
     return tuple(cfg.shape) if cfg.shape is not None else (cfg.num_features,)
+
+
+def input_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """One sample's shape as the model sees it: after `data.transforms` (resize and center_crop change it;
+    the spec makes both lists end alike)."""
+    from omegaconf import OmegaConf
+
+    items = cfg.transforms.eval or cfg.transforms.train
+    if not items or cfg.shape is None:
+        return sample_shape(cfg)
+    return make_pipeline(OmegaConf.to_container(items) if OmegaConf.is_config(items) else items).shape(sample_shape(cfg))
 
 
 def _as_declared_shape(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:

@@ -2,8 +2,9 @@
 batches of (N, C, H, W) tensors on the device they are served from.
 
 Random transforms draw from a generator seeded by (seed, epoch, batch), so a run resumed in the
-middle of an epoch augments exactly as an uninterrupted one. Each transform keeps the image's
-shape: the model's declared input shape (`data.shape`) holds before and after.
+middle of an epoch augments exactly as an uninterrupted one. `data.shape` is the shape of a stored
+image; `resize` and `center_crop` change it, and the model sees what both lists end with (they
+must agree: `Pipeline.shape`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,67 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+
+
+def _size(size: Any, key: str = "size") -> tuple[int, int] | int:
+    """An int, or [height, width]: sizes > 0."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return (size[0], size[1])
+    raise ValueError(f"{key}: expected a size > 0 or [height, width], got {size!r}")
+
+
+class Resize:
+    """torchvision's Resize(size) on image tensors (bilinear, antialiased): [height, width], or an int for
+    the shorter side, the other keeping the aspect ratio (rounded down, as torchvision does)."""
+
+    random = False
+
+    def __init__(self, size: Any):
+        self.size = _size(size)
+
+    def settings(self) -> dict:
+        return {"size": list(self.size) if isinstance(self.size, tuple) else self.size}
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        channels, height, width = shape
+        if isinstance(self.size, tuple):
+            return (channels, *self.size)
+        if height <= width:
+            return (channels, self.size, int(self.size * width / height))
+        return (channels, int(self.size * height / width), self.size)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        out = self.shape(tuple(x.shape[1:]))[1:]
+        if tuple(x.shape[2:]) == out:
+            return x
+        return torch.nn.functional.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=True)
+
+
+class CenterCrop:
+    """torchvision's CenterCrop(size): the middle [height, width] (or size x size), the top-left corner at
+    round((H - height) / 2), round((W - width) / 2). A crop larger than the image is refused."""
+
+    random = False
+
+    def __init__(self, size: Any):
+        self.size = _size(size)
+
+    def settings(self) -> dict:
+        return {"size": list(self.size) if isinstance(self.size, tuple) else self.size}
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        channels, height, width = shape
+        crop = self.size if isinstance(self.size, tuple) else (self.size, self.size)
+        if crop[0] > height or crop[1] > width:
+            raise ValueError(f"size: {list(crop)} is larger than the {height}x{width} images it gets")
+        return (channels, *crop)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        _, height, width = self.shape(tuple(x.shape[1:]))
+        top, left = int(round((x.shape[2] - height) / 2.0)), int(round((x.shape[3] - width) / 2.0))
+        return x[:, :, top : top + height, left : left + width]
 
 
 class RandomCrop:
@@ -104,7 +166,8 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # `data.transforms` names -> the class (its constructor's arguments are the item's other keys).
-TRANSFORMS: dict[str, type] = {"random_crop": RandomCrop, "horizontal_flip": HorizontalFlip, "normalize": Normalize}
+TRANSFORMS: dict[str, type] = {"random_crop": RandomCrop, "horizontal_flip": HorizontalFlip, "resize": Resize, "center_crop": CenterCrop,
+                               "normalize": Normalize}
 
 
 @dataclass
@@ -127,6 +190,12 @@ class Pipeline:
         for step in self.steps:
             x = step(x, generator)
         return x
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of an image after the steps, from the shape of a stored one (a step that cannot take it raises ValueError)."""
+        for step in self.steps:
+            shape = step.shape(shape) if hasattr(step, "shape") else shape
+        return shape
 
     def settings(self) -> list[dict]:
         """The list as a config item by item, {name: ..., <argument>: value}, fitted values included."""

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from runner.config.schema import conf_dir
-from runner.data.sources import Dataset, sample_shape
+from runner.data.sources import Dataset, input_shape
 from runner.errors import Problems, suggest
 from runner.init import pretrained
 from runner.init.apply import Modifiers, assign_rules
@@ -150,7 +150,7 @@ def validate(cfg: DictConfig | dict) -> Plan:
 
 def example_input(spec: RunSpec, batch: int, device: torch.device | str) -> torch.Tensor:
     """Returns a zero batch shaped and typed like the data the model will see."""
-    return torch.zeros(batch, *sample_shape(spec.data), dtype=TASKS[spec.data.task].input_dtype, device=device)
+    return torch.zeros(batch, *input_shape(spec.data), dtype=TASKS[spec.data.task].input_dtype, device=device)
 
 
 def expected_output_shape(spec: RunSpec, batch: int) -> tuple[int, ...]:

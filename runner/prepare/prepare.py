@@ -4,6 +4,7 @@ from the seed, then place on the device and re-verify the ties."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,9 +49,12 @@ def prepare(plan: Plan, data: Dataset | None = None) -> Prepared:
     spec = plan.spec
     data = data if data is not None else load_data(spec.data)
     model = plan.materialize()
-    fitted = _fit_buffers(model, data.train_x)
+    # What the model sees of the training images: the deterministic (eval) transforms applied, as at evaluation.
+    seen = getattr(data, "eval_transform", None) or (lambda x: x)
+    fitted = _fit_buffers(model, data.train_x, seen)
     loaded = pretrained.read(plan)
-    provenance = {**apply_init(model, plan.init, spec.seed, batch=data.train_x[:LSUV_BATCH], modifiers=plan.modifiers, pretrained=loaded), **fitted}
+    batch = seen(data.train_x[:LSUV_BATCH])
+    provenance = {**apply_init(model, plan.init, spec.seed, batch=batch, modifiers=plan.modifiers, pretrained=loaded), **fitted}
     device = ddp_device(resolve_device(spec.trainer.device), spec.trainer.strategy)
     dtype = DTYPES[spec.trainer.dtype]
     place(model, device, dtype)
@@ -59,11 +63,13 @@ def prepare(plan: Plan, data: Dataset | None = None) -> Prepared:
     return Prepared(plan, model, data, provenance, device, dtype)
 
 
-def _fit_buffers(model: nn.Module, features: torch.Tensor) -> dict[str, Provenance]:
-    """Fits data-dependent buffers (Normalize's mean and std) on the training features; returns their provenance."""
+def _fit_buffers(model: nn.Module, features: torch.Tensor, seen: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Provenance]:
+    """Fits data-dependent buffers (Normalize's mean and std) on the training features as the model sees
+    them (`seen`: the deterministic transforms); returns their provenance."""
     fitted: dict[str, Provenance] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, Normalize):
-            module.fit(features)
-            fitted[f"{name}.mean"] = fitted[f"{name}.std"] = Provenance("fitted on training data")
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, Normalize)]
+    features = seen(features) if layers else features
+    for name, module in layers:
+        module.fit(features)
+        fitted[f"{name}.mean"] = fitted[f"{name}.std"] = Provenance("fitted on training data")
     return fitted

@@ -94,7 +94,10 @@ def _check_transforms(data: DataSpec, problems: Problems) -> None:
     lists = {"train": data.transforms.train, "eval": data.transforms.eval}
     if any(lists.values()) and (data.shape is None or len(data.shape) != 3):
         problems.add("data.transforms", f"image transforms need data.shape [channels, height, width], got {None if data.shape is None else list(data.shape)}")
+    image = tuple(data.shape) if data.shape is not None and len(data.shape) == 3 else None
+    ends: dict[str, tuple[int, ...] | None] = {}  # each list's output shape, where every step could take its input
     for split, items in lists.items():
+        shape = image
         for index, item in enumerate(items):
             key = f"data.transforms.{split}[{index}]"
             item = {"name": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
@@ -121,6 +124,16 @@ def _check_transforms(data: DataSpec, problems: Problems) -> None:
                     problems.add(f"{key}.{stat}", f"gives {len(given)} value(s) for {channels} channel(s) (data.shape {list(data.shape)})")
             if split == "eval" and transform.random:
                 problems.add(key, f"{name} is random: evaluation takes deterministic transforms only (put it in data.transforms.train)")
+            if shape is not None and hasattr(transform, "shape"):
+                try:
+                    shape = transform.shape(shape)
+                except ValueError as error:
+                    problems.add(f"{key}.{str(error).split(':')[0]}", str(error).split(": ", 1)[1])
+                    shape = None
+        ends[split] = shape
+    if image is not None and None not in ends.values() and ends["train"] != ends["eval"]:
+        problems.add("data.transforms", f"train ends with images of shape {list(ends['train'])} and eval with {list(ends['eval'])}: the model "
+                                        "takes one shape (resize or center_crop both lists alike)")
 
 
 def _check_tokens(data: DataSpec, problems: Problems) -> None:

@@ -73,10 +73,49 @@ def test_bad_transform_lists_name_the_item(compose, image_datasets):
         runner.build(compose(*cifar(image_datasets, "data.transforms.train=[{name: random_crp}, {name: horizontal_flip, p: 2}, {name: normalize, mean: [0.5]}]",
                                     "data.transforms.eval=[horizontal_flip, {name: normalize, scale: 2}]")))
     message = str(caught.value)
-    assert "data.transforms.train[0].name: unknown transform 'random_crp'; expected one of random_crop, horizontal_flip, normalize; did you mean 'random_crop'?" in message
+    assert "data.transforms.train[0].name: unknown transform 'random_crp'; expected one of random_crop, horizontal_flip, resize, center_crop, normalize; did you mean 'random_crop'?" in message
     assert "data.transforms.train[1].p: expected a probability in [0, 1], got 2" in message
     assert "data.transforms.train[2].mean: gives 1 value(s) for 3 channel(s) (data.shape [3, 32, 32])" in message
     assert "data.transforms.eval[0]: horizontal_flip is random: evaluation takes deterministic transforms only" in message
     assert "data.transforms.eval[1]: normalize: got an unexpected keyword argument 'scale'" in message
     with pytest.raises(runner.ConfigError, match=r"data.transforms: image transforms need data.shape \[channels, height, width\], got None"):
         runner.build(compose("data.transforms.train=[horizontal_flip]"))
+
+
+def test_resize_is_pillows_bilinear_and_center_crop_takes_the_middle(compose, image_datasets, tmp_path):
+    # The validation images went through eval's list once: compared with Pillow's own resize and numpy slicing.
+    from PIL import Image
+
+    data = load_data(compose(*cifar(image_datasets, "data.transforms.eval=[{name: resize, size: [45, 41]}, {name: center_crop, size: [40, 37]}]",
+                                    "data.transforms.train=[{name: resize, size: [45, 41]}, {name: center_crop, size: [40, 37]}]")).data)
+    pixels = image_datasets["cifar10"][1]["test"][0]  # (N, 3, 32, 32) uint8
+    resized = np.stack([np.asarray(Image.fromarray(image.transpose(1, 2, 0)).resize((41, 45), Image.BILINEAR)).transpose(2, 0, 1)
+                        for image in pixels]).astype(np.float64) / 255
+    top, left = round((45 - 40) / 2), round((41 - 37) / 2)  # torchvision's corner: round((H - h) / 2)
+    expected = resized[:, :, top : top + 40, left : left + 37]
+    assert data.val_x.shape == (len(pixels), 3, 40, 37)
+    assert np.abs(data.val_x.numpy() - expected).max() <= 2.5 / 255  # Pillow rounds to bytes; torch keeps floats
+    by_short_side = load_data(compose(*cifar(image_datasets, "data.transforms.eval=[{name: resize, size: 16}]",
+                                             "data.transforms.train=[{name: resize, size: 16}]")).data)
+    assert by_short_side.val_x.shape[1:] == (3, 16, 16)
+
+
+def test_a_model_sees_the_resized_and_cropped_images_in_training_and_evaluation(compose, image_datasets, tmp_path):
+    sized = ["data.transforms.train=[{name: resize, size: 36}, {name: center_crop, size: 28}, horizontal_flip, normalize]",
+             "data.transforms.eval=[{name: resize, size: 36}, {name: center_crop, size: 28}, normalize]"]
+    cfg = compose(*cifar(image_datasets, *sized, "model.vars.size=28", "trainer.max_steps=2", "init=lsuv"))  # LSUV's batch too
+    summary = runner.train(cfg, tmp_path)
+    x = torch.from_numpy(image_datasets["cifar10"][1]["test"][0][:2].astype(np.float32) / np.float32(255))
+    assert runner.predict(tmp_path, x).shape == (2, 10)
+    assert np.isfinite(summary["val_loss"])
+
+
+def test_shapes_that_do_not_fit_name_the_item(compose, image_datasets):
+    with pytest.raises(runner.ConfigError) as caught:
+        runner.build(compose(*cifar(image_datasets, "data.transforms.train=[{name: center_crop, size: 40}, {name: resize, size: [0, 3]}]",
+                                    "data.transforms.eval=[{name: resize, size: 36}]")))
+    message = str(caught.value)
+    assert "data.transforms.train[0].size: [40, 40] is larger than the 32x32 images it gets" in message
+    assert "data.transforms.train[1].size: expected a size > 0 or [height, width], got [0, 3]" in message
+    with pytest.raises(runner.ConfigError, match=r"data.transforms: train ends with images of shape \[3, 32, 32\] and eval with \[3, 36, 36\]"):
+        runner.build(compose(*cifar(image_datasets, "data.transforms.eval=[{name: resize, size: 36}]")))
