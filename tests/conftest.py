@@ -131,6 +131,25 @@ def in_process(module: str, args: list[str], cwd: Path, env: dict) -> subprocess
     return subprocess.CompletedProcess([module, *args], 0 if code is None else code, out.getvalue(), err.getvalue())
 
 
+# The test plugin (a layer type, an init function, callbacks), installed with `install` for processes that need it.
+PLUGIN = REPO / "tests" / "cli" / "plugin_fixture" / "runner_test_plugin.py"
+
+
+def install(site: Path, name: str, entry_points: str) -> None:
+    """Installs the fixture plugin into `site` as distribution `name` 0.1 with these entry points."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / PLUGIN.name).write_text(PLUGIN.read_text())
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def env_with(path: Path, marker: Path) -> dict:
+    """The environment of a subprocess with `path` importable and the plugin's import marker at `marker`."""
+    return {"PYTHONPATH": os.pathsep.join([str(path), str(REPO)]), "RUNNER_TEST_PLUGIN_MARKER": str(marker)}
+
+
 @pytest.fixture(scope="session")
 def mlp_weights(tmp_path_factory):
     """A safetensors file of the default mlp's weights: what `experiment=finetune` starts from."""

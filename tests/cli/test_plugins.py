@@ -19,14 +19,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 import runner
-from conftest import QUIET, REPO, run_cli
+from conftest import PLUGIN, QUIET, env_with, install, run_cli
 from runner.registry import init_functions
 from runner.registry import tables as registry
 from runner.registry.tables import layer_types
 from runner.run import checkpoint
 from runner.run.directory import read_metrics
 
-PLUGIN = Path(__file__).resolve().parent / "plugin_fixture" / "runner_test_plugin.py"
 LAYERS = "+model.layers={scale: {type: PlugScale, num_features: 64}, fc: {type: Linear, in_features: 64, out_features: 10}}"
 CONSTANT_RULE = "init.rules=[{match: scale.weight, fn: plug_constant_, value: 0.375}]"
 ENTRY_POINTS = """\
@@ -74,21 +73,6 @@ def import_plugin():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def install(site: Path, name: str, entry_points: str) -> None:
-    """Installs the fixture plugin into `site` as distribution `name` 0.1 with these entry points."""
-    site.mkdir(parents=True, exist_ok=True)
-    (site / PLUGIN.name).write_text(PLUGIN.read_text())
-    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(entry_points)
-
-
-def env_with(path: Path, marker: Path) -> dict:
-    """The environment of a subprocess with `path` importable and the plugin's import marker at `marker`."""
-    return {"PYTHONPATH": os.pathsep.join([str(path), str(REPO)]), "RUNNER_TEST_PLUGIN_MARKER": str(marker)}
 
 
 def load_in_subprocess(run_dir: Path, env: dict) -> subprocess.CompletedProcess:

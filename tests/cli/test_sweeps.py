@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,25 @@ def test_a_sweep_over_a_model_variable_builds_each_size(tmp_path):
     for job, layers in ((0, 1), (1, 2)):
         model = runner.load(tmp_path / str(job))
         assert sorted({name.split(".")[2] for name, _ in model.named_parameters() if name.startswith("transformer.h.")}) == [str(i) for i in range(layers)]
+
+
+def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sample_once(tmp_path):
+    # Two torchrun ranks, one epoch: a plugin callback records the rows each rank's model trained on.
+    from conftest import env_with, install
+    from runner.data.sources import load_data
+
+    install(tmp_path / "site", "rows-plugin", "[runner.callbacks]\nplug_rows = runner_test_plugin:PlugRows\n")
+    data = ["data=synthetic", "data.num_samples=200", "trainer.batch_size=32", "trainer.epochs=1"]
+    env = {**os.environ, **env_with(tmp_path / "site", tmp_path / "imported"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner", "trainer.strategy=ddp",
+         *TINY[2:], *data, f"trainer.callbacks=[{{name: plug_rows, directory: '{tmp_path}'}}]", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rows_rank{rank}.npy") for rank in (0, 1)]
+    train = load_data(runner.compose(data).data).train_x.numpy()  # 160 rows: 5 global batches of 32, 16 rows a rank each
+    assert [len(rows) for rows in ranks] == [80, 80]
+    seen = np.concatenate(ranks)
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, train))  # every training row once, none twice, no rank's row on the other

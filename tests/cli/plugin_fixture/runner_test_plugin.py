@@ -1,4 +1,5 @@
-"""A plugin for tests/cli/test_plugins.py: one layer type, one init function and one callback.
+"""A plugin for tests/cli/test_plugins.py: one layer type, one init function and two callbacks (PlugRows
+serves the DDP test in tests/cli/test_sweeps.py).
 
 The tests install it into a temporary directory with a dist-info of its own (entry points in the
 groups `runner.layers`, `runner.inits` and `runner.callbacks`), or only put it on the path, uninstalled. On import it
@@ -54,6 +55,27 @@ class PlugEvals(runner.Callback):
 
     def load_state_dict(self, state):
         self.count = int(state["count"]) if "count" in state else 0
+
+
+class PlugRows(runner.Callback):
+    """Writes the input rows this process's model trained on to <directory>/rows_rank<RANK>.npy at the
+    end (a forward pre-hook on the model, training passes only): what each DDP rank read."""
+
+    def __init__(self, directory: str):
+        self.directory, self.rows = directory, []
+
+    def on_train_start(self, loop):
+        def record(module, args):
+            if module.training:
+                self.rows.append(args[0].detach().cpu().numpy().copy())
+
+        loop.model.register_forward_pre_hook(record)
+
+    def on_train_end(self, loop, step):
+        import numpy as np
+
+        rank = os.environ.get("RANK", "0")
+        np.save(os.path.join(self.directory, f"rows_rank{rank}.npy"), np.concatenate(self.rows))
 
 
 NOT_CALLABLE = 42  # a broken `runner.inits` entry point names this
