@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import fields
@@ -94,6 +95,12 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
     cause = error.__cause__
     key = getattr(cause, "full_key", None) or ""
     lines = [line for line in str(error).splitlines() if line.strip()]
+    found = re.search(r"^In '([^']+)': .*\n(.+)\n\s+full_key: (\S+)", str(error), re.MULTILINE)
+    if not key and found:  # a key in a config file (not on the command line) the schema does not have
+        source, message, key = found.groups()
+        if key in MOVED:
+            return Problem(key, f"moved: set {MOVED[key]} instead (in the config file {source}.yaml)")
+        return Problem(key, f"{message.strip()} (in the config file {source}.yaml)")
     if key in MOVED:
         return Problem(key, f"moved: set {MOVED[key]} instead")
     if key and "not in" in str(cause):  # a misspelt key: Hydra would advise `+key=`, which only adds the typo

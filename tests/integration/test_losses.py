@@ -87,3 +87,10 @@ def test_a_saved_config_from_before_the_move_reads_trainer_loss_as_loss_name():
     saved = {"trainer": {"epochs": 3, "loss": "mse"}, "seed": 1}
     assert upgraded(saved) == {"trainer": {"epochs": 3}, "seed": 1, "loss": {"name": "mse"}}
     assert saved == {"trainer": {"epochs": 3, "loss": "mse"}, "seed": 1}  # the caller's dict is left alone
+
+
+def test_a_config_file_that_still_sets_trainer_loss_is_named_with_the_file(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "old.yaml").write_text("# @package _global_\ntrainer:\n  loss: mse\n")
+    with pytest.raises(runner.ConfigError, match=r"trainer.loss: moved: set loss.name instead \(in the config file experiment/old.yaml\)"):
+        runner.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=old"])
