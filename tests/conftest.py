@@ -196,6 +196,25 @@ def token_files(root: Path, vocab: int = 65) -> Path:
     return root
 
 
+def resumes_bit_identically(cfg, tmp_path: Path, kept: int) -> dict:
+    """Trains `cfg` into tmp_path/full, copies it to tmp_path/cut keeping only its first `kept` checkpoints
+    (the run as killed after them), resumes the copy, and checks that it ends as the full run did: the same
+    weights and the same metrics.jsonl. Returns the full run's summary."""
+    import shutil
+
+    from runner.run.directory import read_metrics
+
+    full = runner.train(cfg, tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for late in sorted((tmp_path / "cut" / "checkpoints").iterdir())[kept:]:
+        shutil.rmtree(late)
+    (tmp_path / "cut" / "summary.json").unlink()
+    resumed = runner.resume(tmp_path / "cut")
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+    return full
+
+
 def read_csv(path: Path) -> list[dict]:
     """The rows of a CSV file the sweep report wrote, as dicts of strings."""
     import csv

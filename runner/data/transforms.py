@@ -24,9 +24,8 @@ def _size(size: Any, key: str = "size") -> tuple[int, int] | int:
     raise ValueError(f"{key}: expected a size > 0 or [height, width], got {size!r}")
 
 
-class Resize:
-    """torchvision's Resize(size) on image tensors (bilinear, antialiased): [height, width], or an int for
-    the shorter side, the other keeping the aspect ratio (rounded down, as torchvision does)."""
+class _Sized:
+    """A deterministic transform that takes one `size`: an int, or [height, width]."""
 
     random = False
 
@@ -35,6 +34,11 @@ class Resize:
 
     def settings(self) -> dict:
         return {"size": list(self.size) if isinstance(self.size, tuple) else self.size}
+
+
+class Resize(_Sized):
+    """torchvision's Resize(size) on image tensors (bilinear, antialiased): [height, width], or an int for
+    the shorter side, the other keeping the aspect ratio (rounded down, as torchvision does)."""
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         channels, height, width = shape
@@ -51,17 +55,9 @@ class Resize:
         return torch.nn.functional.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=True)
 
 
-class CenterCrop:
+class CenterCrop(_Sized):
     """torchvision's CenterCrop(size): the middle [height, width] (or size x size), the top-left corner at
     round((H - height) / 2), round((W - width) / 2). A crop larger than the image is refused."""
-
-    random = False
-
-    def __init__(self, size: Any):
-        self.size = _size(size)
-
-    def settings(self) -> dict:
-        return {"size": list(self.size) if isinstance(self.size, tuple) else self.size}
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         channels, height, width = shape

@@ -4,18 +4,15 @@ same weights, and one resumed in the middle of an epoch with workers is bit-iden
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 import runner
-from conftest import run_cli
+from conftest import resumes_bit_identically, run_cli
 from runner.data.loader import LoaderBatches
 from runner.data.sources import load_data
 from runner.data.transforms import batch_generator, make_pipeline
-from runner.run.directory import read_metrics
 
 AUGMENT = ["data.transforms.train=[{name: random_crop, padding: 4}, horizontal_flip, normalize]", "data.transforms.eval=[normalize]"]
 
@@ -59,14 +56,7 @@ def test_a_run_with_workers_trains_to_the_weights_of_the_in_memory_path(compose,
 
 def test_a_run_with_workers_resumed_mid_epoch_is_bit_identical(compose, image_datasets, tmp_path):
     overrides = cifar(image_datasets, *AUGMENT, "data.loader.num_workers=2", "trainer.epochs=2", "trainer.ckpt_every=2", "trainer.keep_last=20")
-    full = runner.train(compose(*overrides), tmp_path / "full")  # 30 images: 4 steps an epoch
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")
-    for late in sorted((tmp_path / "cut" / "checkpoints").iterdir())[3:]:  # keep steps 2, 4, 6: 6 is mid-epoch
-        shutil.rmtree(late)
-    (tmp_path / "cut" / "summary.json").unlink()
-    resumed = runner.resume(tmp_path / "cut")
-    assert resumed["weights_sha256"] == full["weights_sha256"]
-    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+    resumes_bit_identically(compose(*overrides), tmp_path, kept=3)  # 30 images: 4 steps an epoch; steps 2, 4, 6 kept: 6 is mid-epoch
 
 
 @pytest.mark.parametrize("overrides, words", [

@@ -4,15 +4,13 @@ them resumed mid-epoch is bit-identical; bad lists name the item's key."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 import runner
+from conftest import resumes_bit_identically
 from runner.data.sources import load_data
-from runner.run.directory import read_metrics
 
 
 def cifar(image_datasets, *overrides: str) -> list[str]:
@@ -58,14 +56,7 @@ def test_random_crop_and_flip_give_crops_of_the_padded_image_and_mirrors(compose
 def test_a_run_with_random_transforms_resumed_mid_epoch_is_bit_identical(compose, image_datasets, tmp_path):
     overrides = cifar(image_datasets, "data.transforms.train=[{name: random_crop, padding: 4}, horizontal_flip, normalize]",
                       "data.transforms.eval=[normalize]", "trainer.batch_size=8", "trainer.epochs=2", "trainer.ckpt_every=2", "trainer.keep_last=20")
-    full = runner.train(compose(*overrides), tmp_path / "full")  # 30 images: 4 steps an epoch
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")
-    for late in sorted((tmp_path / "cut" / "checkpoints").iterdir())[3:]:  # keep steps 2, 4, 6: 6 is mid-epoch
-        shutil.rmtree(late)
-    (tmp_path / "cut" / "summary.json").unlink()
-    resumed = runner.resume(tmp_path / "cut")
-    assert resumed["weights_sha256"] == full["weights_sha256"]
-    assert read_metrics(tmp_path / "cut" / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
+    resumes_bit_identically(compose(*overrides), tmp_path, kept=3)  # 30 images: 4 steps an epoch; steps 2, 4, 6 kept: 6 is mid-epoch
 
 
 def test_bad_transform_lists_name_the_item(compose, image_datasets):
