@@ -70,7 +70,7 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
-    from runner.errors import ConfigError
+    from runner.errors import ConfigError, Problem
 
     overrides = list(overrides or [])
     try:
@@ -78,6 +78,8 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
             cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except HydraException as error:  # a bad override or option: the same report as every other config error
         raise ConfigError([hydra_problem(error, overrides, config_dir)]) from None
+    except AssertionError as error:  # OmegaConf's refusal to set a key inside a section that is null (tracker, unless selected)
+        raise ConfigError(into_null_section(overrides) or [Problem("overrides", f"{error}")]) from None
     runtime = cfg.hydra.runtime
     problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
     with open_dict(cfg):
@@ -86,6 +88,20 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def into_null_section(overrides: List[str]) -> list:
+    """A problem for each override that sets a key of an optional section (tracker) the config leaves null."""
+    from runner.errors import Problem
+
+    sections = {"tracker": "+tracker=mlflow"}  # section -> the option that turns it on
+    found = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        section = key.split(".", 1)[0]
+        if section in sections and "." in key:
+            found.append(Problem(key, f"{section} is off unless selected: add {sections[section]} (e.g. python -m runner {sections[section]} {override.lstrip('+~')})"))
+    return found
 
 
 def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[Path] = None) -> Any:

@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+import runner
 from conftest import run_cli, run_module
 
 
@@ -50,3 +53,14 @@ def test_inspect_reports_a_merged_layers_override_without_a_traceback():
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "model=custom '+model.layers={...}'" in done.stderr
     assert len(done.stderr.splitlines()) == 2
+
+
+def test_a_tracker_setting_without_a_tracker_exits_2_naming_the_option_to_add(tmp_path):
+    words = "tracker.uri: tracker is off unless selected: add +tracker=mlflow"
+    for args in (["tracker.uri=sqlite:///x.db", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                 ["-m", "tracker.uri=sqlite:///x.db", "seed=0,1", "trainer.max_steps=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]):
+        result = run_cli(*args)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+    with pytest.raises(runner.ConfigError, match=words.replace("+", r"\+")):
+        runner.compose(["tracker.uri=sqlite:///x.db"])
