@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +32,7 @@ from runner.run import checkpoint, tracking
 from runner.run.directory import RunDir, RunLock, write_json, writing
 from runner.training.callbacks import Callback
 from runner.training.environment import torch_threads
-from runner.training.loop import run_training
+from runner.training.loop import optimizer_steps_per_epoch, planned_steps, run_training
 
 __all__ = ["compose", "build", "train", "resume", "load"]
 
@@ -92,7 +93,26 @@ def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | 
     """Trains on from `latest` with a config composed by `compose_resumed` (or the CLI's resume)."""
     started = time.perf_counter() if started is None else started
     plan, data = check(cfg)
+    _refuse_going_back(plan, data, latest)
     return _train_plan(plan, data, run_dir, latest, started, callbacks)
+
+
+def _refuse_going_back(plan: Plan, data: Any, latest: Path) -> None:
+    """A resumed run's settings must not end before the steps it has already trained: its config.yaml
+    would then describe a shorter run than the weights come from."""
+    trainer, done = plan.spec.trainer, int(checkpoint.read_state(latest)["step"])
+    batches = data.batches(trainer.batch_size, plan.spec.seed).steps_per_epoch
+    per_epoch, wanted = optimizer_steps_per_epoch(trainer, batches), planned_steps(trainer, batches)
+    if wanted >= done:
+        return
+    if trainer.max_steps is not None:
+        problem = Problem("trainer.max_steps", f"the run has trained {done} steps; trainer.max_steps={trainer.max_steps} would end before them "
+                                               f"(resume with trainer.max_steps >= {done}, or start a new run)")
+    else:
+        problem = Problem("trainer.epochs", f"the run has trained {done} steps ({done / per_epoch:g} epochs of {per_epoch}); trainer.epochs="
+                                            f"{trainer.epochs} would end before them (resume with trainer.epochs >= {math.ceil(done / per_epoch)}, "
+                                            "or start a new run)")
+    raise ConfigError([problem])
 
 
 # What a run writes into its directory (Hydra's .hydra/ and log are Hydra's): cleared before a

@@ -70,6 +70,15 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
         return _train(prepared, run_dir, resume_from, tracker, callbacks)
 
 
+def optimizer_steps_per_epoch(trainer: Any, batches_per_epoch: int) -> int:
+    return math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
+
+
+def planned_steps(trainer: Any, batches_per_epoch: int) -> int:
+    """The optimizer steps a run's settings ask for: `max_steps`, else `epochs` of them."""
+    return trainer.max_steps if trainer.max_steps is not None else trainer.epochs * optimizer_steps_per_epoch(trainer, batches_per_epoch)
+
+
 def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any, callbacks: Sequence[Callback]) -> dict:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
@@ -79,8 +88,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         batches = prepared.data.to(torch.device("cpu"), prepared.dtype).batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
     else:
         batches = data.batches(trainer.batch_size, spec.seed)
-    steps_per_epoch = math.ceil(batches.steps_per_epoch / trainer.accumulate_grad_batches)  # optimizer steps
-    total_steps = trainer.max_steps if trainer.max_steps is not None else trainer.epochs * steps_per_epoch
+    total_steps = planned_steps(trainer, batches.steps_per_epoch)
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
     position, saved = Position(0, 0, 0), None

@@ -213,3 +213,16 @@ def test_compiled_training_matches_eager(compose, tmp_path):
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
+
+
+def test_resume_refuses_settings_that_end_before_the_steps_already_trained(compose, tmp_path):
+    runner.train(compose("trainer.epochs=2"), tmp_path)  # digits: 1437 training rows, 23 batches of 64 an epoch
+    saved = (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(runner.ConfigError, match=r"trainer.epochs: the run has trained 46 steps \(2 epochs of 23\); trainer.epochs=1 would end"):
+        runner.resume(tmp_path, ["trainer.epochs=1"])
+    with pytest.raises(runner.ConfigError, match=r"trainer.max_steps: the run has trained 46 steps; trainer.max_steps=45 would end"):
+        runner.resume(tmp_path, ["trainer.max_steps=45"])
+    result = run_cli(f"resume={tmp_path}", "trainer.epochs=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "trainer.epochs: the run has trained 46 steps" in result.stderr
+    assert (tmp_path / "config.yaml").read_bytes() == saved  # never rewritten to describe a shorter run
+    assert runner.resume(tmp_path, ["trainer.max_steps=46"])["steps"] == 46  # as far as it went: accepted, nothing to train
