@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import runner
 from bench.common import Row, alternate, timed
 from bench.training_loop import SIZES
-from runner.data.sources import Batches
+from runner.data.loader import Batches
 from runner.prepare.optim import make_optimizer, trainable
 from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare

@@ -1,5 +1,6 @@
-"""Training batches through torch's DataLoader (`data.loader.num_workers > 0`): worker processes gather
-and transform whole batches while the model trains.
+"""The training batch servers: `Batches` slices tensors already on the device (`data.loader.num_workers: 0`);
+`LoaderBatches` goes through torch's DataLoader, whose worker processes gather and transform whole batches
+while the model trains.
 
 The batches are exactly those of the in-memory path (`Batches`): epoch e's order is the permutation
 seeded by (seed, e), batch i is its i-th slice, and its random transforms draw from (seed, e, i).
@@ -22,6 +23,33 @@ from runner.data.transforms import Pipeline, batch_generator
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     """Epoch `epoch`'s permutation of `count` sample indices, from (seed, epoch) alone (on the CPU)."""
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class Batches:
+    """Serves minibatches by slicing tensors shuffled once per epoch, already on the target device.
+
+    The order of epoch e comes from its own seed (seed, e), so a run resumed mid-epoch sees
+    exactly the batches an uninterrupted run would have seen, with no generator state to save.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None = None):
+        self.x, self.y, self.batch_size, self.seed, self.transform = x, y, batch_size, seed, transform
+        self.steps_per_epoch = math.ceil(len(x) / batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Returns epoch `epoch`'s permutation of the sample indices."""
+        return epoch_order(self.seed, epoch, len(self.x)).to(self.x.device)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields the batches of `epoch` from batch index `start` on."""
+        order = self.order(epoch)
+        xs, ys = self.x.index_select(0, order), self.y.index_select(0, order)
+        size = self.batch_size
+        for index in range(start, self.steps_per_epoch):
+            x = xs[index * size : (index + 1) * size]
+            if self.transform is not None:
+                x = self.transform(x, batch_generator(self.seed, epoch, index))
+            yield x, ys[index * size : (index + 1) * size]
 
 
 class _BatchSource(torch.utils.data.Dataset):

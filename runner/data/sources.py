@@ -7,15 +7,15 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from runner.config.schema import DataConfig
-from runner.data.loader import LoaderBatches, epoch_order
+from runner.data.loader import Batches, LoaderBatches
 from runner.data.tokens import TokenStream, read_ids, windows
-from runner.data.transforms import Pipeline, batch_generator, make_pipeline
+from runner.data.transforms import Pipeline, make_pipeline
 from runner.errors import ConfigError, Problem
 
 
@@ -373,30 +373,3 @@ def _check_shapes(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig) -> None:
         problems.append(Problem("data.path" if cfg.name == "file" else "data", "features contain NaN or Inf"))
     if problems:
         raise ConfigError(problems)
-
-
-class Batches:
-    """Serves minibatches by slicing tensors shuffled once per epoch, already on the target device.
-
-    The order of epoch e comes from its own seed (seed, e), so a run resumed mid-epoch sees
-    exactly the batches an uninterrupted run would have seen, with no generator state to save.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None = None):
-        self.x, self.y, self.batch_size, self.seed, self.transform = x, y, batch_size, seed, transform
-        self.steps_per_epoch = math.ceil(len(x) / batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """Returns epoch `epoch`'s permutation of the sample indices."""
-        return epoch_order(self.seed, epoch, len(self.x)).to(self.x.device)
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields the batches of `epoch` from batch index `start` on."""
-        order = self.order(epoch)
-        xs, ys = self.x.index_select(0, order), self.y.index_select(0, order)
-        size = self.batch_size
-        for index in range(start, self.steps_per_epoch):
-            x = xs[index * size : (index + 1) * size]
-            if self.transform is not None:
-                x = self.transform(x, batch_generator(self.seed, epoch, index))
-            yield x, ys[index * size : (index + 1) * size]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from runner.data.sources import Batches, Dataset
+from runner.data.loader import Batches
+from runner.data.sources import Dataset
 from runner.errors import RunError
 from runner.model.activations import ActivationStats
 from runner.model.distributed import Group, setup, teardown, wrap
@@ -50,6 +50,7 @@ from runner.training.histograms import Histograms
 from runner.training.losses import Losses, first_non_finite
 from runner.training.monitor import Monitor
 from runner.training.precision import Precision
+from runner.training.progress import progress_bar, progress_mode
 from runner.training.pruning import JobTrial, Pruning
 from runner.training.step import Step
 from runner.training.summary import summarize
@@ -130,7 +131,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
 
 def _report_saved(progress: str) -> Callable[[int, Path], None]:
     """Returns the saver's callback: a log line once a checkpoint is complete and durable."""
-    level = logging.INFO if _progress_mode(progress) == "log" else logging.DEBUG
+    level = logging.INFO if progress_mode(progress) == "log" else logging.DEBUG
 
     def saved(step: int, path: Path) -> None:
         log.log(level, "step %d: checkpoint saved to %s", step, path)
@@ -200,7 +201,7 @@ class Loop:
         spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
         self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver
         self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.accumulate_grad_batches,
-                                 _progress_mode(trainer.progress), prepared.plan.eval_modules,
+                                 progress_mode(trainer.progress), prepared.plan.eval_modules,
                                  spec.metrics, spec.config)
         entries = trainable(self.model)
         stats = GradStats(entries, watch.tensors) if trainer.grad_stats else None
@@ -270,7 +271,7 @@ class Loop:
             self.writer.write({"kind": "aliases", "step": 0, "aliases": self.aliases})
         for callback in self.callbacks:
             callback.on_train_start(self)
-        bar, seen = _progress_bar(schedule.progress, schedule.total_steps, position.step), 0
+        bar, seen = progress_bar(schedule.progress, schedule.total_steps, position.step), 0
         step, epoch, start = position.step, position.epoch, position.batch
         while step < schedule.total_steps:
             began = time.perf_counter()
@@ -385,17 +386,3 @@ class Loop:
         snap = checkpoint.snapshot(self.model, self.optimizer, self.step.scheduler, position, self.schedule.config,
                                    self.state_dict(), keep=keep)
         self.saver.submit(snap)
-
-
-def _progress_mode(mode: str) -> str:
-    if mode == "auto":
-        return "bar" if sys.stderr.isatty() else "log"
-    return mode
-
-
-def _progress_bar(mode: str, total: int, done: int):
-    if mode != "bar":
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)

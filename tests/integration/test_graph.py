@@ -260,7 +260,7 @@ def test_eval_modules_keep_batchnorm_statistics_while_the_rest_trains(compose, t
 
 
 def test_eval_modules_training_equals_plain_pytorch_with_the_module_in_eval_mode(compose):
-    from runner.data.sources import Batches
+    from runner.data.loader import Batches
     from runner.prepare.prepare import prepare
     from runner.training.evaluation import train_mode  # what the loop calls; checked through one step below
 

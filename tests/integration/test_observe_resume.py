@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import runner
 from conftest import NaNBatchesAt, Payload, run_cli
-from runner.data.sources import Batches
+from runner.data.loader import Batches
 from runner.errors import ConfigError, RunError
 from runner.prepare.optim import make_optimizer
 from runner.prepare.plan import validate

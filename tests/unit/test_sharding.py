@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from runner.data.sources import Batches
+from runner.data.loader import Batches
 from runner.model.distributed import Group
 
 
