@@ -64,3 +64,15 @@ def test_a_tracker_setting_without_a_tracker_exits_2_naming_the_option_to_add(tm
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
     with pytest.raises(runner.ConfigError, match=words.replace("+", r"\+")):
         runner.compose(["tracker.uri=sqlite:///x.db"])
+
+
+def test_help_lists_the_groups_the_entry_points_and_examples():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for words in ("python -m runner resume=RUN_DIR", "python -m runner.inspect", "python -m runner.evaluate RUN_DIR", "python -m runner -m",
+                  "experiment: autoencoder, finetune", "model: autoencoder, cnn", "+search=lr_init", "+tracker=mlflow", "docs/config.md"):
+        assert words in text, words
+    examples = text.split("Examples:")[1].split("==")[0]
+    assert len([line for line in examples.splitlines() if line.strip().startswith("python -m runner")]) == 3
+    assert "powered by Hydra" not in text
