@@ -65,12 +65,10 @@ def predict(run_dir: str | Path, inputs: Any, device: str = "cpu", ema: bool = F
         raise ValueError(f"inputs: the run's data ({spec.data.task}) has {'numbers' if task.input_dtype.is_floating_point else 'integer ids'} "
                          f"as features; got {x.dtype}")
     x = x.to(next(iter(model.parameters())).device, DTYPES[spec.trainer.dtype] if x.is_floating_point() else torch.long)
-    items = list(spec.data.transforms.eval)
-    if items:
-        # A run saved before its fitted statistics were written into its config fits them again, on its training data.
-        fitted = all(step.get("mean") is not None and step.get("std") is not None for step in items if isinstance(step, dict) and step.get("name") == "normalize")
-        pipeline = make_pipeline(items) if fitted and "normalize" not in items else load_data(spec.data).eval_transform
-        x = pipeline(x)
+    pipeline = make_pipeline(list(spec.data.transforms.eval))
+    if pipeline.needs_fit:  # a run saved before its fitted statistics were written into its config: fit them again, on its training data
+        pipeline = load_data(spec.data).eval_transform
+    x = pipeline(x)
     return torch.cat([model(x[start : start + EVAL_CHUNK]) for start in range(0, len(x), EVAL_CHUNK)])
 
 

@@ -104,6 +104,11 @@ def into_null_section(overrides: List[str]) -> list:
     return found
 
 
+def _value_of(overrides: List[str], key: str) -> str:
+    """The value the last override of `key` gives, as typed."""
+    return next((o.split("=", 1)[1] for o in reversed(overrides) if o.split("=", 1)[0].lstrip("+~") == key), "")
+
+
 def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[Path] = None) -> Any:
     """Returns Hydra's refusal of an override or option as a Problem naming its key, without Hydra's traceback."""
     from runner.errors import Problem, suggest
@@ -119,6 +124,10 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
         return Problem(key, f"{message.strip()} (in the config file {source}.yaml)")
     if key in MOVED:
         return Problem(key, f"moved: set {MOVED[key]} instead")
+    if key in SECTIONS and "Invalid type assigned" in str(cause):  # `loss=cross_entropy`: a value where a mapping belongs
+        settings = [f.name for f in fields(SECTIONS[key])]
+        named = f"; by name alone: {key}.name={_value_of(overrides, key)}" if "name" in settings else ""
+        return Problem(key, f"expected a mapping of {key} settings ({', '.join(settings)}), set key by key ({key}.{settings[0]}=...){named}")
     if key and "not in" in str(cause):  # a misspelt key: Hydra would advise `+key=`, which only adds the typo
         parent, _, name = key.rpartition(".")
         given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]

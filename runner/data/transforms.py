@@ -134,12 +134,16 @@ class Normalize:
     def settings(self) -> dict:
         """The statistics it normalizes with, given or fitted: what a saved config holds so that the run's
         evaluation, resume and predictions normalize as training did, without the training data."""
-        if self.mean is None or self.std is None:
+        if self.needs_fit:
             raise ValueError("normalize has not been fitted")
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
+    @property
+    def needs_fit(self) -> bool:
+        return self.mean is None or self.std is None
+
     def fit(self, train_x: torch.Tensor, fitted: dict) -> None:
-        if self.mean is None or self.std is None:
+        if self.needs_fit:
             mean, std = fitted.setdefault("channel_stats", channel_stats(train_x))
             self.mean = mean if self.mean is None else self.mean
             self.std = std if self.std is None else self.std
@@ -175,6 +179,11 @@ class Pipeline:
     @property
     def random(self) -> bool:
         return any(step.random for step in self.steps)
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether some step still has to learn from the training images (normalize without its statistics)."""
+        return any(getattr(step, "needs_fit", False) for step in self.steps)
 
     def fit(self, train_x: torch.Tensor, fitted: dict) -> None:
         """Fits the steps that learn from the training images; `fitted` shares what they compute."""

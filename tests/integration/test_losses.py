@@ -94,3 +94,10 @@ def test_a_config_file_that_still_sets_trainer_loss_is_named_with_the_file(tmp_p
     (tmp_path / "experiment" / "old.yaml").write_text("# @package _global_\ntrainer:\n  loss: mse\n")
     with pytest.raises(runner.ConfigError, match=r"trainer.loss: moved: set loss.name instead \(in the config file experiment/old.yaml\)"):
         runner.compose([f"hydra.searchpath=[file://{tmp_path}]", "experiment=old"])
+
+
+def test_a_loss_given_by_name_where_its_mapping_belongs_is_refused_with_the_key_to_set():
+    # trainer.loss was a name; `loss=cross_entropy` is what its users will type.
+    with pytest.raises(runner.ConfigError, match=r"loss: expected a mapping of loss settings \(name, label_smoothing, beta, delta\).*"
+                                                 r"by name alone: loss.name=cross_entropy"):
+        runner.compose(["loss=cross_entropy"])
