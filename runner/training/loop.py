@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -84,10 +84,12 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-    data = prepared.data.to(prepared.device, prepared.dtype)
-    if spec.data.loader.num_workers:  # the workers gather from CPU tensors; the batches go to the device as they arrive
-        batches = prepared.data.to(torch.device("cpu"), prepared.dtype).batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
+    if spec.data.loader.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
+        host = prepared.data.to(torch.device("cpu"), prepared.dtype)
+        batches = host.batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
+        data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
     else:
+        data = prepared.data.to(prepared.device, prepared.dtype)
         batches = data.batches(trainer.batch_size, spec.seed)
     total_steps = planned_steps(trainer, batches.steps_per_epoch)
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
