@@ -4,7 +4,7 @@ Both start from the same initialized weights, see the same batches in the same o
 same optimizer; the final weights must be bitwise equal, which proves they did the same work.
 
 The first rows run the runner with its default observability (TensorBoard, gradient and activation
-statistics every 10 steps, histograms every 100), each side as the first run of a fresh process,
+statistics every 50 steps, histograms every 100), each side as the first run of a fresh process,
 as a user's run is. The reference rows turn every statistic and writer off and alternate in one
 process.
 """

@@ -156,7 +156,7 @@ class TrainerConfig:
     # Batches whose gradients are summed into one optimizer step (Lightning's name): the step equals
     # one step on accumulate_grad_batches x batch_size rows.
     accumulate_grad_batches: int = 1
-    log_every: int = 10
+    log_every: int = 50
     # Per-tensor gradient statistics on logged steps (grad_norm/<name>, ... in metrics.jsonl).
     grad_stats: Any = flag(True)
     # Weight and gradient histograms to TensorBoard every N steps (0: never).

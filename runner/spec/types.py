@@ -90,7 +90,7 @@ class TrainerSpec:
     max_steps: int | None = None
     batch_size: int = 64
     accumulate_grad_batches: int = 1
-    log_every: int = 10
+    log_every: int = 50
     grad_stats: bool = True
     hist_every: int = 100
     activation_stats: bool = True

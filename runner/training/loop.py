@@ -290,15 +290,16 @@ class Loop:
                 for callback in self.callbacks:
                     callback.on_step_end(self, step)
                 if bar is not None:
-                    bar.update(1)
                     seen += sum(len(x) for x, _ in group)
-                    if logged:  # the rows trained on since the bar started, per second
-                        bar.set_postfix_str(f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f} samples/s", refresh=False)
+                    if bar.update(1):  # tqdm redrew the bar: the rate shows at its next redraw
+                        _show_rate(bar, seen)
                 if step >= schedule.total_steps:
                     break
                 if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
                     self.save(Position(step, epoch, batch))
             outcome.train_seconds += time.perf_counter() - began
+            if bar is not None:
+                _show_rate(bar, seen)
             self.end_epoch(step, epoch)
             epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
             if outcome.stopped is not None:
@@ -388,3 +389,8 @@ class Loop:
         snap = checkpoint.snapshot(self.model, self.optimizer, self.step.scheduler, position, self.schedule.config,
                                    self.state_dict(), keep=keep)
         self.saver.submit(snap)
+
+
+def _show_rate(bar: Any, seen: int) -> None:
+    """Sets the bar's postfix to the rows trained on since it started, per second."""
+    bar.set_postfix_str(f"{seen / max(bar.format_dict['elapsed'], 1e-9):.0f} samples/s", refresh=False)

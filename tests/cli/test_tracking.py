@@ -92,7 +92,7 @@ def test_a_tracking_failure_mid_run_does_not_stop_training(compose, tmp_path, mo
     monkeypatch.setattr(tracking, "child_command", lambda uri, run_id: died)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     with caplog.at_level(logging.WARNING, logger="runner"):
-        summary = runner.train(compose("+tracker=mlflow", f"tracker.uri={uri}", "trainer.max_steps=30"), tmp_path / "run")
+        summary = runner.train(compose("+tracker=mlflow", f"tracker.uri={uri}", "trainer.max_steps=30", "trainer.log_every=10"), tmp_path / "run")
     assert summary["steps"] == 30 and len([r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]) == 4  # steps 1, 10, 20, 30
     warnings = [r.message for r in caplog.records if "MLflow tracking stopped" in r.message]
     assert len(warnings) == 1 and warnings[0].endswith("ConnectionError: the tracking server went away")

@@ -51,8 +51,7 @@ def _initial_step_by_hand(cfg, rows: int, layers: list[str]) -> tuple[float, dic
 def test_step_1_is_logged_with_the_statistics_of_the_initial_weights(compose, tmp_path):
     # The issue's case: N(0, 0.01^2) weights on the nested model. Before, the first record was step 10's,
     # after 9 updates: blocks.3's std there is ~0.003, while the initial weights give ~1e-12.
-    cfg = compose("model=nested", "init=normal", "trainer.max_steps=25", "trainer.threads=1")  # log_every: its default, 10
-    assert cfg.trainer.log_every == 10
+    cfg = compose("model=nested", "init=normal", "trainer.max_steps=25", "trainer.log_every=10", "trainer.threads=1")
     runner.train(cfg, tmp_path)
     train = _train_records(tmp_path)
     assert [r["step"] for r in train] == [1, 10, 20]
@@ -85,7 +84,7 @@ def test_an_accumulated_step_1_covers_every_batch_of_the_step_on_the_initial_wei
 
 
 def test_a_resumed_run_logs_step_1_once_and_equals_the_uninterrupted_one(compose, tmp_path):
-    cfg = compose("trainer.max_steps=30", "trainer.ckpt_every=5", "trainer.keep_last=10")
+    cfg = compose("trainer.max_steps=30", "trainer.log_every=10", "trainer.ckpt_every=5", "trainer.keep_last=10")
     full = runner.train(cfg, tmp_path / "full")
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     for late in checkpoint.list_checkpoints(tmp_path / "cut" / "checkpoints")[1:]:  # resume from step 5

@@ -174,7 +174,7 @@ def test_warmup_cosine_schedule_and_clipping(compose, tmp_path):
 def test_tensorboard_events_and_plots_are_written(compose, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    runner.train(compose("trainer.max_steps=20", "trainer.tensorboard=true", "trainer.plots=true", "trainer.hist_every=10"), tmp_path)
+    runner.train(compose("trainer.max_steps=20", "trainer.log_every=10", "trainer.tensorboard=true", "trainer.plots=true", "trainer.hist_every=10"), tmp_path)
     events = EventAccumulator(str(tmp_path)).Reload()
     scalars, histograms = set(events.Tags()["scalars"]), set(events.Tags()["histograms"])
     assert {"train/loss", "train/grad_norm", "grad_norm/fc1.weight", "eval/val_loss"} <= scalars
@@ -193,7 +193,7 @@ def test_environment_records_versions_and_the_rerun_command(compose, tmp_path):
 
 
 def test_statistics_off_log_loss_and_lr_only(compose, tmp_path):
-    runner.train(compose("trainer.max_steps=20", "trainer.grad_stats=false", "trainer.activation_stats=false"), tmp_path)
+    runner.train(compose("trainer.max_steps=20", "trainer.log_every=10", "trainer.grad_stats=false", "trainer.activation_stats=false"), tmp_path)
     train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert [set(r) for r in train] == [{"kind", "step", "epoch", "loss", "lr"}] * 3  # steps 1, 10, 20
 
