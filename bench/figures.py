@@ -31,7 +31,7 @@ from runner.run.checkpoint import Position
 from runner.spec.types import TrainerSpec
 from runner.training.evaluation import loss_function
 from runner.training.gradstats import GradStats
-from runner.training.loop import run_training
+from runner.training.run import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["trainer.progress=off", "trainer.tensorboard=false", "trainer.plots=false"]

@@ -29,7 +29,7 @@ from bench.common import Row, alternate
 from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
 from runner.run.directory import tensors_sha256
-from runner.training.loop import run_training
+from runner.training.run import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 # Figure 1's fresh-process runs: the default experiment as shipped (20 epochs), and the 2M model long enough to time.

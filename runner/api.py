@@ -32,7 +32,7 @@ from runner.run import checkpoint, tracking
 from runner.run.directory import RunDir, RunLock, write_json, writing
 from runner.training.callbacks import Callback
 from runner.training.environment import torch_threads
-from runner.training.loop import optimizer_steps_per_epoch, planned_steps, run_training
+from runner.training.run import optimizer_steps_per_epoch, planned_steps, run_training
 
 __all__ = ["compose", "build", "train", "resume", "load"]
 

@@ -43,6 +43,16 @@ class RunError(Exception):
     exit_code = 1
 
 
+class Interrupted(BaseException):
+    """A run stopped by SIGINT or SIGTERM. Like KeyboardInterrupt, not an Exception: code that catches
+    errors to carry on (a sweep going to its next job) lets it through. Exit status 128 + the signal's number."""
+
+    def __init__(self, signal_number: int, message: str, run_dir: str | None = None, checkpoint: str | None = None):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+        self.run_dir, self.checkpoint = run_dir, checkpoint
+
+
 class Problems:
     """Collects problems while validating, so that one run reports all of them at once."""
 
@@ -69,12 +79,15 @@ def suggest(name: str, options: Iterable[str], limit: int = 3) -> str:
 
 
 def report_errors(work: Callable[[], T]) -> T:
-    """Runs `work`; a ConfigError exits 2 and a RunError exits 1, each with its message and no traceback
-    (`HYDRA_FULL_ERROR=1` shows it): what every command line of runner does with these errors."""
+    """Runs `work`; a ConfigError exits 2, a RunError 1 and an interrupted run 130 or 143, each with its
+    message and no traceback (`HYDRA_FULL_ERROR=1` shows it): what every command line of runner does with them."""
     try:
         return work()
-    except (ConfigError, RunError) as error:
+    except (ConfigError, RunError, Interrupted) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:  # outside a run's training (composing, building): nothing to save
+        print("runner: interrupted (SIGINT) before training started; nothing was saved", file=sys.stderr)
+        sys.exit(130)

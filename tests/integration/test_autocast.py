@@ -19,7 +19,7 @@ from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run.directory import read_metrics
-from runner.training.loop import run_training
+from runner.training.run import run_training
 
 SEED_STRIDE = 100_003  # the data order: randperm(n, Generator().manual_seed(seed * 100_003 + epoch))
 # N(0, 3^2) weights: the logits are large, so float16 gradients overflow at GradScaler's first scales.

@@ -27,7 +27,7 @@ from runner.errors import ConfigError
 from runner.prepare.optim import make_optimizer
 from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
-from runner.training.loop import run_training
+from runner.training.run import run_training
 from tests.conftest import QUIET, REPO, run_cli
 
 NOTES = REPO / "examples" / "notes"

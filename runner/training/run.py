@@ -1,0 +1,120 @@
+"""One training run around the loop: data on the device, optimizer, resume, the writer and saver threads,
+and the summary. The caller's RNG states and environment are as they were when it returns."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from runner.model.distributed import setup, teardown
+from runner.model.tensors import verify_ties
+from runner.prepare.optim import make_optimizer, make_scheduler
+from runner.prepare.prepare import Prepared
+from runner.run import checkpoint
+from runner.run.checkpoint import Position
+from runner.run.directory import RunDir, environment, write_json, writing
+from runner.run.saver import BackgroundSaver
+from runner.run.writer import NullWriter, Writer
+from runner.training.callbacks import Callback
+from runner.training.environment import deterministic_algorithms, own_rng
+from runner.training.loop import Loop
+from runner.training.progress import progress_mode
+from runner.training.summary import summarize
+
+log = logging.getLogger("runner")
+
+
+def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None, tracker: Any = None,
+                 callbacks: Sequence[Callback] = ()) -> dict:
+    """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary.
+
+    The caller's RNG states and environment are as they were when it returns. A failed write into
+    run_dir raises RunDirWriteError; any other OSError (a lost gloo connection) is left as it is.
+    `tracker` (runner.run.tracking) also gets every record, from the writer thread; `callbacks` run
+    after the built-in components, in order.
+    """
+    with own_rng(prepared.device):
+        return _train(prepared, run_dir, resume_from, tracker, callbacks)
+
+
+def optimizer_steps_per_epoch(trainer: Any, batches_per_epoch: int) -> int:
+    return math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
+
+
+def planned_steps(trainer: Any, batches_per_epoch: int) -> int:
+    """The optimizer steps a run's settings ask for: `max_steps`, else `epochs` of them."""
+    return trainer.max_steps if trainer.max_steps is not None else trainer.epochs * optimizer_steps_per_epoch(trainer, batches_per_epoch)
+
+
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any, callbacks: Sequence[Callback]) -> dict:
+    spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.data.loader.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
+        host = prepared.data.to(torch.device("cpu"), prepared.dtype)
+        batches = host.batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
+        data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
+    else:
+        data = prepared.data.to(prepared.device, prepared.dtype)
+        batches = data.batches(trainer.batch_size, spec.seed)
+    total_steps = planned_steps(trainer, batches.steps_per_epoch)
+    optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
+    scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
+    position, saved = Position(0, 0, 0), None
+    if resume_from is not None:
+        checkpoint.load_weights(resume_from, model)
+        position, saved = checkpoint.load_training_state(resume_from, optimizer, scheduler)
+        verify_ties(model, prepared.ties)
+    else:
+        torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
+    group = setup(trainer.strategy, prepared.device)
+    main = group.is_main  # only rank 0 writes logs, plots and checkpoints
+    if main:
+        write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))
+    truncate = position.step if resume_from else None
+    writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
+    saver = BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
+    try:
+        loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks)
+        if saved is not None:
+            loop.load_state_dict(saved)
+        with deterministic_algorithms(trainer.deterministic):
+            final = loop.run(position)
+    except BaseException:
+        _close_quietly(saver, writer)  # the error in flight is the one to report
+        raise
+    else:
+        try:
+            saver.close()  # the final checkpoint is durable before the summary says the run is done
+        finally:
+            writer.close()
+    finally:
+        if trainer.plots and main:
+            from runner.run.plots import write_plots
+
+            write_plots(run_dir)
+        teardown(group)
+    return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
+
+
+def _report_saved(progress: str) -> Callable[[int, Path], None]:
+    """Returns the saver's callback: a log line once a checkpoint is complete and durable."""
+    level = logging.INFO if progress_mode(progress) == "log" else logging.DEBUG
+
+    def saved(step: int, path: Path) -> None:
+        log.log(level, "step %d: checkpoint saved to %s", step, path)
+
+    return saved
+
+
+def _close_quietly(*closables: Any) -> None:
+    for closable in closables:
+        try:
+            closable.close()
+        except Exception:  # noqa: BLE001 - a second error would hide the first
+            log.debug("while stopping after an error", exc_info=True)
