@@ -17,7 +17,7 @@ from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run.directory import RunDirWriteError
-from runner.training import loop as training
+from runner.training import run as training
 
 JOB = [*TINY, "trainer.max_steps=3", "trainer.log_every=3"]
 

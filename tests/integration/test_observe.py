@@ -18,7 +18,7 @@ from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run import writer as observe
 from runner.run.directory import RunDirWriteError, read_metrics
-from runner.training import loop as training
+from runner.training import run as training
 
 
 def _first_batch(prepared) -> torch.Tensor:
