@@ -17,7 +17,7 @@ from torch import nn
 from runner.config.compose import compose, resume_composition
 from runner.config.schema import upgraded
 from runner.data.sources import Dataset
-from runner.errors import ConfigError, Problem, Problems
+from runner.errors import ConfigError, Interrupted, Problem, Problems
 from runner.init import pretrained
 from runner.init.apply import apply_init
 from runner.model.distributed import current_rank
@@ -32,6 +32,7 @@ from runner.run import checkpoint, tracking
 from runner.run.directory import RunDir, RunLock, write_json, writing
 from runner.training.callbacks import Callback
 from runner.training.environment import torch_threads
+from runner.training.interrupts import Interrupts
 from runner.training.run import optimizer_steps_per_epoch, planned_steps, run_training
 
 __all__ = ["compose", "build", "train", "resume", "load"]
@@ -161,7 +162,8 @@ def _clear_outputs(run_dir: Path) -> bool:
 
 def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float,
                 callbacks: Sequence[Callback] = ()) -> dict:
-    with torch_threads(plan.spec.trainer.threads):
+    # Listening from before the model is built: a signal while it is prepared stops the run at step 0, with a checkpoint.
+    with torch_threads(plan.spec.trainer.threads), Interrupts(enabled=plan.spec.trainer.strategy != "ddp") as interrupts:
         prepared = prepare(plan, data)
         main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
         with writing(run_dir):
@@ -173,14 +175,14 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
                     write_tensor_table(prepared, run_dir)
             tracker = tracking.start(plan.spec.tracker, plan.spec.config, run_dir, resume_from is not None) if main else None
             try:
-                summary = run_training(prepared, run_dir, resume_from, tracker, callbacks)
+                summary = run_training(prepared, run_dir, resume_from, tracker, callbacks, interrupts)
                 summary["wall_seconds"] = time.perf_counter() - started
                 if main:
                     with writing(run_dir):
                         write_json(RunDir(run_dir).summary, summary)
-            except BaseException:
+            except BaseException as error:
                 if tracker is not None:
-                    tracker.finish("FAILED")
+                    tracker.finish("KILLED" if isinstance(error, Interrupted) else "FAILED")
                 raise
             if tracker is not None:
                 tracker.finish()

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config.schema import conf_dir
-from runner.errors import ConfigError, Problem, RunError, report_errors
+from runner.errors import ConfigError, Interrupted, Problem, RunError, report_errors
 from runner.run.directory import RunDir
 
 T = TypeVar("T")
@@ -146,6 +146,11 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     try:
         summary, how = sweep_job(cfg, run_dir)
+    except Interrupted as stop:  # the whole sweep stops here, not just this job
+        job = HydraConfig.get().job.num
+        again = Interrupted(stop.signal_number, f"{stop.headline} (job {job} of the sweep)",
+                            hint="continue the sweep by running the same command again: finished jobs are reused, this one resumes")
+        report_errors(lambda: _raise(again))
     except (ConfigError, RunError) as error:
         record = {"error": str(error)}
     except Exception as error:  # a bug in a job must not take the whole sweep down; the report shows it
@@ -160,6 +165,10 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     RunDir(run_dir).error.write_text(json.dumps(record), encoding="utf-8")
     _job_record(run_dir, {"status": "failed", "how": "failed", "seconds": time.perf_counter() - started, "error": record["error"]})
     return float("inf")  # a sweeper that minimizes the return value ranks it last
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 def _job_record(run_dir: Path, record: dict) -> None:

@@ -47,10 +47,10 @@ class Interrupted(BaseException):
     """A run stopped by SIGINT or SIGTERM. Like KeyboardInterrupt, not an Exception: code that catches
     errors to carry on (a sweep going to its next job) lets it through. Exit status 128 + the signal's number."""
 
-    def __init__(self, signal_number: int, message: str, run_dir: str | None = None, checkpoint: str | None = None):
-        super().__init__(message)
-        self.exit_code = 128 + signal_number
-        self.run_dir, self.checkpoint = run_dir, checkpoint
+    def __init__(self, signal_number: int, headline: str, run_dir: str | None = None, hint: str | None = None):
+        self.signal_number, self.exit_code, self.headline = signal_number, 128 + signal_number, headline
+        self.hint = hint or (f"resume with: python -m runner resume={run_dir}" if run_dir else None)
+        super().__init__(headline + (f"; {self.hint}" if self.hint else ""))
 
 
 class Problems:

@@ -167,8 +167,10 @@ class TrainerConfig:
     watch: List[str] = field(default_factory=lambda: ["*"])
     tensorboard: Any = flag(True)
     plots: Any = flag(True)
-    # Checkpoint every N steps (0: only at the end); keep the newest `keep_last`.
+    # Checkpoint every N steps (0: none in between), and at the end of every N-th epoch (0: none);
+    # the final step is always saved; keep the newest `keep_last`.
     ckpt_every: int = 0
+    ckpt_every_epochs: int = 1
     keep_last: int = 3
     # An exponential moving average of the weights, evaluated beside them (null: none).
     ema_decay: Optional[float] = None

@@ -175,6 +175,7 @@ def check_trainer(trainer: TrainerSpec, problems: Problems) -> None:
     _check_positive(trainer.hist_every, "trainer.hist_every", problems, allow_zero=True)
     _check_positive(trainer.threads, "trainer.threads", problems, allow_zero=True)
     _check_positive(trainer.ckpt_every, "trainer.ckpt_every", problems, allow_zero=True)
+    _check_positive(trainer.ckpt_every_epochs, "trainer.ckpt_every_epochs", problems, allow_zero=True)
     _check_positive(trainer.keep_last, "trainer.keep_last", problems)
     check_choice(trainer.dtype, DTYPES, "trainer.dtype", problems)
     if trainer.autocast is not None:

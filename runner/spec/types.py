@@ -98,6 +98,7 @@ class TrainerSpec:
     tensorboard: bool = True
     plots: bool = True
     ckpt_every: int = 0
+    ckpt_every_epochs: int = 1
     keep_last: int = 3
     ema_decay: float | None = None
     early_stopping: MonitorSpec | None = None

@@ -44,6 +44,7 @@ from runner.training.ema import EMA
 from runner.training.evaluation import Evaluation, evaluate, loss_function, train_mode
 from runner.training.gradstats import GradStats
 from runner.training.histograms import Histograms
+from runner.training.interrupts import Interrupts
 from runner.training.losses import Losses, first_non_finite
 from runner.training.monitor import Monitor
 from runner.training.precision import Precision
@@ -61,6 +62,7 @@ class Schedule:
     total_steps: int
     log_every: int
     ckpt_every: int
+    ckpt_every_epochs: int
     accumulate: int
     progress: str
     eval_modules: tuple[str, ...]
@@ -75,6 +77,7 @@ class Outcome:
     train_loss: float | None = None
     last_eval: Evaluation | None = None
     stopped: str | None = None  # why the run stops before its last step (early stopping, pruning, a callback)
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) it stopped for, after the step in progress
     checkpoint_requested: bool = False  # at this evaluation (keep_best's improvement)
     train_seconds: float = 0.0
     steps_timed: int = 0
@@ -104,10 +107,10 @@ class Loop:
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer: torch.optim.Optimizer, scheduler: Any,
                  writer: Writer | NullWriter, saver: BackgroundSaver, total_steps: int, group: Group,
-                 callbacks: Sequence[Callback] = ()):
+                 callbacks: Sequence[Callback] = (), interrupts: Interrupts | None = None):
         spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
         self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver
-        self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.accumulate_grad_batches,
+        self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.ckpt_every_epochs, trainer.accumulate_grad_batches,
                                  progress_mode(trainer.progress), prepared.plan.eval_modules,
                                  spec.metrics, spec.config)
         entries = trainable(self.model)
@@ -126,6 +129,7 @@ class Loop:
             raise RunError(f"callback names must be unique and not {sorted(RESERVED)}: got {names}")
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.outcome = Outcome()
+        self.interrupts = interrupts or Interrupts(enabled=False)  # what a signal asked for (runner.training.interrupts)
 
     # -------------------------------------------------------------- what callbacks read and call
 
@@ -184,6 +188,9 @@ class Loop:
             began = time.perf_counter()
             batch = start  # batches of this epoch done, counting those before a resume
             for group in self._groups(epoch, start):
+                if self.interrupts.received is not None:
+                    outcome.interrupted = self.interrupts.received
+                    break
                 step += 1
                 batch += len(group)
                 for callback in self.callbacks:
@@ -205,18 +212,25 @@ class Loop:
             outcome.train_seconds += time.perf_counter() - began
             if bar is not None:
                 _show_rate(bar, seen)
+            if outcome.interrupted is not None and batch < self.batches.steps_per_epoch:
+                start = batch  # in the middle of an epoch: no evaluation, the checkpoint below resumes at this batch
+                break
             self.end_epoch(step, epoch)
             epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
-            if outcome.stopped is not None:
+            if self.interrupts.received is not None and step < schedule.total_steps:
+                outcome.interrupted = self.interrupts.received
+            if outcome.stopped is not None or outcome.interrupted is not None:
                 break  # the final checkpoint below is saved at this position
-            due = schedule.ckpt_every and step % schedule.ckpt_every == 0
+            due = (schedule.ckpt_every and step % schedule.ckpt_every == 0) or (
+                start == 0 and schedule.ckpt_every_epochs and epoch % schedule.ckpt_every_epochs == 0)  # `epoch` epochs are done
             if (due or outcome.checkpoint_requested) and step < schedule.total_steps:
                 self.save(Position(step, epoch, start))
         if bar is not None:
             bar.close()
         outcome.steps_timed = step - position.step
-        for callback in self.callbacks:
-            callback.on_train_end(self, step)
+        if outcome.interrupted is None:  # an interrupted run has not ended: its resumed part will end it
+            for callback in self.callbacks:
+                callback.on_train_end(self, step)
         final = Position(step, epoch, start)
         self.save(final)
         return final

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from runner.errors import Interrupted
 from runner.model.distributed import setup, teardown
 from runner.model.tensors import verify_ties
 from runner.prepare.optim import make_optimizer, make_scheduler
@@ -22,6 +25,7 @@ from runner.run.saver import BackgroundSaver
 from runner.run.writer import NullWriter, Writer
 from runner.training.callbacks import Callback
 from runner.training.environment import deterministic_algorithms, own_rng
+from runner.training.interrupts import Interrupts
 from runner.training.loop import Loop
 from runner.training.progress import progress_mode
 from runner.training.summary import summarize
@@ -30,16 +34,19 @@ log = logging.getLogger("runner")
 
 
 def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = None, tracker: Any = None,
-                 callbacks: Sequence[Callback] = ()) -> dict:
+                 callbacks: Sequence[Callback] = (), interrupts: Interrupts | None = None) -> dict:
     """Trains the prepared model into run_dir (metrics, checkpoints, plots) and returns the summary.
 
     The caller's RNG states and environment are as they were when it returns. A failed write into
     run_dir raises RunDirWriteError; any other OSError (a lost gloo connection) is left as it is.
     `tracker` (runner.run.tracking) also gets every record, from the writer thread; `callbacks` run
-    after the built-in components, in order.
+    after the built-in components, in order. SIGINT or SIGTERM stops the run after its current step
+    with a checkpoint there and raises Interrupted (runner.training.interrupts); `interrupts` is the
+    caller's, when it listens from earlier on.
     """
-    with own_rng(prepared.device):
-        return _train(prepared, run_dir, resume_from, tracker, callbacks)
+    listening = nullcontext(interrupts) if interrupts is not None else Interrupts(enabled=prepared.spec.trainer.strategy != "ddp")
+    with own_rng(prepared.device), listening as stops:
+        return _train(prepared, run_dir, resume_from, tracker, callbacks, stops)
 
 
 def optimizer_steps_per_epoch(trainer: Any, batches_per_epoch: int) -> int:
@@ -51,7 +58,8 @@ def planned_steps(trainer: Any, batches_per_epoch: int) -> int:
     return trainer.max_steps if trainer.max_steps is not None else trainer.epochs * optimizer_steps_per_epoch(trainer, batches_per_epoch)
 
 
-def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any, callbacks: Sequence[Callback]) -> dict:
+def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker: Any, callbacks: Sequence[Callback],
+           interrupts: Interrupts) -> dict:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +88,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
     saver = BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
     try:
-        loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks)
+        loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks, interrupts)
         if saved is not None:
             loop.load_state_dict(saved)
         with deterministic_algorithms(trainer.deterministic):
@@ -94,11 +102,15 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         finally:
             writer.close()
     finally:
-        if trainer.plots and main:
+        if trainer.plots and main and interrupts.received is None:  # an interrupted run leaves at once; its resumed part draws them
             from runner.run.plots import write_plots
 
             write_plots(run_dir)
         teardown(group)
+    if loop.outcome.interrupted is not None:
+        name = signal.Signals(loop.outcome.interrupted).name
+        saved_to = RunDir(run_dir).checkpoints / checkpoint.directory_name(final.step)
+        raise Interrupted(loop.outcome.interrupted, f"{name}: stopped after step {final.step}, checkpoint saved to {saved_to}", str(run_dir))
     return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
 
 
