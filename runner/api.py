@@ -95,7 +95,40 @@ def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | 
     started = time.perf_counter() if started is None else started
     plan, data = check(cfg)
     _refuse_going_back(plan, data, latest)
+    _refuse_another_model(plan, latest)
     return _train_plan(plan, data, run_dir, latest, started, callbacks)
+
+
+def _refuse_another_model(plan: Plan, latest: Path) -> None:
+    """A resumed run must be the model that was trained, started as it was: otherwise its config.yaml would
+    describe weights that never existed (and another model's checkpoint may not even load)."""
+    saved = saved_config(latest)
+    for section in ("model", "init"):
+        changed = _first_difference(saved.get(section), plan.spec.config.get(section), section)
+        if changed is not None:
+            key, before = changed
+            if key == f"{section}.name":  # another option of the group: model=cnn
+                key, before = section, before
+            raise ConfigError([Problem(key, f"the run was trained with {key}={before}; a resumed run cannot change its {section} (its "
+                                            "weights and config.yaml would then disagree): start a new run (experiment=finetune shows "
+                                            "how to start from this run's weights)")])
+
+
+def _first_difference(before: Any, after: Any, key: str) -> tuple[str, Any] | None:
+    """The first dotted key (in `before`'s order, then `after`'s) whose value differs, with its value in `before`."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for name in [*before, *(k for k in after if k not in before)]:
+            found = _first_difference(before.get(name), after.get(name), f"{key}.{name}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for index, (a, b) in enumerate(zip(before, after)):
+            found = _first_difference(a, b, f"{key}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return None if before == after else (key, before)
 
 
 def _refuse_going_back(plan: Plan, data: Any, latest: Path) -> None:

@@ -164,13 +164,27 @@ def test_resume_takes_the_grammar_of_a_run(compose, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_resume_refuses_unknown_keys_and_swaps_models_by_group(tmp_path):
+def test_cli_resume_refuses_unknown_keys_and_another_model(tmp_path):
     first = run_cli("trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.progress=off", f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr
+    saved = (tmp_path / "a" / "config.yaml").read_bytes()
     unknown = run_cli(f"resume={tmp_path / 'a'}", "+trainer.frobnicate=1", cwd=tmp_path)
     assert unknown.returncode == 2 and "trainer.frobnicate: unknown key" in unknown.stderr
-    other = run_cli(f"resume={tmp_path / 'a'}", "model=cnn", cwd=tmp_path)  # composes; the mlp checkpoint cannot fill a cnn
-    assert other.returncode == 1 and "Traceback" not in other.stderr and "unexpected ['fc1.bias'" in other.stderr
+    other = run_cli(f"resume={tmp_path / 'a'}", "model=cnn", cwd=tmp_path)  # refused before the mlp checkpoint meets a cnn
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "  model: the run was trained with model=mlp; a resumed run cannot change its model" in other.stderr
+    assert (tmp_path / "a" / "config.yaml").read_bytes() == saved
+
+
+def test_resume_refuses_a_model_or_init_other_than_the_trained_one_even_when_its_weights_would_load(compose, tmp_path):
+    runner.train(compose("trainer.max_steps=4"), tmp_path)
+    saved = (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"model.layers.act1.type: the run was trained with model.layers.act1.type=ReLU; a resumed run"):
+        runner.resume(tmp_path, ["model.layers.act1.type=GELU"])  # no tensors change: the checkpoint would load
+    with pytest.raises(ConfigError, match=r"  init: the run was trained with init=default; a resumed run cannot change its init"):
+        runner.resume(tmp_path, ["init=xavier"])
+    assert (tmp_path / "config.yaml").read_bytes() == saved
+    assert runner.resume(tmp_path, ["trainer.max_steps=6"])["steps"] == 6  # what resume is for still works
 
 
 def test_init_std_on_non_square_weights_follows_fan_in_and_fan_out(compose):
