@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ class Invocation:
         self.ours = True
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        if hydra_cfg.mode == RunMode.MULTIRUN or self.resuming is not None:
+            return self._task(cfg, hydra_cfg, run_dir)
+        try:
+            return self._task(cfg, hydra_cfg, run_dir)
+        except SystemExit:  # a new run that failed before it wrote anything leaves no directory behind
+            _remove_if_unused(run_dir, f"{hydra_cfg.job.name}.log")
+            raise
+
+    def _task(self, cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
         cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
         report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg, hydra_cfg.runtime))
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -165,6 +175,18 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     RunDir(run_dir).error.write_text(json.dumps(record), encoding="utf-8")
     _job_record(run_dir, {"status": "failed", "how": "failed", "seconds": time.perf_counter() - started, "error": record["error"]})
     return float("inf")  # a sweeper that minimizes the return value ranks it last
+
+
+def _remove_if_unused(run_dir: Path, log_name: str) -> None:
+    """Removes a run directory holding only what Hydra wrote before the task (.hydra/ and the job's log), and the
+    parents left empty by that, up to the working directory: a run refused before it started leaves no litter."""
+    if not run_dir.is_dir() or any(path.name not in (".hydra", log_name) for path in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    here, parent = Path.cwd().resolve(), run_dir.resolve().parent
+    while here in parent.parents and not any(parent.iterdir()):  # runs/<date>/ when this was its only run
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _raise(error: BaseException) -> None:

@@ -76,3 +76,14 @@ def test_help_lists_the_groups_the_entry_points_and_examples():
     examples = text.split("Examples:")[1].split("==")[0]
     assert len([line for line in examples.splitlines() if line.strip().startswith("python -m runner")]) == 3
     assert "powered by Hydra" not in text
+
+
+def test_a_run_refused_before_it_starts_leaves_no_run_directory(tmp_path):
+    refused = run_cli("optim.lr=-1", cwd=tmp_path)
+    assert refused.returncode == 2 and "optim.lr: expected a number > 0" in refused.stderr
+    assert not (tmp_path / "runs").exists()  # not runs/<date>/<time>/.hydra, nor the empty runs/<date>/
+    done = run_cli("trainer.max_steps=2", "trainer.progress=off", "trainer.plots=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (kept,) = (tmp_path / "runs").glob("*/*")
+    assert run_cli("optim.lr=-1", cwd=tmp_path).returncode == 2
+    assert list((tmp_path / "runs").glob("*/*")) == [kept] and (kept / "summary.json").is_file()  # a finished run is left alone
