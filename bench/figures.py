@@ -29,6 +29,7 @@ from runner.prepare.prepare import prepare
 from runner.run import checkpoint
 from runner.run.checkpoint import Position
 from runner.spec.types import TrainerSpec
+from runner.training.environment import torch_threads
 from runner.training.evaluation import loss_function
 from runner.training.gradstats import GradStats
 from runner.training.run import run_training
@@ -42,12 +43,13 @@ def _prepared(overrides: list[str]):
     return prepare(validate(runner.compose([*QUIET, *overrides])))
 
 
-def _steps_per_second(base, overrides_extra: dict) -> float:
+def _steps_per_second(base, overrides_extra: dict, threads: int | None = None) -> float:
+    """steps/s of one run of `base` with trainer settings changed, on the torch threads a user's run gets (Plan.threads) unless given."""
     prepared = copy.copy(base)
     prepared.model = copy.deepcopy(base.model)
     trainer = dataclasses.replace(base.spec.trainer, **overrides_extra)
     prepared.plan = dataclasses.replace(base.plan, spec=dataclasses.replace(base.spec, trainer=trainer))
-    with tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(prepared.plan.threads if threads is None else threads), tempfile.TemporaryDirectory() as tmp:
         return run_training(prepared, Path(tmp))["steps_per_second"]
 
 
@@ -308,10 +310,13 @@ def _setting_cost(figure: str, on: dict, off: dict, note: str, repeats: int, smo
 
 
 def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
-    """11. steps/s with a checkpoint every 20 steps over checkpoints at the end only."""
+    """11. steps/s with a checkpoint every 20 steps, and at every epoch's end (the default), over checkpoints at the end only."""
     long_enough = {size: ["trainer.epochs=10" if "digits" in size else "trainer.epochs=6"] for size in SIZES}
-    return _setting_cost("11. steps/s, a checkpoint every 20 steps / none", {"ckpt_every": 20}, {"ckpt_every": 0},
-                         "written, hashed and fsynced on a background thread", repeats, smoke, long_enough)
+    none = {"ckpt_every": 0, "ckpt_every_epochs": 0}
+    return [*_setting_cost("11. steps/s, a checkpoint every 20 steps / none", {**none, "ckpt_every": 20}, none,
+                           "written, hashed and fsynced on a background thread", repeats, smoke, long_enough),
+            *_setting_cost("11. steps/s, a checkpoint every epoch (the default) / none", {**none, "ckpt_every_epochs": 1}, none,
+                           "one checkpoint an epoch, after its evaluation", repeats, smoke, long_enough)]
 
 
 def ema_overhead(repeats: int, smoke: bool) -> list[Row]:

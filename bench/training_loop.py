@@ -29,6 +29,7 @@ from bench.common import Row, alternate
 from runner.prepare.plan import validate
 from runner.prepare.prepare import prepare
 from runner.run.directory import tensors_sha256
+from runner.training.environment import torch_threads
 from runner.training.run import run_training
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,8 +103,16 @@ def measure(overrides: list[str], repeats: int, extra: list[str] | None = None) 
 
 
 def first_run(side: str, overrides: list[str]) -> dict:
-    """One side's first training run in this (fresh) process: steps/s and the final weights' hash."""
-    base = prepare(validate(runner.compose(overrides)))
+    """One side's first training run in this (fresh) process: steps/s and the final weights' hash. Both sides
+    build and train on the threads a user's run gets (Plan.threads: other counts give other bits; what the
+    count itself is worth is figure 18)."""
+    plan = validate(runner.compose(overrides))
+    with torch_threads(plan.threads):
+        return _first_run(side, plan)
+
+
+def _first_run(side: str, plan) -> dict:
+    base = prepare(plan)
     if side == "plain":
         spec = base.spec
         seconds, steps = hand_written(base.model, base.data.to(base.device, base.dtype), spec.trainer.epochs, spec.trainer.batch_size,

@@ -41,7 +41,7 @@ __all__ = ["compose", "build", "train", "resume", "load"]
 def build(cfg: DictConfig) -> nn.Module:
     """Returns the model a config declares: validated, built, initialized from the seed and placed."""
     plan, data = check(cfg)
-    with torch_threads(plan.spec.trainer.threads):
+    with torch_threads(plan.threads):
         return prepare(plan, data).model
 
 
@@ -196,7 +196,7 @@ def _clear_outputs(run_dir: Path) -> bool:
 def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float,
                 callbacks: Sequence[Callback] = ()) -> dict:
     # Listening from before the model is built: a signal while it is prepared stops the run at step 0, with a checkpoint.
-    with torch_threads(plan.spec.trainer.threads), Interrupts(enabled=plan.spec.trainer.strategy != "ddp") as interrupts:
+    with torch_threads(plan.threads), Interrupts(enabled=plan.spec.trainer.strategy != "ddp") as interrupts:
         prepared = prepare(plan, data)
         main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
         with writing(run_dir):

@@ -8,6 +8,7 @@ parses a config again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -52,6 +53,10 @@ class Watch:
     layers: tuple[str, ...] = ()
 
 
+# Below this many parameters a run uses one torch thread unless trainer.threads says otherwise (Plan.threads).
+SMALL_MODEL = 100_000
+
+
 @dataclass(frozen=True)
 class Plan:
     spec: RunSpec
@@ -66,6 +71,21 @@ class Plan:
     def materialize(self) -> nn.Module:
         """Returns the real CPU model this plan describes, with PyTorch's default init drawn from the seed."""
         return materialize(self.spec.model, self.declarations, self.spec.seed)
+
+    @property
+    def parameters(self) -> int:
+        """Elements in the model's parameters, trainable and frozen (each stored tensor once)."""
+        return sum(math.prod(t.shape) for t in self.tensors if t.kind in ("parameter", "frozen"))
+
+    @property
+    def threads(self) -> int:
+        """The torch threads the run uses (0: torch's default, one per core): `trainer.threads` when set;
+        otherwise 1 for a model under SMALL_MODEL parameters, whose ops are too small to gain from more
+        threads and lose badly to a busy neighbour (figure 18 in docs/benchmarks.md)."""
+        requested = self.spec.trainer.threads
+        if requested > 0:
+            return requested
+        return 1 if self.parameters < SMALL_MODEL else 0
 
 
 def make_plan(spec: RunSpec, problems: Problems) -> Plan | None:
