@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,6 +35,7 @@ class Invocation:
     # (latest checkpoint, run directory) while `resume=<dir>` runs: the run continues in its own
     # directory, whatever hydra.run.dir says.
     resuming: tuple[Path, Path] | None = None
+    _real_stderr: Any = None  # while Hydra parses the command line (see run_hydra)
 
     def report(self, work: Callable[[], T]) -> T:
         """report_errors, after which the exit status is ours."""
@@ -42,6 +45,7 @@ class Invocation:
     def task(self, cfg: DictConfig) -> float | None:
         """The work of one composed config: a run, a sweep's job, or a resumed run."""
         self.ours = True
+        self.release()
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN or self.resuming is not None:
@@ -69,14 +73,32 @@ class Invocation:
         print(f"run directory: {run_dir}")
         return summary.get("val_loss")
 
-    def run_hydra(self, config_path: str) -> None:
-        """Hands the command line to Hydra with this invocation's task."""
+    def run_hydra(self, config_path: str, overrides: list[str]) -> None:
+        """Hands the command line to Hydra with this invocation's task. Until the task starts, what Hydra
+        writes to stderr is held: a refusal of the command line (a misspelt key, an unknown option, a YAML
+        error in a config file) is then reported as every config error is, from runner's own composition."""
+        self._real_stderr, sys.stderr = sys.stderr, io.StringIO()
         try:
             hydra.main(config_path=config_path, config_name="config", version_base="1.3")(self.task)()
         except SystemExit as leaving:
-            if leaving.code == 1 and not self.ours:
-                sys.exit(2)  # Hydra rejected an override before any work: a config error
+            if leaving.code == 1 and not self.ours:  # Hydra rejected the command line before any work
+                held = self.release(show=False)
+                self.report(lambda: _compose_error(config_path, overrides))
+                sys.stderr.write(held)  # not a composition error runner can name: Hydra's own report
+                sys.exit(2)
             raise
+        finally:
+            self.release()
+
+    def release(self, show: bool = True) -> str:
+        """Gives stderr back; writes what was held to it (when `show`) and returns it."""
+        held = sys.stderr
+        if self._real_stderr is None or not isinstance(held, io.StringIO):
+            return ""
+        sys.stderr, self._real_stderr = self._real_stderr, None
+        if show:
+            sys.stderr.write(held.getvalue())
+        return held.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if target is None:
         invocation.report(lambda: _check_null_sections(argv))
         invocation.ours = False  # what Hydra refuses next is still a config error of its own
-        invocation.run_hydra(str(conf_dir()))
+        invocation.run_hydra(str(conf_dir()), argv)
         return
     from runner import api
     from runner.config.compose import resume_composition
@@ -101,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     given = [a for a in argv if not a.startswith("resume=")]
     with resume_composition(saved, run_dir, given) as (config_dir, overrides):
         sys.argv = [sys.argv[0], *overrides]
-        invocation.run_hydra(str(config_dir))
+        invocation.run_hydra(str(config_dir), overrides)
 
 
 def _check_null_sections(argv: list[str]) -> None:
@@ -122,6 +144,32 @@ def _check_null_sections(argv: list[str]) -> None:
         return  # another problem: Hydra reports it
     if not selected:
         raise ConfigError(problems)
+
+
+def _compose_error(config_dir: str, argv: list[str]) -> None:
+    """Composes the command line as runner.compose does, raising its ConfigError (a sweep's lists are taken at
+    their first value). Returns when that composes, or fails otherwise: not a refusal runner can name."""
+    from runner.config.compose import CommandLine, compose, parse_command_line
+
+    read = parse_command_line(argv, "runner", other_options=True)
+    overrides = [first for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (first := _first_value(o)) is not None]
+    command = CommandLine(overrides, search=read.search)
+    try:
+        compose(command.all_overrides, config_dir=Path(config_dir), config_name=read.config_name)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - Hydra's own report is shown instead
+        return
+
+
+def _first_value(override: str) -> str | None:
+    """A sweep override at its first value (`seed=0,1` -> `seed=0`); None for a sweep function (`glob(*)`, `range(3)`)."""
+    key, value = override.split("=", 1)
+    if re.match(r"\s*[a-z_]+\(", value):
+        return None
+    if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
+        return f"{key}={value.split(',', 1)[0]}"
+    return override
 
 
 def _resume_target(argv: list[str]) -> str | None:

@@ -9,7 +9,7 @@ import math
 import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
@@ -61,10 +61,66 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = None) -> DictConfig:
+@dataclass(frozen=True)
+class CommandLine:
+    """An entry point's command line as `python -m runner` reads it: Hydra's config options, then overrides."""
+
+    overrides: List[str]
+    config_dir: Optional[Path] = None  # --config-path / -cp: another primary config directory
+    config_name: str = "config"  # --config-name / -cn
+    search: tuple = ()  # --config-dir / -cd: directories searched before conf/ (a user's own groups and options)
+    help: bool = False  # --help / -h
+
+    @property
+    def all_overrides(self) -> List[str]:
+        """The overrides, with `hydra.searchpath` for --config-dir."""
+        if not self.search:
+            return list(self.overrides)
+        return [f"hydra.searchpath=[{','.join(f'file://{path}' for path in self.search)}]", *self.overrides]
+
+
+OPTIONS = {"--config-path": "config_dir", "-cp": "config_dir", "--config-name": "config_name", "-cn": "config_name",
+           "--config-dir": "search", "-cd": "search"}
+
+
+def parse_command_line(argv: List[str], program: str, other_options: bool = False) -> CommandLine:
+    """Reads Hydra's config options (`--config-dir DIR` or `--config-dir=DIR`, ...) and `--help`; the rest are
+    overrides. Any other option is a config error naming it, or with `other_options` (Hydra's own command
+    line: -m, --cfg job, ...) left out, its value, if any, among the overrides."""
+    from runner.errors import ConfigError, Problem, suggest
+
+    found: dict = {"search": []}
+    overrides, help_wanted, rest = [], False, list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, has_value, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            help_wanted = True
+        elif name in OPTIONS:
+            if not has_value:
+                if not rest:
+                    raise ConfigError([Problem(name, "expected a value after it")])
+                value = rest.pop(0)
+            field_name = OPTIONS[name]
+            if field_name == "search":
+                found["search"].append(Path(value).resolve())
+            else:
+                found[field_name] = Path(value).resolve() if field_name == "config_dir" else value
+        elif arg.startswith("-") and other_options:
+            continue
+        elif arg.startswith("-"):
+            known = ["--help", *OPTIONS]
+            raise ConfigError([Problem(name, f"not an option of {program};{suggest(name, known) or ' it takes: ' + ', '.join(known)}")])
+        else:
+            overrides.append(arg)
+    return CommandLine(overrides, found.get("config_dir"), found.get("config_name", "config"), tuple(found["search"]), help_wanted)
+
+
+def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = None, config_name: str = "config") -> DictConfig:
     """Returns the composed config for these overrides, exactly as `python -m runner` sees it.
 
-    `config_dir` names another primary config directory (a resumed run's, see `resume_composition`).
+    `config_dir` names another primary config directory (a resumed run's, see `resume_composition`),
+    and `config_name` another primary config in it.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -75,11 +131,16 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
     overrides = list(overrides or [])
     try:
         with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except HydraException as error:  # a bad override or option: the same report as every other config error
         raise ConfigError([hydra_problem(error, overrides, config_dir)]) from None
     except AssertionError as error:  # OmegaConf's refusal to set a key inside a section that is null (tracker, unless selected)
         raise ConfigError(into_null_section(overrides) or [Problem("overrides", f"{error}")]) from None
+    except Exception as error:  # a YAML syntax error in a config file: named by file, line and column
+        problem = yaml_problem(error)
+        if problem is None:
+            raise
+        raise ConfigError([problem]) from None
     runtime = cfg.hydra.runtime
     problems = model_file_problems(dict(runtime.choices), [dict(source) for source in runtime.config_sources])
     with open_dict(cfg):
@@ -88,6 +149,21 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[Path] = 
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def yaml_problem(error: BaseException) -> Any:
+    """A YAML syntax error (anywhere in the exception's chain) as a Problem named `file:line:column`, else None."""
+    import yaml
+
+    from runner.errors import Problem
+
+    found: BaseException | None = error
+    while found is not None and not isinstance(found, yaml.MarkedYAMLError):
+        found = found.__cause__ or found.__context__
+    if found is None or found.problem_mark is None:
+        return None
+    mark = found.problem_mark
+    return Problem(f"{mark.name}:{mark.line + 1}:{mark.column + 1}", f"YAML syntax: {found.problem}" + (f" ({found.context})" if found.context else ""))
 
 
 def into_null_section(overrides: List[str]) -> list:

@@ -45,7 +45,7 @@ def test_a_mistyped_override_is_answered_before_torch_is_imported(tmp_path):
     probe = "import runner.cli, sys\nsys.argv = ['runner', 'trainer.epoch=3']\ntry:\n    runner.cli.main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["2", "False"], result.stderr
-    assert "Key 'epoch' not in 'TrainerConfig'" in result.stderr
+    assert result.stderr == "runner: config error:\n  trainer.epoch: unknown key; did you mean 'epochs'?\n"
 
 
 def test_inspect_reports_a_merged_layers_override_without_a_traceback():
@@ -87,3 +87,49 @@ def test_a_run_refused_before_it_starts_leaves_no_run_directory(tmp_path):
     (kept,) = (tmp_path / "runs").glob("*/*")
     assert run_cli("optim.lr=-1", cwd=tmp_path).returncode == 2
     assert list((tmp_path / "runs").glob("*/*")) == [kept] and (kept / "summary.json").is_file()  # a finished run is left alone
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.epoch=3", "trainer.epoch: unknown key; did you mean 'epochs'?"),
+    ("optim.lrr=0.1", "optim.lrr: unknown key; did you mean 'lr'?; an optimizer argument of its own is added with +optim.lrr=..."),
+    ("model=cnnn", "model: no option 'cnnn' in model; did you mean 'cnn'?"),
+])
+def test_hydras_refusals_are_reported_as_config_errors_with_did_you_mean(tmp_path, override, message):
+    # Before: Hydra's own report, advising `+trainer.epoch=3` (which only adds the typo), over 7 lines.
+    for args in ([override], ["-m", override.replace("=", "=1,") if "epoch" in override else override, f"hydra.sweep.dir={tmp_path / 'sweep'}"]):
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr == f"runner: config error:\n  {message}\n", done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep" / "0").exists()  # no run, no job
+
+
+def _broken_user_config(tmp_path):
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "wide.yaml").write_text("name: wide\nlayers:\n  fc1: {type: Linear, in_features: 64\n  head: {}\n")
+    return tmp_path / "mine"
+
+
+def test_a_yaml_syntax_error_in_a_users_config_file_is_named_by_file_line_and_column(tmp_path):
+    mine = _broken_user_config(tmp_path)
+    expected = f"  {mine / 'model' / 'wide.yaml'}:4:7: YAML syntax: expected ',' or '}}', but got ':' (while parsing a flow mapping)"
+    done = run_cli("--config-dir", str(mine), "model=wide", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.splitlines() == ["runner: config error:", expected], done.stderr
+    with pytest.raises(runner.ConfigError) as error:  # the Python API reads it the same way
+        runner.compose(["model=wide", f"hydra.searchpath=[file://{mine}]"])
+    assert str(error.value).splitlines()[1] == expected
+    inspected = run_module("runner.inspect", f"--config-dir={mine}", "model=wide", cwd=tmp_path)
+    assert inspected.returncode == 2 and inspected.stderr.splitlines()[1] == expected
+
+
+def test_inspect_takes_the_command_line_of_python_m_runner(tmp_path):
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "wide.yaml").write_text("name: wide\nlayers:\n  fc1: {type: Linear, in_features: 64, out_features: 10}\n")
+    shown = run_module("runner.inspect", "--config-dir", str(tmp_path / "mine"), "model=wide", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split(" | ") for line in shown.stdout.splitlines() if line.startswith("| fc1.")]
+    assert [(row[0], row[2]) for row in rows] == [("| fc1.weight", "10x64"), ("| fc1.bias", "10")]  # the user's model, not conf/'s
+    helped = run_module("runner.inspect", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m runner.inspect [--config-dir DIR]") and not helped.stderr
+    typo = run_module("runner.inspect", "trainer.epoch=3", cwd=tmp_path)
+    assert typo.returncode == 2 and typo.stderr == "runner: config error:\n  trainer.epoch: unknown key; did you mean 'epochs'?\n"
+    unknown = run_module("runner.inspect", "--confg-dir", "x", cwd=tmp_path)
+    assert unknown.returncode == 2 and "--confg-dir: not an option of runner.inspect; did you mean '--config-dir'" in unknown.stderr

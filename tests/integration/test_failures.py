@@ -193,7 +193,7 @@ def test_the_table_covers_at_least_thirty_distinct_inputs():
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (["trainer.epoch=3"], "Key 'epoch' not in 'TrainerConfig'"),
+    (["trainer.epoch=3"], "trainer.epoch: unknown key; did you mean 'epochs'?"),
     (["trainer.epochs=many"], "trainer.epochs"),
     (["modell=cnn"], "modell"),
     (["trainer.compile=maybe"], "trainer.compile"),
