@@ -60,6 +60,9 @@ class Invocation:
         cfg.trainer.threads = job_threads(cfg.trainer.threads, hydra_cfg)
         report_errors(lambda: _check_overrides(hydra_cfg.overrides.task, cfg, hydra_cfg.runtime))
         if hydra_cfg.mode == RunMode.MULTIRUN:
+            from runner.sweep.progress import quiet_console
+
+            quiet_console()  # this job's lines go to its cli.log; the sweep's console has one line a job
             if cfg.get("tracker") is not None and cfg.tracker.get("experiment") is None:
                 cfg.tracker.experiment = str(hydra_cfg.sweep.dir)  # the sweep is one MLflow experiment
             return _sweep_job(cfg, run_dir)

@@ -9,6 +9,7 @@ of the sweep, so the count holds under parallel launchers, where each joblib wor
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,11 @@ def sweep_size(config: Any) -> int | None:
 
     by_key = {str(k): f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()}
     by_key.update({o.split("=", 1)[0]: o for o in config.hydra.overrides.task})  # the command line wins, as in Hydra
-    parsed = OverridesParser.create().parse_overrides(list(by_key.values()))
+    from hydra.core.global_hydra import GlobalHydra
+
+    # With Hydra's config loader the parser expands `glob(*)` over the group's options, as the sweeper does.
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(by_key.values()))
     return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
 
 
@@ -80,7 +85,9 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
         except Exception:  # noqa: BLE001 - a sweeper this does not know: progress without a total
             total = None
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(sweep_dir / STATE, {"total": total, "started": time.time()})
+        fixed = [o for o in config.hydra.overrides.task if "," not in o and "(" not in o]  # on every job: not worth repeating
+        write_json(sweep_dir / STATE, {"total": total, "started": time.time(), "fixed": fixed})
+        quiet_console()
         print(f"sweep: {total if total is not None else 'an unknown number of'} jobs into {sweep_dir}", file=sys.stderr, flush=True)
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
@@ -92,7 +99,38 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
                 return  # an earlier run's record: this job never reached our code (Hydra reports why)
         except (OSError, ValueError):
             return  # no job.json: the job never reached our code (Hydra reports why)
+        fixed = {o.split("=", 1)[0] for o in state.get("fixed", ())}
+        label = " ".join(o for o in job_return.overrides or [] if o.split("=", 1)[0] not in fixed and not o.lstrip("+~").startswith("hydra."))
         if record.get("status") == "failed":
-            label = " ".join(job_return.overrides or [])
-            print(f"sweep: job {config.hydra.job.num} ({label}) failed: {one_line(record.get('error', ''))}", file=sys.stderr, flush=True)
-        print(progress_line(sweep_dir, state, time.time()), file=sys.stderr, flush=True)
+            outcome = f"failed: {one_line(record.get('error', ''))}"
+        else:
+            summary = RunDir(run_dir).summary
+            loss = json.loads(summary.read_text(encoding="utf-8")).get("val_loss") if summary.is_file() else None
+            outcome = ("reused" if record.get("how") == "reused" else "done") + (f", val_loss {loss:.4g}" if loss is not None else "")
+        # One line a job: what it was and how it ended, then the sweep's count and time left.
+        print(f"sweep: job {config.hydra.job.num} ({label or 'no overrides'}) {outcome} | "
+              f"{progress_line(sweep_dir, state, time.time()).removeprefix('sweep: ')}", file=sys.stderr, flush=True)
+
+
+class QuietJob(logging.Filter):
+    """On a sweep's console: a job's warnings and errors, not its per-epoch lines (each job's cli.log has every
+    line); on the launchers' loggers: not the `#N : overrides` line for each job, which would show internal
+    overrides too (the progress line says what each job was)."""
+
+    LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                 "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in self.LAUNCHERS:
+            return not str(record.msg).lstrip().startswith("#")
+        return record.levelno >= logging.WARNING or record.name.startswith("hydra")
+
+
+def quiet_console() -> None:
+    """Puts QuietJob on the launchers' loggers and the root logger's console handlers (Hydra gives each job new
+    handlers, so a job calls this again)."""
+    targets = [logging.getLogger(name) for name in QuietJob.LAUNCHERS]
+    targets += [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for target in targets:
+        if not any(isinstance(f, QuietJob) for f in target.filters):
+            target.addFilter(QuietJob())

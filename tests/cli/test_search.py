@@ -36,6 +36,9 @@ def search(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("search")
     result = run_cli("-m", *SEARCH, f"hydra.sweep.dir={sweep}", timeout=600)
     assert result.returncode == 0, result.stderr
+    # The terminal: one line a trial, and never the overrides the sweeper passes its jobs internally.
+    assert "RUNNER_OPTUNA" not in result.stdout + result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("sweep: job ")]) == 8
     return sweep, optuna.load_study(study_name=sweep.name, storage=f"sqlite:///{sweep / 'optuna.db'}")
 
 

@@ -50,6 +50,41 @@ def test_seed_groups_are_the_mean_and_sample_std_of_the_jobs(seeded_sweep):
     cell = f"{float(xavier['val_loss_mean']):.4g} ± {float(xavier['val_loss_std']):.2g}"
     assert "## By configuration" in report and f"| init=xavier | 3 | 0 | {cell} |" in report
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # Best: the configuration with the lowest mean over its seeds, with its spread; not the luckiest single job.
+    best = min(groups, key=lambda g: float(g["val_loss_mean"]))
+    assert (f"**Best:** `{best['configuration']}`, by its mean over 3 seeds (± sample std): val_loss {float(best['val_loss_mean']):.4g} ± "
+            f"{float(best['val_loss_std']):.2g}, val_accuracy ") in report
+
+
+@pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
+@pytest.mark.slow
+def test_the_report_figure_draws_each_configuration_once_with_its_seeds_around_its_mean(seeded_sweep, tmp_path):
+    from runner.run.directory import read_metrics
+    from runner.sweep.report import configurations, read_jobs
+    from runner.sweep.report_plot import plot_report, styles
+
+    assert len(set(styles(20))) == 20  # distinct (colour, line style) for 20 configurations
+    sweep, _ = seeded_sweep
+    jobs = read_jobs(sweep)
+    fig = plot_report(jobs, configurations(jobs), tmp_path / "report.png")
+    curves, bars, acts = fig.axes
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["init=xavier (n=3)", "init=normal (n=3)"]
+    assert not any(axes.get_legend() for axes in fig.axes)  # one legend, for the figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    legend_left = fig.legends[0].get_window_extent(FigureCanvasAgg(fig).get_renderer()).x0
+    assert all(legend_left >= axes.get_window_extent().x1 for axes in fig.axes)  # beside the panels, not on the data
+    for index, init in enumerate(("xavier", "normal")):
+        members = sorted(sweep.glob("[0-9]*"), key=lambda d: int(d.name))[index * 3 : index * 3 + 3]
+        evals = [[r for r in read_metrics(d / "metrics.jsonl") if r["kind"] == "eval"] for d in members]
+        thin, mean = curves.lines[index * 4 : index * 4 + 3], curves.lines[index * 4 + 3]
+        expected = np.mean([[r["val_loss"] for r in e] for e in evals], axis=0)
+        np.testing.assert_allclose(mean.get_ydata(), expected, rtol=1e-12)
+        assert mean.get_linewidth() > thin[0].get_linewidth() and {line.get_color() for line in [*thin, mean]} == {mean.get_color()}
+        steps = [r["step"] for r in evals[0]]
+        assert list(mean.get_xdata()) == steps
+    assert len(curves.lines) == 8 and len(acts.lines) == 8  # 3 seeds and a mean for each configuration
+    assert len(bars.patches) == 2 * 6  # a bar per configuration and tensor (6 tensors), not per job
 
 
 @pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
@@ -58,8 +93,12 @@ def test_progress_is_printed_as_each_job_ends(seeded_sweep):
     _, result = seeded_sweep
     lines = [line for line in result.stderr.splitlines() if line.startswith("sweep: ")]
     assert lines[0].startswith("sweep: 6 jobs into ")
-    assert [line.split(" jobs done")[0] for line in lines[1:]] == [f"sweep: {n}/6" for n in range(1, 7)]
+    # One line a job: what it was (the swept overrides only), how it ended, then the count and the time left.
+    labels = [f"init={init} seed={seed}" for init in ("xavier", "normal") for seed in (0, 1, 2)]
+    assert [line.split(") done, val_loss ")[0] for line in lines[1:]] == [f"sweep: job {n} ({label}" for n, label in enumerate(labels)]
+    assert [line.split(" | ")[1].split(" jobs done")[0] for line in lines[1:]] == [f"{n}/6" for n in range(1, 7)]
     assert all(", 0 failed" in line for line in lines[1:]) and "left" in lines[1] and "left" not in lines[-1]
+    assert " : init=" not in result.stdout  # the launcher's `#N : overrides` lines are not shown
 
 
 @pytest.mark.slow
@@ -67,9 +106,9 @@ def test_a_failing_job_is_named_when_it_fails(tmp_path):
     result = run_cli("-m", "trainer.batch_size=0,64", "trainer.max_steps=3", "trainer.progress=off", "trainer.tensorboard=false",
                      "trainer.plots=false", f"hydra.sweep.dir={tmp_path}")
     lines = [line for line in result.stderr.splitlines() if line.startswith("sweep: ")]
-    assert lines[1] == "sweep: job 0 (trainer.batch_size=0 trainer.max_steps=3 trainer.progress=off trainer.tensorboard=False trainer.plots=False) " \
-                       "failed: config error: trainer.batch_size: expected a number > 0, got 0"
-    assert lines[2].startswith("sweep: 1/2 jobs done, 1 failed") and lines[3] == "sweep: 2/2 jobs done, 1 failed"
+    assert lines[1].startswith("sweep: job 0 (trainer.batch_size=0) failed: config error: trainer.batch_size: expected a number > 0, got 0 | "
+                               "1/2 jobs done, 1 failed, about ")
+    assert lines[2].startswith("sweep: job 1 (trainer.batch_size=64) done, val_loss ") and lines[2].endswith(" | 2/2 jobs done, 1 failed")
 
 
 @pytest.mark.xdist_group("seeded_sweep")  # the module fixture is built on one worker
@@ -163,3 +202,16 @@ def test_sweep_size_counts_the_product_of_sweeps():
     optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.runner_optuna.optuna_sweeper.OptunaSweeper", "n_trials": 7},
                                          "overrides": {"task": []}}})
     assert sweep_size(optuna) == 7
+
+
+@pytest.mark.slow
+def test_a_glob_sweep_is_counted_up_front_and_its_jobs_log_to_their_own_files(tmp_path):
+    options = sorted(p.stem for p in (REPO / "conf" / "init").glob("xavier*.yaml"))
+    result = run_cli("-m", "init=glob(xavier*)", "trainer.max_steps=2", "trainer.progress=log", "trainer.tensorboard=false",
+                     "trainer.plots=false", "trainer.threads=1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sweep: ")]
+    assert lines[0] == f"sweep: {len(options)} jobs into {tmp_path}"  # not "an unknown number of"
+    assert all(f"/{len(options)} jobs done" in line for line in lines[1:]) and len(lines) == 1 + len(options)
+    assert "epoch 0 step" not in result.stdout + result.stderr  # the per-epoch lines went to each job's log
+    assert all("epoch 0 step 2/2" in (tmp_path / str(n) / "cli.log").read_text() for n in range(len(options)))
