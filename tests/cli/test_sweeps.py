@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import runner
-from conftest import QUIET, REPO, TINY, read_csv, run_cli, run_module
+from conftest import QUIET, TINY, read_csv, run_cli, run_module, torchrun
 from runner.sweep.report import write_report
 
 pytestmark = pytest.mark.slow
@@ -117,11 +115,7 @@ def _single_and_ddp(tmp_path, *overrides: str):
     runner.train(runner.compose(args), tmp_path / "single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner",
-         "trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    ddp = torchrun(["trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     assert ddp.returncode == 0, ddp.stderr
     a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -171,11 +165,8 @@ def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sampl
     data = ["data=synthetic", "data.num_samples=200", "trainer.batch_size=32", "trainer.epochs=1"]
     env = {**os.environ, **env_with(tmp_path / "site", tmp_path / "imported"), "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner", "trainer.strategy=ddp",
-         *TINY[2:], *data, f"trainer.callbacks=[{{name: plug_rows, directory: '{tmp_path}'}}]", f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    ddp = torchrun(["trainer.strategy=ddp", *TINY[2:], *data, f"trainer.callbacks=[{{name: plug_rows, directory: '{tmp_path}'}}]",
+                    f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     ranks = [np.load(tmp_path / f"rows_rank{rank}.npy") for rank in (0, 1)]
     train = load_data(runner.compose(data).data).train_x.numpy()  # 160 rows: 5 global batches of 32, 16 rows a rank each
