@@ -37,6 +37,16 @@ def _at_init(jobs: list, stat: str, names: list[str]) -> Any:
     return np.array([[j.at_init(stat).get(n, np.nan) for n in names] for j in jobs], dtype=float)
 
 
+def _over_jobs(reduce: Any, table: Any, **kwargs: Any) -> Any:
+    """`reduce` (np.nanmean, np.nanstd) down the jobs; NaN, quietly, where no job of the configuration has the name
+    (a sweep over models: another configuration's tensor or layer)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return reduce(table, axis=0, **kwargs)
+
+
 def plot_report(jobs: list, groups: list, path: Path) -> Any:
     """report.png: each configuration's validation loss, and its gradient norms and activation stds at step 1
     (`jobs` and `groups` are runner.sweep.report's Job and Configuration). Returns the matplotlib Figure."""
@@ -68,8 +78,8 @@ def plot_report(jobs: list, groups: list, path: Path) -> Any:
         with_stats = [j for j in finished if j.at_init()]
         if with_stats and tensors:
             norms = _at_init(with_stats, "grad_norm", tensors)
-            spread = np.nanstd(norms, axis=0, ddof=1) if len(with_stats) > 1 else None
-            bars.bar(np.arange(len(tensors)) + index * width, np.nanmean(norms, axis=0), width, yerr=spread, color=colour,
+            spread = _over_jobs(np.nanstd, norms, ddof=1) if len(with_stats) > 1 else None
+            bars.bar(np.arange(len(tensors)) + index * width, _over_jobs(np.nanmean, norms), width, yerr=spread, color=colour,
                      hatch=None if style == "-" else "//", edgecolor="white", error_kw={"elinewidth": 0.8})
         with_acts = [j for j in finished if j.at_init("act_std")]
         if with_acts and layers:
@@ -77,7 +87,7 @@ def plot_report(jobs: list, groups: list, path: Path) -> Any:
             if len(with_acts) > 1:
                 for row in table:
                     acts.plot(range(len(layers)), row, color=colour, linestyle=style, linewidth=0.7, alpha=0.35)
-            acts.plot(range(len(layers)), np.nanmean(table, axis=0), "o", color=colour, linestyle=style, linewidth=2, ms=3)
+            acts.plot(range(len(layers)), _over_jobs(np.nanmean, table), "o", color=colour, linestyle=style, linewidth=2, ms=3)
     seeded = any(len(g.finished) > 1 for g in drawn)
     over = " (mean, thin: each seed)" if seeded else ""
     curves.set(xlabel="step", ylabel="val loss", yscale="log", title="validation loss" + over)
