@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -10,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config.schema import conf_dir
-from runner.errors import ConfigError, Interrupted, Problem, RunError, report_errors
+from runner.errors import ConfigError, Interrupted, Problem, RunError, hold_stderr, release_stderr, report_errors
 from runner.run.directory import RunDir
 
 T = TypeVar("T")
@@ -35,7 +34,6 @@ class Invocation:
     # (latest checkpoint, run directory) while `resume=<dir>` runs: the run continues in its own
     # directory, whatever hydra.run.dir says.
     resuming: tuple[Path, Path] | None = None
-    _real_stderr: Any = None  # while Hydra parses the command line (see run_hydra)
 
     def report(self, work: Callable[[], T]) -> T:
         """report_errors, after which the exit status is ours."""
@@ -45,7 +43,7 @@ class Invocation:
     def task(self, cfg: DictConfig) -> float | None:
         """The work of one composed config: a run, a sweep's job, or a resumed run."""
         self.ours = True
-        self.release()
+        release_stderr()
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode == RunMode.MULTIRUN or self.resuming is not None:
@@ -80,28 +78,18 @@ class Invocation:
         """Hands the command line to Hydra with this invocation's task. Until the task starts, what Hydra
         writes to stderr is held: a refusal of the command line (a misspelt key, an unknown option, a YAML
         error in a config file) is then reported as every config error is, from runner's own composition."""
-        self._real_stderr, sys.stderr = sys.stderr, io.StringIO()
+        hold_stderr()  # on sys.stderr itself, not on this object: joblib pickles the task (and so this object) for its workers
         try:
             hydra.main(config_path=config_path, config_name="config", version_base="1.3")(self.task)()
         except SystemExit as leaving:
             if leaving.code == 1 and not self.ours:  # Hydra rejected the command line before any work
-                held = self.release(show=False)
+                held = release_stderr(show=False)
                 self.report(lambda: _compose_error(config_path, overrides))
                 sys.stderr.write(held)  # not a composition error runner can name: Hydra's own report
                 sys.exit(2)
             raise
         finally:
-            self.release()
-
-    def release(self, show: bool = True) -> str:
-        """Gives stderr back; writes what was held to it (when `show`) and returns it."""
-        held = sys.stderr
-        if self._real_stderr is None or not isinstance(held, io.StringIO):
-            return ""
-        sys.stderr, self._real_stderr = self._real_stderr, None
-        if show:
-            sys.stderr.write(held.getvalue())
-        return held.getvalue()
+            release_stderr()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -76,6 +77,32 @@ def suggest(name: str, options: Iterable[str], limit: int = 3) -> str:
     if not close:
         return ""
     return " did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class HeldStream(io.StringIO):
+    """sys.stderr while Hydra reads a command line: what is written is kept, to be shown or dropped (runner.cli)."""
+
+    def __init__(self, real: TextIO):
+        super().__init__()
+        self.real = real
+
+
+def hold_stderr() -> None:
+    """Keeps what is written to stderr from now until `release_stderr`."""
+    if not isinstance(sys.stderr, HeldStream):
+        sys.stderr = HeldStream(sys.stderr)
+
+
+def release_stderr(show: bool = True) -> str:
+    """Gives stderr back (a no-op when it is not held) and returns what was held, writing it out when `show`.
+    Called when a run's task starts, when a sweep's first job ends (joblib runs the tasks elsewhere), and on exit."""
+    held = sys.stderr
+    if not isinstance(held, HeldStream):
+        return ""
+    sys.stderr = held.real
+    if show:
+        sys.stderr.write(held.getvalue())
+    return held.getvalue()
 
 
 def report_errors(work: Callable[[], T]) -> T:
