@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -219,6 +220,10 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
                 raise
             if tracker is not None:
                 tracker.finish()
+        if interrupts.received is not None:  # it came as the last step ended: the run is complete, but the command (a sweep) stops
+            name = signal.Signals(interrupts.received).name
+            raise Interrupted(interrupts.received, f"{name}: the run had finished its last step (summary.json is written)",
+                              hint=f"nothing to resume in {run_dir}")
     return summary
 
 

@@ -116,5 +116,5 @@ def report_errors(work: Callable[[], T]) -> T:
         print(f"runner: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:  # outside a run's training (composing, building): nothing to save
-        print("runner: interrupted (SIGINT) before training started; nothing was saved", file=sys.stderr)
+        print("runner: interrupted (SIGINT) outside training steps; a run's checkpoints written before it are kept", file=sys.stderr)
         sys.exit(130)

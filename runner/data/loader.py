@@ -102,9 +102,19 @@ class LoaderBatches:
         self._loader = DataLoader(
             _BatchSource(x, y, transform, seed), batch_size=None, sampler=self._sampler, num_workers=num_workers,
             pin_memory=pin_memory, persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
+            worker_init_fn=_ignore_interrupts,
         )
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.at(epoch, start)
         for x, y in self._loader:
             yield x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)
+
+
+def _ignore_interrupts(_worker: int) -> None:
+    """In each loader worker: Ctrl-C and SIGTERM reach the whole process group, and a worker they end would fail
+    the training process's next batch; the training process stops after its step and ends the workers itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -46,5 +46,7 @@ class Interrupts:
         if self.received is not None:
             raise Interrupted(number, f"{name} again: stopped at once, without a checkpoint of the step in progress")
         self.received = number
-        # os.write, not print: a handler may run while the main thread is inside a print.
-        os.write(2, f"runner: {name}: stopping after this step and saving a checkpoint ({name} again stops at once)\n".encode())
+        try:  # os.write, not print: a handler may run while the main thread is inside a print
+            os.write(2, f"runner: {name}: stopping after this step and saving a checkpoint ({name} again stops at once)\n".encode())
+        except OSError:  # stderr is a pipe whose reader Ctrl-C also stopped (`| tee`): the checkpoint matters more
+            pass

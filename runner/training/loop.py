@@ -130,6 +130,7 @@ class Loop:
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.outcome = Outcome()
         self.interrupts = interrupts or Interrupts(enabled=False)  # what a signal asked for (runner.training.interrupts)
+        self.saved_at: Position | None = None  # the position of the newest checkpoint handed to the saver
 
     # -------------------------------------------------------------- what callbacks read and call
 
@@ -185,12 +186,12 @@ class Loop:
         bar, seen = progress_bar(schedule.progress, schedule.total_steps, position.step), 0
         step, epoch, start = position.step, position.epoch, position.batch
         while step < schedule.total_steps:
+            if self.interrupts.received is not None:  # before the epoch's next batch is fetched (a signal while preparing)
+                outcome.interrupted = self.interrupts.received
+                break  # the final checkpoint below is saved at this position, without an evaluation
             began = time.perf_counter()
             batch = start  # batches of this epoch done, counting those before a resume
             for group in self._groups(epoch, start):
-                if self.interrupts.received is not None:
-                    outcome.interrupted = self.interrupts.received
-                    break
                 step += 1
                 batch += len(group)
                 for callback in self.callbacks:
@@ -209,6 +210,9 @@ class Loop:
                     break
                 if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
                     self.save(Position(step, epoch, batch))
+                if self.interrupts.received is not None:  # after the step, before the next batch is fetched
+                    outcome.interrupted = self.interrupts.received
+                    break
             outcome.train_seconds += time.perf_counter() - began
             if bar is not None:
                 _show_rate(bar, seen)
@@ -217,8 +221,8 @@ class Loop:
                 break
             self.end_epoch(step, epoch)
             epoch, start = (epoch + 1, 0) if batch == self.batches.steps_per_epoch else (epoch, batch)
-            if self.interrupts.received is not None and step < schedule.total_steps:
-                outcome.interrupted = self.interrupts.received
+            if self.interrupts.received is not None and outcome.stopped is None and step < schedule.total_steps:
+                outcome.interrupted = self.interrupts.received  # (a run that stops here anyway ends as it would have)
             if outcome.stopped is not None or outcome.interrupted is not None:
                 break  # the final checkpoint below is saved at this position
             due = (schedule.ckpt_every and step % schedule.ckpt_every == 0) or (
@@ -298,10 +302,13 @@ class Loop:
 
     def save(self, position: Position) -> None:
         """Copies a checkpoint's contents and hands them to the background saver, refusing to store NaN or Inf."""
+        if position == self.saved_at:
+            return  # saved already (a signal right after a periodic checkpoint): not written twice
         self.losses.check_pending(position.step)
         bad = first_non_finite(self.model)
         if bad is not None:
             raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
+        self.saved_at = position  # on every rank: they all skip the same duplicates
         if not self.step.group.is_main:
             return
         keep = tuple(name for callback in self.callbacks for name in callback.checkpoints_to_keep())

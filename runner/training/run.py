@@ -102,7 +102,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         finally:
             writer.close()
     finally:
-        if trainer.plots and main and interrupts.received is None:  # an interrupted run leaves at once; its resumed part draws them
+        if trainer.plots and main and loop.outcome.interrupted is None:  # an interrupted run leaves at once; its resumed part draws them
             from runner.run.plots import write_plots
 
             write_plots(run_dir)

@@ -6,6 +6,7 @@ The signal is real: a callback sends it to this process at a chosen step, so the
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -64,9 +65,35 @@ def test_a_second_signal_stops_at_once_without_a_checkpoint_of_that_step(compose
     assert signal.getsignal(signal.SIGINT) == handler
 
 
-def test_a_signal_at_the_last_step_lets_the_run_finish(compose, tmp_path):
-    summary = runner.train(compose("trainer.max_steps=40"), tmp_path, callbacks=[SignalAt(40)])
-    assert summary["steps"] == 40 and (tmp_path / "summary.json").is_file()
+def test_a_signal_at_the_last_step_lets_the_run_finish_and_then_stops_the_command(compose, tmp_path):
+    with pytest.raises(Interrupted, match=r"^SIGINT: the run had finished its last step \(summary.json is written\); nothing to resume"):
+        runner.train(compose("trainer.max_steps=40", "trainer.plots=true"), tmp_path, callbacks=[SignalAt(40)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 40 and _steps(tmp_path) == [23, 40] and (tmp_path / "loss.png").is_file()  # finished, plots and all
+
+
+def test_a_signal_at_the_evaluation_that_stops_early_ends_the_run_as_it_would_have(compose, tmp_path):
+    class SignalAtEval(runner.Callback):  # runs after the built-in monitor: the signal comes as early stopping decides
+        def on_eval(self, loop, record):
+            if record["step"] == 46:
+                signal.raise_signal(signal.SIGINT)
+
+    stopping = ["trainer.max_steps=200", "trainer.early_stopping={metric: val_loss, patience: 1, min_delta: 100.0}"]
+    plain = runner.train(compose(*stopping), tmp_path / "plain")
+    with pytest.raises(Interrupted, match="the run had finished its last step"):
+        runner.train(compose(*stopping), tmp_path / "signalled", callbacks=[SignalAtEval()])
+    summary = json.loads((tmp_path / "signalled" / "summary.json").read_text())
+    assert plain["steps"] == summary["steps"] == 46 and summary["weights_sha256"] == plain["weights_sha256"]
+
+
+def test_a_signal_with_loader_workers_stops_after_the_step_and_resumes_exactly(compose, tmp_path):
+    # Workers ignore the signal (it reaches the whole process group); the loop stops before fetching another batch.
+    cfg = compose("trainer.max_steps=40", "data.loader.num_workers=2", "trainer.log_every=5")
+    full = runner.train(cfg, tmp_path / "full")
+    with pytest.raises(Interrupted):
+        runner.train(cfg, tmp_path / "cut", callbacks=[SignalAt(30)])
+    assert _steps(tmp_path / "cut") == [23, 30]
+    assert runner.resume(tmp_path / "cut")["weights_sha256"] == full["weights_sha256"]
 
 
 @pytest.mark.parametrize(("every", "expected"), [(None, [23, 46, 69, 80]), (2, [46, 80]), (0, [80])])
