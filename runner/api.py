@@ -116,9 +116,11 @@ def _refuse_another_model(plan: Plan, latest: Path) -> None:
 
 
 def _first_difference(before: Any, after: Any, key: str) -> tuple[str, Any] | None:
-    """The first dotted key (in `before`'s order, then `after`'s) whose value differs, with its value in `before`."""
+    """The first dotted key (in `before`'s order, then `after`'s) whose value differs, with its value in `before`.
+    A key the saved config lacks is no difference while its new value is empty or off (None, {}, [], false): a
+    setting added to the schema after the run was saved, at its default. NaN equals NaN."""
     if isinstance(before, dict) and isinstance(after, dict):
-        for name in [*before, *(k for k in after if k not in before)]:
+        for name in [*before, *(k for k in after if k not in before and after[k] not in (None, {}, [], False))]:
             found = _first_difference(before.get(name), after.get(name), f"{key}.{name}")
             if found is not None:
                 return found
@@ -129,7 +131,8 @@ def _first_difference(before: Any, after: Any, key: str) -> tuple[str, Any] | No
             if found is not None:
                 return found
         return None
-    return None if before == after else (key, before)
+    same = before == after or (isinstance(before, float) and isinstance(after, float) and math.isnan(before) and math.isnan(after))
+    return None if same else (key, before)
 
 
 def _refuse_going_back(plan: Plan, data: Any, latest: Path) -> None:
@@ -247,9 +250,10 @@ def load(path: str | Path, device: str = "cpu", ema: bool = False) -> nn.Module:
     problems.raise_if_any()
     latest = checkpoint.latest_checkpoint(Path(path))
     plan, _ = check(saved_config(latest), machine=False)  # the training device and data are not needed
-    model = plan.materialize()
-    # No batch: LSUV's scaling comes with the weights, as do pretrained values (but those of buffers a checkpoint does not keep).
-    apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers, pretrained=pretrained.read(plan, kinds=("non-persistent buffer",)))
+    with torch_threads(plan.threads):  # init replayed on the threads training initialized with: some kernels' bits depend on them
+        model = plan.materialize()
+        # No batch: LSUV's scaling comes with the weights, as do pretrained values (but those of buffers a checkpoint does not keep).
+        apply_init(model, plan.init, plan.spec.seed, modifiers=plan.modifiers, pretrained=pretrained.read(plan, kinds=("non-persistent buffer",)))
     checkpoint.load_weights(latest, model)
     if ema:
         checkpoint.load_ema(latest, model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import time
@@ -146,7 +145,7 @@ def _compose_error(config_dir: str, argv: list[str]) -> None:
     overrides = [first for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (first := _first_value(o)) is not None]
     command = CommandLine(overrides, search=read.search)
     try:
-        compose(command.all_overrides, config_dir=Path(config_dir), config_name=read.config_name)
+        compose(command.all_overrides, config_dir=read.config_dir or Path(config_dir), config_name=read.config_name)
     except ConfigError:
         raise
     except Exception:  # noqa: BLE001 - Hydra's own report is shown instead
@@ -154,13 +153,17 @@ def _compose_error(config_dir: str, argv: list[str]) -> None:
 
 
 def _first_value(override: str) -> str | None:
-    """A sweep override at its first value (`seed=0,1` -> `seed=0`); None for a sweep function (`glob(*)`, `range(3)`)."""
-    key, value = override.split("=", 1)
-    if re.match(r"\s*[a-z_]+\(", value):
+    """A sweep override at its first value (`seed=0,1` -> `seed=0`, `x=[a],[b]` -> `x=[a]`), read by Hydra's own
+    parser; the override itself when it sweeps nothing; None for what cannot be read alone (`glob(*)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        if not parsed.is_sweep_override():
+            return override
+        return f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}"
+    except Exception:  # noqa: BLE001 - a glob needs the config loader; a bad override: Hydra reported it
         return None
-    if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
-        return f"{key}={value.split(',', 1)[0]}"
-    return override
 
 
 def _resume_target(argv: list[str]) -> str | None:

@@ -262,12 +262,13 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configur
     ranked = [j for j in done if j.summary.get(key) is not None]
     pick = min if direction == "minimize" else max
     by = "" if key == "val_loss" else f" (by {key}, the search's objective, {'lowest' if direction == 'minimize' else 'highest'})"
-    seeded = [g for g in groups if len(g.finished) > 1 and g.stats(key)[0] is not None]
-    if seeded:  # seeds: the best configuration by its mean, not the luckiest seed
-        group = pick(seeded, key=lambda g: g.stats(key)[0])
+    scored = [g for g in groups if g.stats(key)[0] is not None]
+    if any(len(g.finished) > 1 for g in scored):  # seeds: the best configuration by its mean, not the luckiest seed
+        group = pick(scored, key=lambda g: g.stats(key)[0])
         shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if group.stats(k)[0] is not None]
         cells = [f"{k} {mean:.4g} ± {std:.2g}" if std is not None else f"{k} {mean:.4g}" for k in shown for mean, std in [group.stats(k)]]
-        lines.append(f"**Best:** `{group.label}`{by}, by its mean over {len(group.finished)} seeds (± sample std): " + ", ".join(cells) + ".")
+        over = f"its mean over its {len(group.finished)} jobs (± sample std)" if len(group.finished) > 1 else "its one finished job"
+        lines.append(f"**Best:** `{group.label}`{by}, by {over}: " + ", ".join(cells) + ".")
     elif ranked:
         best = pick(ranked, key=lambda j: j.summary[key])
         shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if best.summary.get(k) is not None]

@@ -133,3 +133,10 @@ def test_inspect_takes_the_command_line_of_python_m_runner(tmp_path):
     assert typo.returncode == 2 and typo.stderr == "runner: config error:\n  trainer.epoch: unknown key; did you mean 'epochs'?\n"
     unknown = run_module("runner.inspect", "--confg-dir", "x", cwd=tmp_path)
     assert unknown.returncode == 2 and "--confg-dir: not an option of runner.inspect; did you mean '--config-dir'" in unknown.stderr
+
+
+def test_a_typo_beside_a_sweep_of_lists_or_a_range_is_the_one_named(tmp_path):
+    # runner recomposes a refused sweep at each override's first value, read by Hydra's parser: `[fc1],[fc2]` is two lists.
+    for sweep in ("trainer.watch=[fc1],[fc2]", "seed=range(2)"):
+        done = run_cli("-m", sweep, "trainer.epochz=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr == "runner: config error:\n  trainer.epochz: unknown key; did you mean 'epochs'?\n", done.stderr

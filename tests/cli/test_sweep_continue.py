@@ -52,7 +52,7 @@ def test_seed_groups_are_the_mean_and_sample_std_of_the_jobs(seeded_sweep):
     assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
     # Best: the configuration with the lowest mean over its seeds, with its spread; not the luckiest single job.
     best = min(groups, key=lambda g: float(g["val_loss_mean"]))
-    assert (f"**Best:** `{best['configuration']}`, by its mean over 3 seeds (± sample std): val_loss {float(best['val_loss_mean']):.4g} ± "
+    assert (f"**Best:** `{best['configuration']}`, by its mean over its 3 jobs (± sample std): val_loss {float(best['val_loss_mean']):.4g} ± "
             f"{float(best['val_loss_std']):.2g}, val_accuracy ") in report
 
 
