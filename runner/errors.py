@@ -44,9 +44,10 @@ class RunError(Exception):
     exit_code = 1
 
 
-class Interrupted(BaseException):
-    """A run stopped by SIGINT or SIGTERM. Like KeyboardInterrupt, not an Exception: code that catches
-    errors to carry on (a sweep going to its next job) lets it through. Exit status 128 + the signal's number."""
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM, after the checkpoint its message names. A KeyboardInterrupt, so not an
+    Exception: code that catches errors to carry on (a sweep going to its next job) lets it through, and a
+    script's or notebook's `except KeyboardInterrupt` still sees Ctrl-C. Exit status 128 + the signal's number."""
 
     def __init__(self, signal_number: int, headline: str, run_dir: str | None = None, hint: str | None = None):
         self.signal_number, self.exit_code, self.headline = signal_number, 128 + signal_number, headline
