@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from runner.api import build, compose, load, resume, train
-    from runner.errors import ConfigError, RunError
+    from runner.errors import ConfigError, Interrupted, RunError
     from runner.evaluate import evaluate, predict
     from runner.registry.init_functions import register_init
     from runner.registry.tables import register_callback, register_layer, register_metric
@@ -26,10 +26,10 @@ _HOMES = {
     "evaluate": "runner.evaluate", "predict": "runner.evaluate",
     "register_layer": "runner.registry.tables", "register_callback": "runner.registry.tables", "register_metric": "runner.registry.tables",
     "register_init": "runner.registry.init_functions", "Callback": "runner.training.callbacks",
-    "ConfigError": "runner.errors", "RunError": "runner.errors",
+    "ConfigError": "runner.errors", "RunError": "runner.errors", "Interrupted": "runner.errors",
 }
 __all__ = ["compose", "build", "train", "resume", "load", "evaluate", "predict", "register_layer", "register_callback", "register_metric", "register_init", "Callback",
-           "ConfigError", "RunError"]
+           "ConfigError", "RunError", "Interrupted"]
 
 
 def __getattr__(name: str):
