@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -198,9 +199,10 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     try:
         summary, how = sweep_job(cfg, run_dir)
-    except Interrupted as stop:  # the whole sweep stops here, not just this job
+    except KeyboardInterrupt as stop:  # the whole sweep stops here, not just this job
         job = HydraConfig.get().job.num
-        again = Interrupted(stop.signal_number, f"{stop.headline} (job {job} of the sweep)",
+        number, headline = (stop.signal_number, stop.headline) if isinstance(stop, Interrupted) else (int(signal.SIGINT), "SIGINT: before the job trained")
+        again = Interrupted(number, f"{headline} (job {job} of the sweep)",
                             hint="continue the sweep by running the same command again: finished jobs are reused, this one resumes")
         report_errors(lambda: _raise(again))
     except (ConfigError, RunError) as error:
