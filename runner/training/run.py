@@ -87,6 +87,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     truncate = position.step if resume_from else None
     writer = Writer(run_dir, truncate, tensorboard=trainer.tensorboard, tracker=tracker) if main else NullWriter()
     saver = BackgroundSaver(RunDir(run_dir).checkpoints, trainer.keep_last, _report_saved(trainer.progress))
+    loop: Loop | None = None  # None while it is built: a failure there still draws the plots and reports itself
     try:
         loop = Loop(prepared, data, batches, optimizer, scheduler, writer, saver, total_steps, group, callbacks, interrupts)
         if saved is not None:
@@ -102,11 +103,12 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         finally:
             writer.close()
     finally:
-        if trainer.plots and main and loop.outcome.interrupted is None:  # an interrupted run leaves at once; its resumed part draws them
+        if trainer.plots and main and (loop is None or loop.outcome.interrupted is None):  # an interrupted run leaves at once
             from runner.run.plots import write_plots
 
             write_plots(run_dir)
         teardown(group)
+    assert loop is not None  # built, or the error above went on
     if loop.outcome.interrupted is not None:
         name = signal.Signals(loop.outcome.interrupted).name
         saved_to = RunDir(run_dir).checkpoints / checkpoint.directory_name(final.step)

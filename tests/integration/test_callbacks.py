@@ -85,6 +85,7 @@ def test_a_checkpoint_from_before_named_state_resumes_the_same(compose, tmp_path
         assert old[key] == new[key], key
 
 
-def test_two_callbacks_cannot_keep_state_under_one_name(compose, tmp_path):
+@pytest.mark.parametrize("plots", ["false", "true"])  # with plots, the run draws them on its way out of a failed set-up
+def test_two_callbacks_cannot_keep_state_under_one_name(compose, tmp_path, plots):
     with pytest.raises(runner.RunError, match="callback names must be unique"):
-        runner.train(compose("trainer.max_steps=2"), tmp_path, callbacks=[Counter(), Counter()])
+        runner.train(compose("trainer.max_steps=2", f"trainer.plots={plots}"), tmp_path, callbacks=[Counter(), Counter()])
