@@ -18,11 +18,15 @@ SOURCE = REPO / "tests" / "integration" / "test_failures.py"
 PAGE = REPO / "docs" / "failures.md"
 BEGIN = "<!-- failures:begin -->"
 END = "<!-- failures:end -->"
-# Refused by Hydra on the CLI before runner's own checks (tests/integration/test_failures.py test_cli_compose_errors_exit_2).
+# Refused while Hydra composes, reported by runner's own composition (tests/integration/test_failures.py
+# test_cli_compose_errors_exit_2; the exact messages: tests/cli/test_cli.py).
 HYDRA_ROWS = [
-    ("`trainer.watch=fc1`", 2, "trainer.watch (Hydra: a list is expected; write `trainer.watch=[fc1]`)"),
-    ("`trainer.epoch=3` (a misspelt key), `trainer.epochs=many`, `trainer.compile=maybe`, `modell=cnn`, `model=cnnn`",
-     2, "Hydra's own message naming the key or option"),
+    ("`trainer.watch=fc1`", 2, "trainer.watch: Invalid value assigned: str is not a ListConfig, list or tuple (write `trainer.watch=[fc1]`)"),
+    ("`trainer.epochs=many`", 2, "trainer.epochs: Value 'many' of type 'str' could not be converted to Integer"),
+    ("`trainer.compile=maybe`", 2, "trainer.compile: expected true or false, got 'maybe'"),
+    ("`trainer.epoch=3` (a misspelt key)", 2, "trainer.epoch: unknown key; did you mean 'epochs'?"),
+    ("`modell=cnn`", 2, "modell: unknown key; did you mean 'model'?"),
+    ("`model=cnnn`", 2, "model: no option 'cnnn' in model; did you mean 'cnn'?"),
 ]
 
 

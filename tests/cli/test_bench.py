@@ -25,5 +25,5 @@ def test_bench_smoke_runs_and_its_loops_do_identical_work():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 4 + 8 + 2 + 2 + 6 + 2 + 2 + 2 + 3  # header, then the rows of figures 1, 2, 3, 4, 7, 8, 11, 13, 14
+    assert len(table) == 1 + 4 + 8 + 2 + 2 + 6 + 2 + 4 + 2 + 3  # header, then the rows of figures 1, 2, 3, 4, 7, 8, 11, 13, 14
     assert all("final weights bitwise equal" in row for row in table[1:5]) and "WEIGHTS DIFFER" not in result.stdout
