@@ -102,6 +102,8 @@ def parse_command_line(argv: List[str], program: str, other_options: bool = Fals
                     raise ConfigError([Problem(name, "expected a value after it")])
                 value = rest.pop(0)
             field_name = OPTIONS[name]
+            if field_name in ("search", "config_dir") and not Path(value).is_dir():  # Hydra would skip or refuse it, wordily
+                raise ConfigError([Problem(name, f"no such directory: {value}")])
             if field_name == "search":
                 found["search"].append(Path(value).resolve())
             else:
