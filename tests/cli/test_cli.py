@@ -131,6 +131,9 @@ def test_inspect_takes_the_command_line_of_python_m_runner(tmp_path):
     assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m runner.inspect [--config-dir DIR]") and not helped.stderr
     typo = run_module("runner.inspect", "trainer.epoch=3", cwd=tmp_path)
     assert typo.returncode == 2 and typo.stderr == "runner: config error:\n  trainer.epoch: unknown key; did you mean 'epochs'?\n"
+    for command in (["runner.inspect"], ["runner"]):  # not a directory: refused, naming the option (inspect ignored it)
+        missing = run_module(*command, "--config-dir", str(tmp_path / "nowhere"), "trainer.max_steps=1", cwd=tmp_path)
+        assert missing.returncode == 2 and missing.stderr == f"runner: config error:\n  --config-dir: no such directory: {tmp_path / 'nowhere'}\n"
     unknown = run_module("runner.inspect", "--confg-dir", "x", cwd=tmp_path)
     assert unknown.returncode == 2 and "--confg-dir: not an option of runner.inspect; did you mean '--config-dir'" in unknown.stderr
 
