@@ -99,8 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     target = _resume_target(argv)
     if target is None:
-        invocation.report(lambda: _check_null_sections(argv))
-        invocation.ours = False  # what Hydra refuses next is still a config error of its own
         invocation.run_hydra(str(conf_dir()), argv)
         return
     from runner import api
@@ -115,26 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     with resume_composition(saved, run_dir, given) as (config_dir, overrides):
         sys.argv = [sys.argv[0], *overrides]
         invocation.run_hydra(str(config_dir), overrides)
-
-
-def _check_null_sections(argv: list[str]) -> None:
-    """Refuses `tracker.uri=...` when nothing selects a tracker: Hydra would fail with OmegaConf's assertion
-    about a null root. Only then is the config composed here (without the offending overrides) to see whether
-    a preset selects one."""
-    from runner.config.compose import compose, into_null_section
-
-    flags = [a for a in argv if a.startswith("-") or "=" not in a]
-    overrides = [a for a in argv if a not in flags]
-    problems = into_null_section(overrides)
-    if not problems or any(a.split("=", 1)[0].lstrip("+~") == "tracker" for a in overrides):
-        return
-    rest = [a for a in overrides if a.split("=", 1)[0].lstrip("+~").split(".", 1)[0] != "tracker"]
-    try:
-        selected = compose([a for a in rest if "," not in a.split("=", 1)[1]]).get("tracker") is not None
-    except ConfigError:
-        return  # another problem: Hydra reports it
-    if not selected:
-        raise ConfigError(problems)
 
 
 def _compose_error(config_dir: str, argv: list[str]) -> None:
