@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
 def _compose_error(config_dir: str, argv: list[str]) -> None:
     """Composes the command line as runner.compose does, raising its ConfigError (a sweep's lists are taken at
     their first value). Returns when that composes, or fails otherwise: not a refusal runner can name."""
-    from runner.config.compose import CommandLine, compose, parse_command_line
+    from runner.config.compose import CommandLine, compose, first_value, parse_command_line
 
     read = parse_command_line(argv, "runner", other_options=True)
-    overrides = [first for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (first := _first_value(o)) is not None]
+    overrides = [first for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (first := first_value(o)) is not None]
     command = CommandLine(overrides, search=read.search)
     try:
         compose(command.all_overrides, config_dir=read.config_dir or Path(config_dir), config_name=read.config_name)
@@ -129,20 +129,6 @@ def _compose_error(config_dir: str, argv: list[str]) -> None:
         raise
     except Exception:  # noqa: BLE001 - Hydra's own report is shown instead
         return
-
-
-def _first_value(override: str) -> str | None:
-    """A sweep override at its first value (`seed=0,1` -> `seed=0`, `x=[a],[b]` -> `x=[a]`), read by Hydra's own
-    parser; the override itself when it sweeps nothing; None for what cannot be read alone (`glob(*)`)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_override(override)
-        if not parsed.is_sweep_override():
-            return override
-        return f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}"
-    except Exception:  # noqa: BLE001 - a glob needs the config loader; a bad override: Hydra reported it
-        return None
 
 
 def _resume_target(argv: list[str]) -> str | None:

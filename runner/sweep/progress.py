@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.config.compose import first_value
 from runner.errors import release_stderr
 from runner.run.directory import RunDir, write_json
 from runner.sweep.report import Callback
@@ -86,7 +87,7 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
         except Exception:  # noqa: BLE001 - a sweeper this does not know: progress without a total
             total = None
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        fixed = [o for o in config.hydra.overrides.task if "," not in o and "(" not in o]  # on every job: not worth repeating
+        fixed = [o for o in config.hydra.overrides.task if first_value(o) == o]  # no sweep: on every job, not worth repeating
         write_json(sweep_dir / STATE, {"total": total, "started": time.time(), "fixed": fixed})
         quiet_console()
         print(f"sweep: {total if total is not None else 'an unknown number of'} jobs into {sweep_dir}", file=sys.stderr, flush=True)

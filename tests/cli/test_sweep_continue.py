@@ -215,3 +215,12 @@ def test_a_glob_sweep_is_counted_up_front_and_its_jobs_log_to_their_own_files(tm
     assert all(f"/{len(options)} jobs done" in line for line in lines[1:]) and len(lines) == 1 + len(options)
     assert "epoch 0 step" not in result.stdout + result.stderr  # the per-epoch lines went to each job's log
     assert all("epoch 0 step 2/2" in (tmp_path / str(n) / "cli.log").read_text() for n in range(len(options)))
+
+
+@pytest.mark.slow
+def test_a_jobs_line_names_only_what_the_sweep_varies_even_beside_a_fixed_list(tmp_path):
+    # `trainer.watch=[fc1,head]` holds a comma but sweeps nothing: Hydra's parser, not the comma, says so.
+    result = run_cli("-m", "seed=0,1", "trainer.watch=[fc1,head]", *JOB, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sweep: job ")]
+    assert [line.split(") ")[0] for line in lines] == ["sweep: job 0 (seed=0", "sweep: job 1 (seed=1"]
