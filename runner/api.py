@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -200,7 +199,7 @@ def _clear_outputs(run_dir: Path) -> bool:
 def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Path | None, started: float,
                 callbacks: Sequence[Callback] = ()) -> dict:
     # Listening from before the model is built: a signal while it is prepared stops the run at step 0, with a checkpoint.
-    with torch_threads(plan.threads), Interrupts(enabled=plan.spec.trainer.strategy != "ddp") as interrupts:
+    with torch_threads(plan.threads), Interrupts.for_run(plan.spec.trainer) as interrupts:
         prepared = prepare(plan, data)
         main = current_rank() == 0  # under torchrun, rank 0 alone writes the run directory
         with writing(run_dir):
@@ -224,8 +223,7 @@ def _train_plan(plan: Plan, data: Dataset | None, run_dir: Path, resume_from: Pa
             if tracker is not None:
                 tracker.finish()
         if interrupts.received is not None:  # it came as the last step ended: the run is complete, but the command (a sweep) stops
-            name = signal.Signals(interrupts.received).name
-            raise Interrupted(interrupts.received, f"{name}: the run had finished its last step (summary.json is written)",
+            raise Interrupted(interrupts.received, "the run had finished its last step (summary.json is written)",
                               hint=f"nothing to resume in {run_dir}")
     return summary
 

@@ -165,7 +165,7 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
         summary, how = sweep_job(cfg, run_dir)
     except KeyboardInterrupt as stop:  # the whole sweep stops here, not just this job
         job = HydraConfig.get().job.num
-        number, headline = (stop.signal_number, stop.headline) if isinstance(stop, Interrupted) else (int(signal.SIGINT), "SIGINT: before the job trained")
+        number, headline = (stop.signal_number, stop.detail) if isinstance(stop, Interrupted) else (int(signal.SIGINT), "before the job trained")
         again = Interrupted(number, f"{headline} (job {job} of the sweep)",
                             hint="continue the sweep by running the same command again: finished jobs are reused, this one resumes")
         report_errors(lambda: _raise(again))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, TextIO, TypeVar
@@ -50,9 +51,11 @@ class Interrupted(KeyboardInterrupt):
     script's or notebook's `except KeyboardInterrupt` still sees Ctrl-C. Exit status 128 + the signal's number."""
 
     def __init__(self, signal_number: int, headline: str, run_dir: str | None = None, hint: str | None = None):
-        self.signal_number, self.exit_code, self.headline = signal_number, 128 + signal_number, headline
+        """`headline` follows the signal's name: `Interrupted(2, "stopped after step 7")` reads `SIGINT: stopped after step 7`."""
+        self.signal_number, self.exit_code, self.detail = signal_number, 128 + signal_number, headline
+        self.headline = f"{signal.Signals(signal_number).name}: {headline}"
         self.hint = hint or (f"resume with: python -m runner resume={run_dir}" if run_dir else None)
-        super().__init__(headline + (f"; {self.hint}" if self.hint else ""))
+        super().__init__(self.headline + (f"; {self.hint}" if self.hint else ""))
 
 
 class Problems:

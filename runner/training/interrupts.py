@@ -26,6 +26,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupts:
     """A context: while inside, SIGINT and SIGTERM are recorded instead of raising."""
 
+    @classmethod
+    def for_run(cls, trainer: Any) -> Interrupts:
+        """Listening, except under torchrun (trainer.strategy=ddp), where torchrun's handling applies."""
+        return cls(enabled=trainer.strategy != "ddp")
+
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.received: int | None = None  # the first signal's number
@@ -44,7 +49,7 @@ class Interrupts:
     def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
         if self.received is not None:
-            raise Interrupted(number, f"{name} again: stopped at once, without a checkpoint of the step in progress")
+            raise Interrupted(number, "received again, stopped at once, without a checkpoint of the step in progress")
         self.received = number
         try:  # os.write, not print: a handler may run while the main thread is inside a print
             os.write(2, f"runner: {name}: stopping after this step and saving a checkpoint ({name} again stops at once)\n".encode())

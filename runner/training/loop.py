@@ -107,7 +107,7 @@ class Loop:
 
     def __init__(self, prepared: Prepared, data: Dataset, batches: Batches, optimizer: torch.optim.Optimizer, scheduler: Any,
                  writer: Writer | NullWriter, saver: BackgroundSaver, total_steps: int, group: Group,
-                 callbacks: Sequence[Callback] = (), interrupts: Interrupts | None = None):
+                 callbacks: Sequence[Callback], interrupts: Interrupts):
         spec, trainer, watch = prepared.spec, prepared.spec.trainer, prepared.plan.watch
         self.model, self.data, self.batches, self.writer, self.saver = prepared.model, data, batches, writer, saver
         self.schedule = Schedule(total_steps, trainer.log_every, trainer.ckpt_every, trainer.ckpt_every_epochs, trainer.accumulate_grad_batches,
@@ -129,8 +129,7 @@ class Loop:
             raise RunError(f"callback names must be unique and not {sorted(RESERVED)}: got {names}")
         self.aliases = {e.name: list(e.aliases) for e in entries if e.aliases}
         self.outcome = Outcome()
-        self.interrupts = interrupts or Interrupts(enabled=False)  # what a signal asked for (runner.training.interrupts)
-        self.saved_at: Position | None = None  # the position of the newest checkpoint handed to the saver
+        self.interrupts = interrupts  # what a signal asked for (runner.training.interrupts)
 
     # -------------------------------------------------------------- what callbacks read and call
 
@@ -186,7 +185,7 @@ class Loop:
         bar, seen = progress_bar(schedule.progress, schedule.total_steps, position.step), 0
         step, epoch, start = position.step, position.epoch, position.batch
         while step < schedule.total_steps:
-            if self.interrupts.received is not None:  # before the epoch's next batch is fetched (a signal while preparing)
+            if step == position.step and self.interrupts.received is not None:  # a signal while the run was prepared
                 outcome.interrupted = self.interrupts.received
                 break  # the final checkpoint below is saved at this position, without an evaluation
             began = time.perf_counter()
@@ -208,11 +207,11 @@ class Loop:
                         _show_rate(bar, seen)
                 if step >= schedule.total_steps:
                     break
-                if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
-                    self.save(Position(step, epoch, batch))
-                if self.interrupts.received is not None:  # after the step, before the next batch is fetched
+                if self.interrupts.received is not None:  # after the step, before the next batch is fetched; saved below
                     outcome.interrupted = self.interrupts.received
                     break
+                if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
+                    self.save(Position(step, epoch, batch))
             outcome.train_seconds += time.perf_counter() - began
             if bar is not None:
                 _show_rate(bar, seen)
@@ -302,13 +301,10 @@ class Loop:
 
     def save(self, position: Position) -> None:
         """Copies a checkpoint's contents and hands them to the background saver, refusing to store NaN or Inf."""
-        if position == self.saved_at:
-            return  # saved already (a signal right after a periodic checkpoint): not written twice
         self.losses.check_pending(position.step)
         bad = first_non_finite(self.model)
         if bad is not None:
             raise RunError(f"step {position.step}: tensor {bad!r} holds NaN or Inf; no checkpoint written (the previous one is intact)")
-        self.saved_at = position  # on every rank: they all skip the same duplicates
         if not self.step.group.is_main:
             return
         keep = tuple(name for callback in self.callbacks for name in callback.checkpoints_to_keep())

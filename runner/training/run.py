@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +43,7 @@ def run_training(prepared: Prepared, run_dir: Path, resume_from: Path | None = N
     with a checkpoint there and raises Interrupted (runner.training.interrupts); `interrupts` is the
     caller's, when it listens from earlier on.
     """
-    listening = nullcontext(interrupts) if interrupts is not None else Interrupts(enabled=prepared.spec.trainer.strategy != "ddp")
+    listening = nullcontext(interrupts) if interrupts is not None else Interrupts.for_run(prepared.spec.trainer)
     with own_rng(prepared.device), listening as stops:
         return _train(prepared, run_dir, resume_from, tracker, callbacks, stops)
 
@@ -110,9 +109,8 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         teardown(group)
     assert loop is not None  # built, or the error above went on
     if loop.outcome.interrupted is not None:
-        name = signal.Signals(loop.outcome.interrupted).name
         saved_to = RunDir(run_dir).checkpoints / checkpoint.directory_name(final.step)
-        raise Interrupted(loop.outcome.interrupted, f"{name}: stopped after step {final.step}, checkpoint saved to {saved_to}", str(run_dir))
+        raise Interrupted(loop.outcome.interrupted, f"stopped after step {final.step}, checkpoint saved to {saved_to}", str(run_dir))
     return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
 
 

@@ -58,7 +58,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resumed_run_equ
 def test_a_second_signal_stops_at_once_without_a_checkpoint_of_that_step(compose, tmp_path):
     cfg = compose("trainer.max_steps=40", "trainer.ckpt_every=20")
     handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt, match=r"^SIGINT again: stopped at once, without a checkpoint") as stop:  # as a script sees Ctrl-C
+    with pytest.raises(KeyboardInterrupt, match=r"^SIGINT: received again, stopped at once, without a checkpoint") as stop:  # as a script sees Ctrl-C
         runner.train(cfg, tmp_path, callbacks=[SignalAt(30, count=2)])
     assert isinstance(stop.value, Interrupted) and stop.value.exit_code == 130
     assert _steps(tmp_path) == [20, 23]  # step 20's and epoch 0's end, intact
