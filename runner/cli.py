@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -46,12 +45,11 @@ class Invocation:
         release_stderr()
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        if hydra_cfg.mode == RunMode.MULTIRUN or self.resuming is not None:
-            return self._task(cfg, hydra_cfg, run_dir)
         try:
             return self._task(cfg, hydra_cfg, run_dir)
         except SystemExit:  # a new run that failed before it wrote anything leaves no directory behind
-            _remove_if_unused(run_dir, f"{hydra_cfg.job.name}.log")
+            if hydra_cfg.mode != RunMode.MULTIRUN and self.resuming is None:
+                _remove_if_unused(run_dir, f"{hydra_cfg.job.name}.log")
             raise
 
     def _task(self, cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
@@ -188,10 +186,13 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
 def _remove_if_unused(run_dir: Path, log_name: str) -> None:
     """Removes a run directory holding only what Hydra wrote before the task (.hydra/ and the job's log), and the
     parents left empty by that, up to the working directory: a run refused before it started leaves no litter."""
-    if not run_dir.is_dir() or any(path.name not in (".hydra", log_name) for path in run_dir.iterdir()):
-        return
+    import shutil
+
+    here = Path.cwd().resolve()
+    if run_dir.resolve() == here or not run_dir.is_dir() or any(path.name not in (".hydra", log_name) for path in run_dir.iterdir()):
+        return  # hydra.run.dir=. is the user's own directory, emptied or not
     shutil.rmtree(run_dir)
-    here, parent = Path.cwd().resolve(), run_dir.resolve().parent
+    parent = run_dir.resolve().parent
     while here in parent.parents and not any(parent.iterdir()):  # runs/<date>/ when this was its only run
         parent.rmdir()
         parent = parent.parent

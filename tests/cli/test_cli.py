@@ -87,6 +87,8 @@ def test_a_run_refused_before_it_starts_leaves_no_run_directory(tmp_path):
     (kept,) = (tmp_path / "runs").glob("*/*")
     assert run_cli("optim.lr=-1", cwd=tmp_path).returncode == 2
     assert list((tmp_path / "runs").glob("*/*")) == [kept] and (kept / "summary.json").is_file()  # a finished run is left alone
+    (tmp_path / "mine").mkdir()  # hydra.run.dir=. is the user's own directory: never removed
+    assert run_cli("optim.lr=-1", "hydra.run.dir=.", cwd=tmp_path / "mine").returncode == 2 and (tmp_path / "mine").is_dir()
 
 
 @pytest.mark.parametrize(("override", "message"), [
