@@ -102,16 +102,25 @@ def continue_run(cfg: DictConfig, run_dir: Path, latest: Path, started: float | 
 def _refuse_another_model(plan: Plan, latest: Path) -> None:
     """A resumed run must be the model that was trained, started as it was: otherwise its config.yaml would
     describe weights that never existed (and another model's checkpoint may not even load)."""
-    saved = saved_config(latest)
+    problems = model_changes(saved_config(latest), plan.spec.config, "a resumed run cannot change its {section} (its weights and config.yaml "
+                                                                     "would then disagree): start a new run (experiment=finetune shows how "
+                                                                     "to start from this run's weights)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def model_changes(saved: dict, config: dict, why: str) -> list[Problem]:
+    """A Problem for each of `model` and `init` that `config` changes from a run's `saved` config, naming the first
+    key that differs and its trained value, then `why` (with `{section}` filled in). Used by resume and evaluate."""
+    problems = []
     for section in ("model", "init"):
-        changed = _first_difference(saved.get(section), plan.spec.config.get(section), section)
+        changed = _first_difference(saved.get(section), config.get(section), section)
         if changed is not None:
             key, before = changed
             if key == f"{section}.name":  # another option of the group: model=cnn
-                key, before = section, before
-            raise ConfigError([Problem(key, f"the run was trained with {key}={before}; a resumed run cannot change its {section} (its "
-                                            "weights and config.yaml would then disagree): start a new run (experiment=finetune shows "
-                                            "how to start from this run's weights)")])
+                key = section
+            problems.append(Problem(key, f"the run was trained with {key}={before}; {why.format(section=section)}"))
+    return problems
 
 
 def _first_difference(before: Any, after: Any, key: str) -> tuple[str, Any] | None:

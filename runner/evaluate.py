@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
-from runner.api import compose_resumed, load, locate_run
+from runner.api import compose_resumed, load, locate_run, model_changes, saved_config
 from runner.data.sources import load_data, sample_shape
 from runner.data.transforms import make_pipeline
-from runner.errors import ConfigError, Problem, report_errors
+from runner.errors import ConfigError, report_errors
 from runner.prepare.plan import check
 from runner.registry.tables import DTYPES, TASKS
 from runner.training.evaluation import EVAL_CHUNK, loss_function
@@ -32,11 +33,11 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = (), device: str = "
     """Returns {"val_loss", "val_<metric>" for each of the config's `metrics:`, "samples", "checkpoint"} of the run's model
     (its EMA weights with `ema=True`) on the validation data its config, with `overrides`, describes."""
     latest, run_dir = locate_run(run_dir)
-    cfg, saved = compose_resumed(latest, run_dir, overrides), compose_resumed(latest, run_dir, ())
-    changed = [group for group in ("model", "init") if _plain(cfg[group]) != _plain(saved[group])]
-    if changed:
-        raise ConfigError([Problem(f"{group}", "evaluate uses the run's trained model as it was saved: no model.* or init.* overrides")
-                           for group in changed])
+    cfg = compose_resumed(latest, run_dir, overrides)
+    changed = model_changes(saved_config(latest), OmegaConf.to_container(cfg, resolve=True), "evaluate uses the run's trained model as it "
+                                                                                              "was saved: no model.* or init.* overrides")
+    if changed:  # before the checks: another model would first fail them, less clearly
+        raise ConfigError(changed)
     plan, _ = check(cfg, machine=False)  # the model against the data's declared shape; the training device is not needed
     spec = plan.spec
     data = load_data(spec.data)
@@ -70,12 +71,6 @@ def predict(run_dir: str | Path, inputs: Any, device: str = "cpu", ema: bool = F
         pipeline = load_data(spec.data).eval_transform
     x = pipeline(x)
     return torch.cat([model(x[start : start + EVAL_CHUNK]) for start in range(0, len(x), EVAL_CHUNK)])
-
-
-def _plain(section) -> object:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(section, resolve=True)
 
 
 def main(argv: list[str]) -> None:

@@ -53,7 +53,8 @@ def test_evaluate_scores_the_run_s_model_on_other_data(mnist_run, other_mnist):
 
 
 def test_evaluate_refuses_another_model_and_a_bad_key(mnist_run):
-    with pytest.raises(runner.ConfigError, match="model: evaluate uses the run's trained model"):
+    with pytest.raises(runner.ConfigError, match="model.layers.head.out_features: the run was trained with model.layers.head.out_features=10; "
+                                                 "evaluate uses the run's trained model"):
         runner.evaluate(mnist_run, ["model.layers.head.out_features=5"])
     with pytest.raises(runner.ConfigError, match="data.shape: mnist's samples have shape"):
         runner.evaluate(mnist_run, ["data.shape=[3,32,32]", "data.num_features=3072"])
