@@ -259,20 +259,22 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configur
     lines = [f"# Sweep report: {len(jobs)} jobs", "", f"{tally(jobs)}.{_continued(jobs)}", ""]
     key, direction = objective
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
-    ranked = [j for j in done if j.summary.get(key) is not None]
     pick = min if direction == "minimize" else max
     by = "" if key == "val_loss" else f" (by {key}, the search's objective, {'lowest' if direction == 'minimize' else 'highest'})"
-    scored = [g for g in groups if g.stats(key)[0] is not None]
-    if any(len(g.finished) > 1 for g in scored):  # seeds: the best configuration by its mean, not the luckiest seed
-        group = pick(scored, key=lambda g: g.stats(key)[0])
-        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if group.stats(k)[0] is not None]
-        cells = [f"{k} {mean:.4g} ± {std:.2g}" if std is not None else f"{k} {mean:.4g}" for k in shown for mean, std in [group.stats(k)]]
-        over = f"its mean over its {len(group.finished)} jobs (± sample std)" if len(group.finished) > 1 else "its one finished job"
-        lines.append(f"**Best:** `{group.label}`{by}, by {over}: " + ", ".join(cells) + ".")
-    elif ranked:
-        best = pick(ranked, key=lambda j: j.summary[key])
-        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if best.summary.get(k) is not None]
-        lines.append(f"**Best:** job {best.directory.name} (`{best.label}`){by}: " + ", ".join(f"{k} {best.summary[k]:.4g}" for k in shown) + ".")
+    def values(group: Configuration, k: str) -> list[float]:
+        return [j.summary[k] for j in group.finished if j.summary.get(k) is not None]
+
+    scored = [g for g in groups if values(g, key)]
+    if scored:  # the best configuration by its mean over its jobs (seeds), not the luckiest seed; one job: that job
+        group = pick(scored, key=lambda g: statistics.fmean(values(g, key)))
+        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if values(group, k)]
+        if len(group.finished) == 1:
+            best = group.finished[0]
+            lines.append(f"**Best:** job {best.directory.name} (`{best.label}`){by}: " + ", ".join(f"{k} {best.summary[k]:.4g}" for k in shown) + ".")
+        else:
+            cells = [f"{k} {statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}" if len(v) > 1 else f"{k} {v[0]:.4g}"
+                     for k in shown for v in [values(group, k)]]
+            lines.append(f"**Best:** `{group.label}`{by}, by its mean over its {len(group.finished)} jobs (± sample std): " + ", ".join(cells) + ".")
     if done:
         lines += _why(done)
     failed = [j for j in jobs if j.status != "ok"]
