@@ -78,7 +78,7 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
     )
 
 
-def torchrun(args: list[str], env: dict, timeout: int = 150) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], env: dict | None = None, timeout: int = 150) -> subprocess.CompletedProcess:
     """Runs `torchrun --standalone --nproc_per_node=2 -m runner ARGS` in its own session. On a hang the whole
     session (the agent and both ranks) is killed and the run tried once more, with a warning: torchrun runs
     here have hung at random after training (twice in ~10 suite runs, rank 0 done), which looks like
@@ -87,6 +87,8 @@ def torchrun(args: list[str], env: dict, timeout: int = 150) -> subprocess.Compl
     import warnings
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner", *args]
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}  # `env` added to this process's, as run_module does
+    env.pop("HYDRA_FULL_ERROR", None)
     for attempt in (1, 2):
         process = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:

@@ -116,9 +116,7 @@ def _single_and_ddp(tmp_path, *overrides: str):
     checks that the weights match."""
     args = [*[t for t in TINY if not t.startswith(tuple(o.split("=")[0] + "=" for o in overrides))], "trainer.max_steps=30", *overrides]
     runner.train(runner.compose(args), tmp_path / "single")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    ddp = torchrun(["trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"], env)
+    ddp = torchrun(["trainer.strategy=ddp", *args, f"hydra.run.dir={tmp_path / 'ddp'}"])
     assert ddp.returncode == 0, ddp.stderr
     a, b = runner.load(tmp_path / "single"), runner.load(tmp_path / "ddp")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -166,8 +164,7 @@ def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sampl
 
     install(tmp_path / "site", "rows-plugin", "[runner.callbacks]\nplug_rows = runner_test_plugin:PlugRows\n")
     data = ["data=synthetic", "data.num_samples=200", "trainer.batch_size=32", "trainer.epochs=1"]
-    env = {**os.environ, **env_with(tmp_path / "site", tmp_path / "imported"), "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
+    env = env_with(tmp_path / "site", tmp_path / "imported")
     ddp = torchrun(["trainer.strategy=ddp", *TINY[2:], *data, f"trainer.callbacks=[{{name: plug_rows, directory: '{tmp_path}'}}]",
                     f"hydra.run.dir={tmp_path / 'ddp'}"], env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -33,6 +33,8 @@ def test_the_workers_serve_each_epoch_s_rows_in_its_seeded_order_transformed_fro
         order = torch.randperm(30, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)).tolist()
         got = list(served.epoch(epoch, start))
         assert len(got) == 4 - start  # 30 images, batches of 8
+        in_memory = list(data.batches(8, 3).epoch(epoch, start))  # what the docstring promises: the in-memory path's batches
+        assert all(torch.equal(a, b) and torch.equal(p, q) for (a, p), (b, q) in zip(got, in_memory, strict=True))
         for index, (x, y) in enumerate(got, start=start):
             rows = order[index * 8 : (index + 1) * 8]
             assert torch.equal(y, labels[rows])
