@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
 import os
 import subprocess
 import sys
@@ -79,15 +80,19 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
 
 
 def torchrun(args: list[str], env: dict | None = None, timeout: int = 150) -> subprocess.CompletedProcess:
-    """Runs `torchrun --standalone --nproc_per_node=2 -m runner ARGS` in its own session. On a hang the whole
-    session (the agent and both ranks) is killed and the run tried once more, with a warning: torchrun runs
-    here have hung at random after training (twice in ~10 suite runs, rank 0 done), which looks like
-    pytorch/pytorch#75097 and is no result of the test's."""
+    """Runs `torchrun --standalone --nproc_per_node=2 -m runner ARGS`. On a hang the agent and both ranks are
+    killed and the run tried once more, with a warning: here a rank has hung at random after training (three
+    times in ~12 suite runs: rank 0 done, rank 1's main thread waiting on a lock, gloo's threads idle), which
+    looks like pytorch/pytorch#75097 and is no result of the test's. torchrun starts each rank in a session of
+    its own, so the ranks are found by a marker in their environment; they hold the output pipes, so nothing
+    here waits on those without a limit."""
     import signal
+    import uuid
     import warnings
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runner", *args]
-    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}  # `env` added to this process's, as run_module does
+    marker = f"RUNNER_TEST_TORCHRUN={uuid.uuid4().hex}"
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "RUNNER_TEST_TORCHRUN": marker.split("=", 1)[1]}
     env.pop("HYDRA_FULL_ERROR", None)
     for attempt in (1, 2):
         process = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -95,12 +100,24 @@ def torchrun(args: list[str], env: dict | None = None, timeout: int = 150) -> su
             out, err = process.communicate(timeout=timeout)
             return subprocess.CompletedProcess(command, process.returncode, out, err)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            out, err = process.communicate()
+            for pid in [process.pid, *_processes_with(marker)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            out, err = process.communicate(timeout=30)
             if attempt == 2:
                 raise AssertionError(f"torchrun hung twice; its output:\n{out}\n{err}") from None
             warnings.warn(f"torchrun hung after {timeout}s (output: {out[-300:]!r}); trying once more", stacklevel=2)
     raise AssertionError("unreachable")
+
+
+def _processes_with(entry: str) -> list[int]:
+    """The processes whose environment holds `entry` (NAME=value), read from /proc."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if entry.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
 
 
 def in_process(module: str, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
