@@ -6,7 +6,7 @@ wrong type fails at compose time with the key named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -259,6 +259,16 @@ def upgraded(saved: dict) -> dict:
 SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": DataConfig, "optim": OptimConfig,
             "optim.scheduler": SchedulerConfig, "trainer": TrainerConfig, "tracker": TrackerConfig,
             "loss": LossConfig, "data.loader": LoaderConfig}
+
+
+def nested_home(section: str, key: str) -> str | None:
+    """The dotted key a misplaced `section.key` belongs at when a section directly inside `section` has `key`
+    (`data.num_workers` -> `data.loader.num_workers`, `epochs` -> `trainer.epochs`); None when no such section, or
+    several, has it (`name`)."""
+    depth = section.count(".") + 1 if section else 0
+    homes = [f"{name}.{key}" for name, schema in SECTIONS.items()
+             if (name.startswith(f"{section}.") if section else bool(name)) and name.count(".") == depth and key in {f.name for f in fields(schema)}]
+    return homes[0] if len(homes) == 1 else None
 
 
 def register_schema() -> None:
