@@ -100,15 +100,16 @@ class OptunaSweeper(Sweeper):
 
     def _direction(self) -> str:
         """The study's direction; the objective checked against what the jobs log, before any trial."""
-        from runner.errors import ConfigError, Problem, Problems
+        from runner.errors import ConfigError, Problem, Problems, suggest
         from runner.registry.tables import METRICS
         from runner.spec.trainer import parse_metrics
 
         metrics = parse_metrics(_plain(self.config.get("metrics")), str(self.config.data.task), Problems())
         logged = {"val_loss": "min", "train_loss": "min", **{f"val_{m}": METRICS[m].mode for m in metrics}}
         if self.objective not in logged:
+            close = suggest(str(self.objective), logged) or suggest(f"val_{self.objective}", logged)  # `accuracy` for val_accuracy
             raise ConfigError([Problem("hydra.sweeper.objective", f"{self.objective!r} is not logged by these jobs; they log: {', '.join(logged)} "
-                                                                  "(a metric is logged when `metrics:` names it)")])
+                                                                  f"(a metric is logged when `metrics:` names it);{close}".rstrip(";"))])
         if self.direction not in (None, "minimize", "maximize"):
             raise ConfigError([Problem("hydra.sweeper.direction", f"expected minimize, maximize or null (the objective's own), got {self.direction!r}")])
         return self.direction or ("minimize" if logged[self.objective] == "min" else "maximize")

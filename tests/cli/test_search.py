@@ -117,6 +117,8 @@ def test_an_unknown_pruner_is_named():
 @pytest.mark.parametrize("setting, words", [
     ("hydra.sweeper.pruner.name=mediam", "hydra.sweeper.pruner.name: expected one of median, percentile"),
     ("hydra.sweeper.objective=val_top5", "hydra.sweeper.objective: 'val_top5' is not logged by these jobs; they log: val_loss, train_loss, val_accuracy"),
+    ("hydra.sweeper.objective=accuracy", "hydra.sweeper.objective: 'accuracy' is not logged by these jobs; they log: val_loss, train_loss, "
+                                         "val_accuracy (a metric is logged when `metrics:` names it); did you mean 'val_accuracy'?"),
 ])
 def test_a_bad_sweeper_setting_exits_2_naming_it_before_any_trial(tmp_path, setting, words):
     result = run_cli("-m", "+search=lr_init", setting, f"hydra.sweep.dir={tmp_path}")
