@@ -7,6 +7,11 @@ seeded by (seed, e), batch i is its i-th slice, and its random transforms draw f
 So the sampler hands out batch *descriptions* (epoch, index, sample indices), not samples, and a
 worker turns one into a batch: nothing depends on which worker serves it or on worker RNG state,
 and a run resumed in the middle of an epoch starts the sampler at the batch it stopped before.
+
+Under torchrun DDP each rank's sampler describes only the rank's contiguous part of every global batch
+(`rank_part`, the part the step would slice from the whole batch), so each rank's workers read and
+transform only their rank's rows, and the ranks together read each sample once an epoch. A rank's
+batch arrives as a `Shard`, which knows its global batch's size (what its loss is scaled by).
 """
 
 from __future__ import annotations
@@ -18,6 +23,30 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from runner.data.transforms import Pipeline, batch_generator
+
+
+def rank_part(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, stop) of rank `rank`'s contiguous part of `rows` rows split over `world` ranks: the first
+    `rows % world` ranks take one row more (torch.tensor_split's parts)."""
+    size, extra = divmod(rows, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+class Shard(tuple):
+    """A DDP rank's part of a global batch, as the pair (x, y), with `rows`, the global batch's row count."""
+
+    rows: int
+
+    def __new__(cls, x: torch.Tensor, y: torch.Tensor, rows: int) -> "Shard":
+        shard = super().__new__(cls, (x, y))
+        shard.rows = rows
+        return shard
+
+
+def batch_rows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """The rows of the global batch that `batch` (x, y) is, or is a rank's `Shard` of."""
+    return batch.rows if isinstance(batch, Shard) else len(batch[0])
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -61,20 +90,21 @@ class _BatchSource(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index, rows = key
+    def __getitem__(self, key: tuple[int, int, torch.Tensor, tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index, rows, part = key
         x = self.x.index_select(0, rows)
         if self.transform is not None:
-            x = self.transform(x, batch_generator(self.seed, epoch, index))
+            x = self.transform(x, batch_generator(self.seed, epoch, index), part)
         return x, self.y.index_select(0, rows)
 
 
 class _EpochBatches(Sampler):
-    """Describes the batches of one epoch from a start batch; `at` chooses which before each pass (one
-    sampler for the loader's life, so persistent workers outlive the epoch)."""
+    """Describes the batches of one epoch from a start batch, each as (epoch, index, this rank's sample indices,
+    (their first row in the batch, the batch's rows)); `at` chooses which before each pass (one sampler for the
+    loader's life, so persistent workers outlive the epoch)."""
 
-    def __init__(self, batch_size: int, count: int, seed: int):
-        self.batch_size, self.count, self.seed = batch_size, count, seed
+    def __init__(self, batch_size: int, count: int, seed: int, rank: int = 0, world: int = 1):
+        self.batch_size, self.count, self.seed, self.rank, self.world = batch_size, count, seed, rank, world
         self.steps_per_epoch = math.ceil(count / batch_size)
         self.epoch, self.start = 0, 0
 
@@ -84,20 +114,27 @@ class _EpochBatches(Sampler):
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start
 
-    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def rows(self, index: int) -> int:
+        """The rows of global batch `index` (all but an epoch's last have `batch_size`)."""
+        return min(self.batch_size, self.count - index * self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor, tuple[int, int]]]:
         order, size = epoch_order(self.seed, self.epoch, self.count), self.batch_size
         for index in range(self.start, self.steps_per_epoch):
-            yield self.epoch, index, order[index * size : (index + 1) * size]
+            start, stop = rank_part(self.rows(index), self.rank, self.world)
+            yield self.epoch, index, order[index * size + start : index * size + stop], (start, self.rows(index))
 
 
 class LoaderBatches:
     """The DataLoader path of `Batches`: the same `epoch(epoch, start)` and `steps_per_epoch`, batches
-    moved to `device` as they arrive (without blocking when pinned)."""
+    moved to `device` as they arrive (without blocking when pinned); under DDP (`world` > 1) each batch is
+    this rank's `Shard` of it."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None, device: torch.device,
-                 num_workers: int, pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None):
-        self.device, self.pinned = device, pin_memory
-        self._sampler = _EpochBatches(batch_size, len(x), seed)
+                 num_workers: int, pin_memory: bool = False, persistent_workers: bool = False, prefetch_factor: int | None = None,
+                 rank: int = 0, world: int = 1):
+        self.device, self.pinned, self.sharded = device, pin_memory, world > 1
+        self._sampler = _EpochBatches(batch_size, len(x), seed, rank, world)
         self.steps_per_epoch = self._sampler.steps_per_epoch
         self._loader = DataLoader(
             _BatchSource(x, y, transform, seed), batch_size=None, sampler=self._sampler, num_workers=num_workers,
@@ -107,8 +144,9 @@ class LoaderBatches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.at(epoch, start)
-        for x, y in self._loader:
-            yield x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)
+        for index, (x, y) in enumerate(self._loader, start):
+            x, y = x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)
+            yield Shard(x, y, self._sampler.rows(index)) if self.sharded else (x, y)
 
 
 def _ignore_interrupts(_worker: int) -> None:

@@ -45,13 +45,15 @@ class Dataset:
             return None
         return {"train": self.transform.settings() if self.transform else [], "eval": self.eval_transform.settings() if self.eval_transform else []}
 
-    def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None) -> "Batches | LoaderBatches":
+    def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None,
+                rank: int = 0, world: int = 1) -> "Batches | LoaderBatches":
         """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings,
-        num_workers > 0) a DataLoader's workers serving the same batches, moved to `device`."""
+        num_workers > 0) a DataLoader's workers serving the same batches, moved to `device`, each rank's
+        workers reading only its part of each batch."""
         if loader is None or loader.num_workers == 0:
             return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
         return LoaderBatches(self.train_x, self.train_y, batch_size, seed, self.transform, device or self.train_x.device,
-                             loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor)
+                             loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor, rank, world)
 
 
 def load_data(cfg: DataConfig) -> Dataset | TokenStream:

@@ -2,17 +2,31 @@
 batches of (N, C, H, W) tensors on the device they are served from.
 
 Random transforms draw from a generator seeded by (seed, epoch, batch), so a run resumed in the
-middle of an epoch augments exactly as an uninterrupted one. `data.shape` is the shape of a stored
-image; `resize` and `center_crop` change it, and the model sees what both lists end with (they
-must agree: `Pipeline.shape`).
+middle of an epoch augments exactly as an uninterrupted one. Given `part=(start, rows)`, `x` holds
+the rows from `start` of a batch of `rows` (a DDP rank's shard, runner.data.loader): a random
+transform draws for the whole batch and keeps its part's draws, so each image is augmented as it
+would be in the whole batch. `data.shape` is the shape of a stored image; `resize` and
+`center_crop` change it, and the model sees what both lists end with (they must agree:
+`Pipeline.shape`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+
+# A shard's place in its batch: (first row, the batch's rows); None: `x` is the whole batch.
+Part = tuple[int, int] | None
+
+
+def _draw(draw: Callable[[int], torch.Tensor], rows: int, part: Part) -> torch.Tensor:
+    """`draw(k)` draws k values, one an image; returns those of the `rows` images in `part` of their batch."""
+    if part is None:
+        return draw(rows)
+    start, whole = part
+    return draw(whole)[start : start + rows]
 
 
 def _size(size: Any, key: str = "size") -> tuple[int, int] | int:
@@ -48,7 +62,7 @@ class Resize(_Sized):
             return (channels, self.size, int(self.size * width / height))
         return (channels, int(self.size * height / width), self.size)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None, part: Part = None) -> torch.Tensor:
         out = self.shape(tuple(x.shape[1:]))[1:]
         if tuple(x.shape[2:]) == out:
             return x
@@ -66,7 +80,7 @@ class CenterCrop(_Sized):
             raise ValueError(f"size: {list(crop)} is larger than the {height}x{width} images it gets")
         return (channels, *crop)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None, part: Part = None) -> torch.Tensor:
         _, height, width = self.shape(tuple(x.shape[1:]))
         top, left = int(round((x.shape[2] - height) / 2.0)), int(round((x.shape[3] - width) / 2.0))
         return x[:, :, top : top + height, left : left + width]
@@ -86,12 +100,14 @@ class RandomCrop:
     def settings(self) -> dict:
         return {"padding": self.padding}
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None, part: Part = None) -> torch.Tensor:
         n, channels, height, width = x.shape
         p = self.padding
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        top = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-        left = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        def offsets() -> torch.Tensor:  # one per image: the top rows first, then the left columns
+            return _draw(lambda k: torch.randint(0, 2 * p + 1, (k,), generator=generator), n, part).to(x.device)
+
+        top, left = offsets(), offsets()
         rows = (top[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
         cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -111,8 +127,8 @@ class HorizontalFlip:
     def settings(self) -> dict:
         return {"p": self.p}
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        flip = (torch.rand(len(x), generator=generator) < self.p).to(x.device)
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None, part: Part = None) -> torch.Tensor:
+        flip = (_draw(lambda k: torch.rand(k, generator=generator), len(x), part) < self.p).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -148,7 +164,7 @@ class Normalize:
             self.mean = mean if self.mean is None else self.mean
             self.std = std if self.std is None else self.std
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None, part: Part = None) -> torch.Tensor:
         mean = self.mean.to(x.device, x.dtype)[None, :, None, None]
         std = self.std.to(x.device, x.dtype)[None, :, None, None]
         return (x - mean) / std
@@ -191,9 +207,9 @@ class Pipeline:
             if hasattr(step, "fit"):
                 step.fit(train_x, fitted)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, part: Part = None) -> torch.Tensor:
         for step in self.steps:
-            x = step(x, generator)
+            x = step(x, generator, part)
         return x
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

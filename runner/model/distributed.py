@@ -1,6 +1,7 @@
 """One run on several processes with torch DistributedDataParallel, as launched by torchrun.
 
-Each step every rank takes its contiguous shard of the same global batch; its mean loss is
+Each step every rank takes its contiguous shard of the same global batch (sliced from the whole batch on
+the in-memory path; with loader workers the rank's workers read only its shard, runner.data.loader); its mean loss is
 scaled by (shard rows / global rows) * world size, so DDP's gradient average is exactly the
 gradient of the global batch's mean loss (uneven last batches included). Rank 0 alone writes.
 """
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from runner.data.loader import rank_part
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,17 @@ class Group:
     def active(self) -> bool:
         return self.world > 1
 
+    def scale(self, part: int, rows: int) -> float:
+        """The factor a rank's mean loss over `part` of a global batch's `rows` rows is scaled by: DDP then averages
+        the ranks' gradients into exactly the gradient of the global batch's mean loss."""
+        return part / rows * self.world
+
     def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Returns this rank's rows of the global batch and the factor its mean loss is scaled by."""
         if not self.active:
             return x, y, 1.0
-        xs, ys = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
-        return xs, ys, len(xs) / len(x) * self.world
+        start, stop = rank_part(len(x), self.rank, self.world)
+        return x[start:stop], y[start:stop], self.scale(stop - start, len(x))
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Returns the mean of `values` over ranks (a collective: every rank must call it)."""

@@ -62,9 +62,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
+    group = setup(trainer.strategy, prepared.device)
     if spec.data.loader.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
         host = prepared.data.to(torch.device("cpu"), prepared.dtype)
-        batches = host.batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device)
+        batches = host.batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device, group.rank, group.world)
         data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
     else:
         data = prepared.data.to(prepared.device, prepared.dtype)
@@ -79,7 +80,6 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         verify_ties(model, prepared.ties)
     else:
         torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
-    group = setup(trainer.strategy, prepared.device)
     main = group.is_main  # only rank 0 writes logs, plots and checkpoints
     if main:
         write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from runner.data.loader import Shard, batch_rows
 from runner.model.activations import ActivationStats
 from runner.model.distributed import Group
 from runner.training.callbacks import Batches
@@ -31,10 +32,14 @@ class Step:
         self.stats, self.acts = stats, acts
         self.params = params  # the trainable tensors, in the model's order (clipping's norm sums in this order)
 
-    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
-        """Returns the batch's mean loss times `weight` (its share of the optimizer step's rows), for this rank's shard."""
+    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, rows: int | None) -> torch.Tensor:
+        """Returns the batch's mean loss times `weight` (its share of the optimizer step's rows), for this rank's shard:
+        sliced here from the whole batch, or (`rows`, the global batch's) the shard the loader's workers read."""
         if self.group.active:
-            x, y, scale = self.group.shard(x, y)
+            if rows is None:
+                x, y, scale = self.group.shard(x, y)
+            else:
+                scale = self.group.scale(len(x), rows)
             weight = weight * scale
         with self.precision.autocast():
             loss = self.loss_fn(net(x), y)
@@ -49,12 +54,14 @@ class Step:
         if hooked:
             self.acts.attach()  # only for this step's forward passes: other steps run without hooks
         try:
-            rows, loss = sum(len(x) for x, _ in batches), None
-            for index, (x, y) in enumerate(batches):  # one batch, unless accumulating
+            rows, loss = sum(batch_rows(batch) for batch in batches), None
+            for index, batch in enumerate(batches):  # one batch, unless accumulating
+                (x, y), size = batch, batch_rows(batch)
                 # Under DDP the gradients are all-reduced once, on the group's last backward pass.
                 skip_sync = self.group.active and index < len(batches) - 1
                 with self.net.no_sync() if skip_sync else contextlib.nullcontext():
-                    part = self._loss(net, x, y, len(x) / rows)  # a lone batch's weight is exactly 1: no multiply
+                    # (a lone batch's weight is exactly 1: no multiply)
+                    part = self._loss(net, x, y, size / rows, size if isinstance(batch, Shard) else None)
                     self.precision.backward(part)
                 loss = part.detach() if loss is None else loss + part.detach()
         finally:

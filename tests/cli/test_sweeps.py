@@ -140,6 +140,12 @@ def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
     _single_and_ddp(tmp_path, "trainer.batch_size=32", "trainer.accumulate_grad_batches=2")
 
 
+def test_ddp_whose_workers_read_each_rank_s_part_equals_one_process(tmp_path):
+    # Each rank's loader worker reads its part of each batch, and the step weighs the shards by their global batch's
+    # rows: 1438 training rows in batches of 48 end each epoch on a step of 48 + 46 rows (2 accumulated).
+    _single_and_ddp(tmp_path, "data.loader.num_workers=1", "trainer.batch_size=48", "trainer.accumulate_grad_batches=2")
+
+
 @pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker
 def test_report_regenerates_from_python(sequential_sweep):
     written = write_report(sequential_sweep)
@@ -157,13 +163,14 @@ def test_a_sweep_over_a_model_variable_builds_each_size(tmp_path):
         assert sorted({name.split(".")[2] for name, _ in model.named_parameters() if name.startswith("transformer.h.")}) == [str(i) for i in range(layers)]
 
 
-def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sample_once(tmp_path):
-    # Two torchrun ranks, one epoch: a plugin callback records the rows each rank's model trained on.
+@pytest.mark.parametrize("workers", [0, 1])
+def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sample_once(tmp_path, workers):
+    # Two torchrun ranks, one epoch: a plugin callback records the rows each rank's loader served and its model trained on.
     from conftest import env_with, install
     from runner.data.sources import load_data
 
     install(tmp_path / "site", "rows-plugin", "[runner.callbacks]\nplug_rows = runner_test_plugin:PlugRows\n")
-    data = ["data=synthetic", "data.num_samples=200", "trainer.batch_size=32", "trainer.epochs=1"]
+    data = ["data=synthetic", "data.num_samples=200", "trainer.batch_size=32", "trainer.epochs=1", f"data.loader.num_workers={workers}"]
     env = env_with(tmp_path / "site", tmp_path / "imported")
     ddp = torchrun(["trainer.strategy=ddp", *TINY[2:], *data, f"trainer.callbacks=[{{name: plug_rows, directory: '{tmp_path}'}}]",
                     f"hydra.run.dir={tmp_path / 'ddp'}"], env)
@@ -173,3 +180,8 @@ def test_under_ddp_each_rank_reads_its_own_rows_and_the_epoch_covers_every_sampl
     assert [len(rows) for rows in ranks] == [80, 80]
     seen = np.concatenate(ranks)
     assert sorted(map(bytes, seen)) == sorted(map(bytes, train))  # every training row once, none twice, no rank's row on the other
+    served = [np.load(tmp_path / f"served_rank{rank}.npy") for rank in (0, 1)]
+    if workers:  # each rank's workers read only its rows: what it trained on
+        assert all(np.array_equal(a, b) for a, b in zip(served, ranks))
+    else:  # the in-memory path slices every global batch on each rank
+        assert np.array_equal(served[0], served[1]) and sorted(map(bytes, served[0])) == sorted(map(bytes, train))

@@ -10,9 +10,12 @@ import torch
 
 import runner
 from conftest import resumes_bit_identically, run_cli
-from runner.data.loader import LoaderBatches
+from runner.data.loader import LoaderBatches, Shard
 from runner.data.sources import load_data
 from runner.data.transforms import batch_generator, make_pipeline
+from runner.model.distributed import Group
+from runner.training.precision import Precision
+from runner.training.step import Step
 
 AUGMENT = ["data.transforms.train=[{name: random_crop, padding: 4}, horizontal_flip, normalize]", "data.transforms.eval=[normalize]"]
 
@@ -74,3 +77,34 @@ def test_bad_loader_settings_exit_2_naming_the_key(tmp_path, overrides, words):
     result = run_cli(*overrides, "trainer.device=cpu", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("world, workers", [(2, 0), (3, 1)])
+def test_under_ddp_each_rank_s_workers_read_and_augment_only_its_part_of_each_batch(compose, image_datasets, world, workers):
+    # What each rank's loader serves is exactly its slice (tensor_split) of the whole batch the in-memory path
+    # serves and augments: the random crops and flips drawn for the whole batch, each image keeping its own.
+    data = load_data(compose(*cifar(image_datasets, "data.transforms.train=[{name: random_crop, padding: 2}, horizontal_flip]")).data)
+    ranks = [LoaderBatches(data.train_x, data.train_y, 8, 3, data.transform, torch.device("cpu"), num_workers=workers, rank=rank, world=world)
+             for rank in range(world)]
+    for epoch, start in ((0, 0), (1, 2)):
+        whole = list(data.batches(8, 3).epoch(epoch, start))
+        served = [list(batches.epoch(epoch, start)) for batches in ranks]
+        for index, (x, y) in enumerate(whole):
+            for rank in range(world):
+                shard = served[rank][index]
+                assert isinstance(shard, Shard) and shard.rows == len(x)  # 8, and 30 - 3 * 8 = 6 for the last batch
+                assert torch.equal(shard[0], x.tensor_split(world)[rank]) and torch.equal(shard[1], y.tensor_split(world)[rank])
+        read = torch.cat([shard[1] for batches in served for shard in batches])
+        assert len(read) == sum(len(y) for _, y in whole)  # no row read twice, none left out
+
+
+def test_a_rank_s_loss_on_the_shard_its_workers_read_is_the_loss_on_its_slice_of_the_whole_batch():
+    # Step weighs a Shard by its global batch's rows: the same scaled loss (bit for bit) as slicing the whole batch.
+    torch.manual_seed(0)
+    net, x, y = torch.nn.Linear(4, 3), torch.randn(7, 4), torch.randint(0, 3, (7,))
+    step = Step(net, net, torch.nn.functional.cross_entropy, torch.optim.SGD(net.parameters(), lr=0.1), None, list(net.parameters()), None,
+                Precision(None, torch.device("cpu"), None), None, None, Group(1, 2))
+    sliced = step._loss(net, x, y, 7 / 10, None)
+    read = step._loss(net, x[4:], y[4:], 7 / 10, 7)  # rank 1 of 2 takes rows 4..6 of 7
+    expected = torch.nn.functional.cross_entropy(net(x[4:]), y[4:]) * (7 / 10 * (3 / 7 * 2))
+    assert torch.equal(read, sliced) and torch.equal(read, expected)

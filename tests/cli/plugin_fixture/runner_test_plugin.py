@@ -59,10 +59,15 @@ class PlugEvals(runner.Callback):
 
 class PlugRows(runner.Callback):
     """Writes the input rows this process's model trained on to <directory>/rows_rank<RANK>.npy at the
-    end (a forward pre-hook on the model, training passes only): what each DDP rank read."""
+    end (a forward pre-hook on the model, training passes only), and the rows of the batches its loader
+    served to served_rank<RANK>.npy: what each DDP rank trained on, and what it read."""
 
     def __init__(self, directory: str):
-        self.directory, self.rows = directory, []
+        self.directory, self.rows, self.served = directory, [], []
+
+    def on_step_start(self, loop, step, batches):
+        self.served += [x.detach().cpu().numpy().copy() for x, _ in batches]
+        return batches
 
     def on_train_start(self, loop):
         def record(module, args):
@@ -76,6 +81,7 @@ class PlugRows(runner.Callback):
 
         rank = os.environ.get("RANK", "0")
         np.save(os.path.join(self.directory, f"rows_rank{rank}.npy"), np.concatenate(self.rows))
+        np.save(os.path.join(self.directory, f"served_rank{rank}.npy"), np.concatenate(self.served))
 
 
 NOT_CALLABLE = 42  # a broken `runner.inits` entry point names this
