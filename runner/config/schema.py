@@ -77,9 +77,10 @@ class TransformsConfig:
 class LoaderConfig:
     """How training batches are served. num_workers 0: slices of the data already on the device (the
     fast path for data that fits in memory); > 0: a torch DataLoader whose worker processes gather
-    and transform each batch, the same batches in the same order."""
+    and transform each batch, the same batches in the same order; auto: chosen by the rule in
+    docs/config.md (runner.data.loader.serving)."""
 
-    num_workers: int = 0
+    num_workers: Any = "auto"  # auto, or a number >= 0 (typed Any: OmegaConf has no int-or-str)
     pin_memory: Any = flag(False)  # page-locked batches, copied to a CUDA device without blocking
     persistent_workers: Any = flag(False)  # keep the workers between epochs
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead (null: torch's default, 2)

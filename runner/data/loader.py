@@ -17,12 +17,55 @@ batch arrives as a `Shard`, which knows its global batch's size (what its loss i
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from runner.data.transforms import Pipeline, batch_generator
+
+# data.loader.num_workers: auto keeps the data on a CUDA device while it takes at most this share of the
+# device's free memory (the rest is the model's, its activations' and the optimizer's), and otherwise
+# serves it from host memory through this many workers at most (fewer when the cores are fewer).
+DEVICE_SHARE = 0.25
+MOST_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a run's training batches are served: the loader settings it runs with, and why."""
+
+    num_workers: int
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    reason: str = "data.loader.num_workers"
+
+
+def serving(loader: Any, device: torch.device, data_bytes: int, free_bytes: int | None, cores: int, ranks: int,
+            in_process: bool = False) -> Serving:
+    """Resolves data.loader for a run: a number of workers as given; `auto` by the rule in docs/config.md.
+
+    `data_bytes`: the training and validation tensors at the run's dtype; `free_bytes`: the CUDA device's
+    free memory (None elsewhere); `cores`: this machine's, shared by `ranks` processes; `in_process`: the
+    source serves its batches itself (data=tokens' memory-mapped windows)."""
+    if loader.num_workers != "auto":
+        return Serving(loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor)
+    if in_process:
+        return Serving(0, reason="auto: the source reads its own batches (memory-mapped token windows)")
+    if device.type != "cuda" or free_bytes is None:
+        return Serving(0, reason=f"auto: the data is in this machine's memory already and the model trains on {device.type}; "
+                                 "workers would take cores from training")
+    if data_bytes <= DEVICE_SHARE * free_bytes:
+        return Serving(0, reason=f"auto: the data ({_mib(data_bytes)}) fits in {DEVICE_SHARE:.0%} of {device}'s free memory ({_mib(free_bytes)})")
+    workers = max(1, min(MOST_WORKERS, cores // ranks - 1))  # a core a rank left for its training process
+    return Serving(workers, pin_memory=True, persistent_workers=True,
+                   reason=f"auto: the data ({_mib(data_bytes)}) takes more than {DEVICE_SHARE:.0%} of {device}'s free memory ({_mib(free_bytes)})")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"
 
 
 def rank_part(rows: int, rank: int, world: int) -> tuple[int, int]:

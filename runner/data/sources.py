@@ -39,6 +39,11 @@ class Dataset:
 
         return Dataset(move(self.train_x), move(self.train_y), move(self.val_x), move(self.val_y), self.transform, self.eval_transform)
 
+    def nbytes(self, dtype: torch.dtype) -> int:
+        """The bytes the four tensors take once float features are cast to `dtype`."""
+        size = dtype.itemsize
+        return sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in (self.train_x, self.train_y, self.val_x, self.val_y))
+
     def resolved_transforms(self) -> dict[str, list[dict]] | None:
         """`data.transforms` as this data applies them, fitted statistics written out; None without transforms."""
         if self.transform is None and self.eval_transform is None:
@@ -47,9 +52,9 @@ class Dataset:
 
     def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None,
                 rank: int = 0, world: int = 1) -> "Batches | LoaderBatches":
-        """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings,
-        num_workers > 0) a DataLoader's workers serving the same batches, moved to `device`, each rank's
-        workers reading only its part of each batch."""
+        """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings as
+        the run serves them, runner.data.loader.serving; num_workers > 0) a DataLoader's workers serving the
+        same batches, moved to `device`, each rank's workers reading only its part of each batch."""
         if loader is None or loader.num_workers == 0:
             return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
         return LoaderBatches(self.train_x, self.train_y, batch_size, seed, self.transform, device or self.train_x.device,

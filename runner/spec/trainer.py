@@ -77,13 +77,17 @@ def check_data(data: DataSpec, problems: Problems) -> None:
 def _check_loader(data: DataSpec, problems: Problems) -> None:
     """data.loader: worker settings only with workers; the token stream reads its windows in the training process."""
     loader = data.loader
-    _check_positive(loader.num_workers, "data.loader.num_workers", problems, allow_zero=True)
+    workers = loader.num_workers
+    if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+        problems.add("data.loader.num_workers", f"expected auto or a number >= 0, got {workers!r}")
+        return
     if loader.prefetch_factor is not None:
         _check_positive(loader.prefetch_factor, "data.loader.prefetch_factor", problems)
-    if loader.num_workers == 0:
+    if workers in (0, "auto"):
         for key in ("pin_memory", "persistent_workers", "prefetch_factor"):
             if getattr(loader, key) not in (None, False):
-                problems.add(f"data.loader.{key}", "takes effect only with worker processes: set data.loader.num_workers > 0, or remove it")
+                problems.add(f"data.loader.{key}", "takes effect only with a given number of worker processes: set data.loader.num_workers > 0"
+                                                   + (" (auto chooses these itself)" if workers == "auto" else "") + ", or remove it")
     elif data.name == "tokens":
         problems.add("data.loader.num_workers", "data=tokens slices its windows from the memory-mapped files in the training process "
                                                 "(nothing to decode, bench figure 15): set 0")

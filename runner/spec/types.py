@@ -27,7 +27,7 @@ class TransformsSpec:
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    num_workers: int = 0
+    num_workers: int | str = "auto"
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None

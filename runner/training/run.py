@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from runner.data.loader import Serving, serving
+from runner.data.tokens import TokenStream
 from runner.errors import Interrupted
 from runner.model.distributed import setup, teardown
 from runner.model.tensors import verify_ties
@@ -63,9 +66,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
     group = setup(trainer.strategy, prepared.device)
-    if spec.data.loader.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
+    serve = _serving(prepared, group.world)
+    if serve.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
         host = prepared.data.to(torch.device("cpu"), prepared.dtype)
-        batches = host.batches(trainer.batch_size, spec.seed, spec.data.loader, prepared.device, group.rank, group.world)
+        batches = host.batches(trainer.batch_size, spec.seed, serve, prepared.device, group.rank, group.world)
         data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
     else:
         data = prepared.data.to(prepared.device, prepared.dtype)
@@ -112,6 +116,19 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         saved_to = RunDir(run_dir).checkpoints / checkpoint.directory_name(final.step)
         raise Interrupted(loop.outcome.interrupted, f"stopped after step {final.step}, checkpoint saved to {saved_to}", str(run_dir))
     return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
+
+
+def _serving(prepared: Prepared, ranks: int) -> Serving:
+    """data.loader as this run serves its batches (`num_workers: auto` resolved here, and said in the log)."""
+    device, data = prepared.device, prepared.data
+    in_process = isinstance(data, TokenStream)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    serve = serving(prepared.spec.data.loader, device, 0 if in_process else data.nbytes(prepared.dtype), free, os.cpu_count() or 1, ranks,
+                    in_process)
+    if prepared.spec.data.loader.num_workers == "auto":  # said where it chose workers; the in-memory path is the usual one
+        log.log(logging.INFO if serve.num_workers else logging.DEBUG, "data.loader.num_workers=auto: %d worker processes (%s)",
+                serve.num_workers, serve.reason.removeprefix("auto: "))
+    return serve
 
 
 def _report_saved(progress: str) -> Callable[[int, Path], None]:

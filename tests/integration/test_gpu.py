@@ -72,3 +72,22 @@ def test_the_cli_trains_on_cuda_by_default(tmp_path):
                    check=True, capture_output=True, text=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["device"].startswith("cuda")
+
+
+def test_auto_serves_data_too_big_for_the_device_through_pinned_workers_to_the_same_weights(compose, tmp_path, monkeypatch):
+    # data.loader.num_workers: auto. With no device memory to spare for the data, the run serves it from host memory
+    # through workers (pinned, persistent), and trains to the weights of the run whose data stays on the device.
+    from runner.data import loader
+
+    served = []
+
+    class Served(runner.Callback):
+        def on_train_start(self, loop):
+            served.append((type(loop.batches).__name__, loop.batches.pinned if hasattr(loop.batches, "pinned") else None))
+
+    overrides = ("trainer.device=cuda", "trainer.max_steps=30")
+    kept = runner.train(compose(*overrides), tmp_path / "kept", callbacks=[Served()])
+    monkeypatch.setattr(loader, "DEVICE_SHARE", 0.0)
+    streamed = runner.train(compose(*overrides), tmp_path / "streamed", callbacks=[Served()])
+    assert served == [("Batches", None), ("LoaderBatches", True)]
+    assert streamed["weights_sha256"] == kept["weights_sha256"]

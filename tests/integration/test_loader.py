@@ -4,16 +4,20 @@ same weights, and one resumed in the middle of an epoch with workers is bit-iden
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import runner
 from conftest import resumes_bit_identically, run_cli
-from runner.data.loader import LoaderBatches, Shard
+from runner.data.loader import LoaderBatches, Shard, serving
 from runner.data.sources import load_data
 from runner.data.transforms import batch_generator, make_pipeline
 from runner.model.distributed import Group
+from runner.prepare.plan import validate
+from runner.spec.types import LoaderSpec
 from runner.training.precision import Precision
 from runner.training.step import Step
 
@@ -65,8 +69,9 @@ def test_a_run_with_workers_resumed_mid_epoch_is_bit_identical(compose, image_da
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["data.loader.pin_memory=true"], "data.loader.pin_memory: takes effect only with worker processes: set data.loader.num_workers > 0, or remove it"),
-    (["data.loader.num_workers=-1"], "data.loader.num_workers: expected a number >= 0, got -1"),
+    (["data.loader.pin_memory=true"], "data.loader.pin_memory: takes effect only with a given number of worker processes: "
+                                      "set data.loader.num_workers > 0 (auto chooses these itself), or remove it"),
+    (["data.loader.num_workers=-1"], "data.loader.num_workers: expected auto or a number >= 0, got -1"),
     (["data.loader.num_workers=2", "data.loader.prefetch_factor=0"], "data.loader.prefetch_factor: expected a number > 0, got 0"),
     (["data.loader.num_workers=2", "data.loader.pin_memory=true"],
      "data.loader.pin_memory: page-locked batches speed copies to a CUDA device (trainer.device is cpu); remove it"),
@@ -77,6 +82,31 @@ def test_bad_loader_settings_exit_2_naming_the_key(tmp_path, overrides, words):
     result = run_cli(*overrides, "trainer.device=cpu", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.loader.num_workers=two", "data.loader.num_workers: expected auto or a number >= 0, got 'two'"),
+    ("data.loader.num_workers=true", "data.loader.num_workers: expected auto or a number >= 0, got True"),
+    ("data.loader.num_workers=1.5", "data.loader.num_workers: expected auto or a number >= 0, got 1.5"),
+])
+def test_a_worker_count_that_is_neither_auto_nor_a_count_is_refused(compose, override, words):
+    with pytest.raises(runner.ConfigError, match=re.escape(words)):
+        validate(compose(override))
+
+
+def test_the_loader_chooses_its_workers_by_the_documented_rule():
+    # data.loader.num_workers: auto. Sizes in MiB; the CUDA device's free memory as mem_get_info would give it.
+    auto, cpu, cuda = LoaderSpec(), torch.device("cpu"), torch.device("cuda", 0)
+    mib = 2**20
+    assert serving(auto, cpu, 10_000 * mib, None, cores=64, ranks=1).num_workers == 0  # on the CPU the data stays where it is
+    assert serving(auto, cuda, 10_000 * mib, 80_000 * mib, cores=16, ranks=1, in_process=True).num_workers == 0  # token windows
+    assert serving(auto, cuda, 2_000 * mib, 8_000 * mib, cores=16, ranks=1).num_workers == 0  # a quarter of the free memory: on the device
+    big = serving(auto, cuda, 2_001 * mib, 8_000 * mib, cores=16, ranks=1)  # more than a quarter: from host memory
+    assert (big.num_workers, big.pin_memory, big.persistent_workers) == (4, True, True)
+    assert serving(auto, cuda, 3_000 * mib, 8_000 * mib, cores=8, ranks=4).num_workers == 1  # 2 cores a rank: one for training
+    assert serving(auto, cuda, 3_000 * mib, 8_000 * mib, cores=2, ranks=4).num_workers == 1
+    given = serving(LoaderSpec(num_workers=3, prefetch_factor=5), cuda, 1, 8_000 * mib, cores=16, ranks=1)
+    assert (given.num_workers, given.pin_memory, given.prefetch_factor) == (3, False, 5)  # a number is taken as given
 
 
 @pytest.mark.parametrize("world, workers", [(2, 0), (3, 1)])
