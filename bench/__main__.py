@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from bench import figures, threads, training_loop
+from bench import figures, streaming, threads, training_loop
 from bench.common import machine, print_table
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     wanted = {int(n) for n in args.only.split(",") if n}
     rows = training_loop.rows(repeats, smoke=args.smoke) if not wanted or 1 in wanted else []
-    for number, figure in enumerate([*figures.ALL, threads.default_threads], start=2):
+    for number, figure in enumerate([*figures.ALL, threads.default_threads, streaming.streaming_library], start=2):
         if not wanted or number in wanted:
             print(f"figure {number}: {figure.__doc__.splitlines()[0]}", flush=True)
             rows += figure(repeats, args.smoke)
