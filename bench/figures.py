@@ -440,9 +440,9 @@ def resnet18_images(repeats: int, smoke: bool) -> list[Row]:
     """17. images/s of ResNet-18 training (experiment=resnet18_cifar10, its default observability) over a hand-written loop."""
     from runner.data.transforms import batch_generator
 
-    steps, batch = (2, 8) if smoke else (20, 32)
+    steps, batch = (2, 8) if smoke else (20, 128)  # the preset's batch
     with tempfile.TemporaryDirectory() as tmp:
-        root = _cifar_files(Path(tmp) / "cifar10", 40 if smoke else 200)
+        root = _cifar_files(Path(tmp) / "cifar10", 40 if smoke else 1000)  # 5,000 training images: 20 steps stay in epoch 0
         overrides = ["experiment=resnet18_cifar10", f"data.root={root}", f"trainer.batch_size={batch}", f"trainer.max_steps={steps}",
                      "trainer.progress=off"]
         base = prepare(validate(runner.compose(overrides)))

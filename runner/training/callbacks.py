@@ -69,7 +69,11 @@ class Callback:
         """Before the first step (of this process: after a resume, state is already loaded)."""
 
     def on_step_start(self, loop: Loop, step: int, batches: Batches) -> Batches:
-        """Before optimizer step `step`; returns the (x, y) batches it will take (the ones given, unless replaced)."""
+        """Before optimizer step `step`; returns the (x, y) batches it will take (the ones given, unless replaced).
+
+        A batch is the whole global batch, which the step shards under DDP; with loader workers under DDP it is
+        this rank's part, a `runner.data.loader.Shard` that knows its global batch's rows: a replacement for
+        it must be a Shard too (`Shard(x, y, batch.rows)`), or the step would take a part of the part."""
         return batches
 
     def on_step_end(self, loop: Loop, step: int) -> None:
