@@ -317,7 +317,38 @@ def checkpoint_overhead(repeats: int, smoke: bool) -> list[Row]:
     return [*_setting_cost("11. steps/s, a checkpoint every 20 steps / none", {**none, "ckpt_every": 20}, none,
                            "written, hashed and fsynced on a background thread", repeats, smoke, long_enough),
             *_setting_cost("11. steps/s, a checkpoint every epoch (the default) / none", {**none, "ckpt_every_epochs": 1}, none,
-                           "one checkpoint an epoch, after its evaluation", repeats, smoke, long_enough)]
+                           "one checkpoint an epoch, after its evaluation", repeats, smoke, long_enough),
+            _io_interference(repeats, smoke)]
+
+
+def _io_interference(repeats: int, smoke: bool) -> Row:
+    """Figure 11's reference: a plain PyTorch loop (no I/O of its own) beside another process that writes checkpoint-like
+    directories as often as the digits run's epochs end, over the same loop alone."""
+    from bench.training_loop import hand_written
+
+    base = _prepared(["trainer.epochs=10", *(["trainer.max_steps=40"] if smoke else [])])
+    spec = base.spec
+
+    def plain() -> float:  # on the threads the digits run gets (Plan.threads: 1), as figure 11's rows
+        model = copy.deepcopy(base.model)
+        with torch_threads(base.plan.threads):
+            seconds, steps = hand_written(model, base.data, spec.trainer.epochs, spec.trainer.batch_size, dict(spec.optim.args)["lr"], spec.seed,
+                                          spec.trainer.max_steps)
+        return steps / seconds
+
+    def beside_writes() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = subprocess.Popen([sys.executable, "-m", "bench.io_load", str(Path(tmp) / "checkpoints")], cwd=REPO)
+            try:
+                time.sleep(0.5)  # started and writing
+                return plain()
+            finally:
+                writer.kill()
+                writer.wait()
+
+    loaded, alone = alternate(beside_writes, plain, repeats)
+    return Row("11. reference: plain loop beside a process writing a checkpoint every 15 ms / alone", "digits MLP (17k params, batch 64)",
+               loaded / alone, "(report)", "the machine's file-system cost to a process that does no I/O (python -m bench.io_load)")
 
 
 def ema_overhead(repeats: int, smoke: bool) -> list[Row]:
