@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from runner.data.loader import Shard, rank_part
 from runner.errors import ConfigError, Problem
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -61,8 +62,8 @@ class TokenStream:
         """Ids stay integers; validation windows move now, training windows as each batch is drawn."""
         return TokenStream(self.train, self.block_size, self.val_x.to(device), self.val_y.to(device), device)
 
-    def batches(self, batch_size: int, seed: int) -> "TokenWindows":
-        return TokenWindows(self.train, self.block_size, batch_size, seed, self.device)
+    def batches(self, batch_size: int, seed: int, *, rank: int = 0, world: int = 1) -> "TokenWindows":
+        return TokenWindows(self.train, self.block_size, batch_size, seed, self.device, rank, world)
 
 
 def windows(ids: np.ndarray, block_size: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,10 +77,12 @@ def windows(ids: np.ndarray, block_size: int, limit: int | None = None) -> tuple
 
 class TokenWindows:
     """Serves training batches of random windows: nanoGPT's get_batch, with each epoch's starts drawn
-    from (seed, epoch) so that no sampler state needs saving."""
+    from (seed, epoch) so that no sampler state needs saving. Under DDP (`world` > 1) each rank reads
+    only its part of every batch's windows, served as a `Shard` (runner.data.loader)."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1):
         self.ids, self.block_size, self.batch_size, self.seed, self.device = ids, block_size, batch_size, seed, device
+        self.rank, self.world = rank, world
         self.windows = (len(ids) - 1) // block_size
         self.steps_per_epoch = math.ceil(self.windows / batch_size)
 
@@ -94,9 +97,15 @@ class TokenWindows:
         span = self.block_size + 1
         for index in range(start, self.steps_per_epoch):
             chosen = starts[index * self.batch_size : (index + 1) * self.batch_size]
-            block = torch.from_numpy(np.stack([self.ids[i : i + span] for i in chosen]).astype(np.int64))
+            rows = len(chosen)
+            if self.world > 1:
+                first, stop = rank_part(rows, self.rank, self.world)
+                chosen = chosen[first:stop]
+            windows = [self.ids[i : i + span] for i in chosen]
+            block = torch.from_numpy(np.stack(windows).astype(np.int64) if windows else np.empty((0, span), dtype=np.int64))
             if self.device.type == "cuda":
                 block = block.pin_memory().to(self.device, non_blocking=True)
             else:
                 block = block.to(self.device)
-            yield block[:, :-1], block[:, 1:]
+            x, y = block[:, :-1], block[:, 1:]
+            yield Shard(x, y, rows) if self.world > 1 else (x, y)

@@ -73,7 +73,7 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
     else:
         data = prepared.data.to(prepared.device, prepared.dtype)
-        batches = data.batches(trainer.batch_size, spec.seed)
+        batches = data.batches(trainer.batch_size, spec.seed, rank=group.rank, world=group.world)
     total_steps = planned_steps(trainer, batches.steps_per_epoch)
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)

@@ -42,7 +42,10 @@ class Step:
                 scale = self.group.scale(len(x), rows)
             weight = weight * scale
         with self.precision.autocast():
-            loss = self.loss_fn(net(x), y)
+            out = net(x)
+            # A rank whose part is empty (a global batch of fewer rows than ranks) adds nothing: a zero loss with
+            # zero gradients, still through the model, so DDP's all-reduce sees every parameter (a mean over no rows is NaN).
+            loss = self.loss_fn(out, y) if len(x) else out.sum() * 0.0
         return loss * weight if weight != 1.0 else loss
 
     def __call__(self, batches: Batches, logged: bool, step: int) -> torch.Tensor:

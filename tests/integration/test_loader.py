@@ -138,3 +138,15 @@ def test_a_rank_s_loss_on_the_shard_its_workers_read_is_the_loss_on_its_slice_of
     read = step._loss(net, x[4:], y[4:], 7 / 10, 7)  # rank 1 of 2 takes rows 4..6 of 7
     expected = torch.nn.functional.cross_entropy(net(x[4:]), y[4:]) * (7 / 10 * (3 / 7 * 2))
     assert torch.equal(read, sliced) and torch.equal(read, expected)
+
+
+def test_a_rank_whose_part_of_a_batch_is_empty_adds_a_zero_loss_and_zero_gradients():
+    # A global batch of 1 row over 2 ranks leaves rank 1 nothing: its loss is 0 and its gradients 0, not NaN (a mean over no rows).
+    net = torch.nn.Linear(4, 3)
+    step = Step(net, net, torch.nn.functional.cross_entropy, torch.optim.SGD(net.parameters(), lr=0.1), None, list(net.parameters()), None,
+                Precision(None, torch.device("cpu"), None), None, None, Group(1, 2))
+    for x, y, rows in ((torch.randn(1, 4), torch.tensor([2]), None), (torch.randn(0, 4), torch.zeros(0, dtype=torch.long), 1)):
+        net.zero_grad()
+        loss = step._loss(net, x, y, 1.0, rows)
+        loss.backward()
+        assert loss.item() == 0.0 and all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters())

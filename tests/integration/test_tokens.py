@@ -10,6 +10,7 @@ import torch
 
 import runner
 from conftest import resumes_bit_identically
+from runner.data.loader import Shard
 from runner.data.sources import load_data
 
 
@@ -45,6 +46,20 @@ def test_windows_are_nanogpt_s_get_batch_drawn_per_epoch_from_the_seed(compose, 
         assert torch.equal(x, torch.stack([torch.from_numpy(train[s : s + 16].astype(np.int64)) for s in starts.tolist()]))
         assert torch.equal(y, torch.stack([torch.from_numpy(train[s + 1 : s + 17].astype(np.int64)) for s in starts.tolist()]))
     assert [torch.equal(a[0], b[0]) for a, b in zip(list(batches.epoch(0))[3:], batches.epoch(0, start=3))] == [True] * (len(drawn) - 3)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_under_ddp_each_rank_reads_only_its_part_of_every_batch_s_windows(compose, stream, world):
+    # 62 windows in batches of 8: the last batch holds 6. Each rank's part is its tensor_split slice of the whole batch.
+    root, _, _ = stream
+    data = load_data(compose(*tokens(root)).data)
+    whole = list(data.batches(8, seed=5).epoch(1, start=2))
+    parts = [list(data.batches(8, seed=5, rank=rank, world=world).epoch(1, start=2)) for rank in range(world)]
+    for index, (x, y) in enumerate(whole):
+        for rank in range(world):
+            shard = parts[rank][index]
+            assert isinstance(shard, Shard) and shard.rows == len(x)
+            assert torch.equal(shard[0], x.tensor_split(world)[rank]) and torch.equal(shard[1], y.tensor_split(world)[rank])
 
 
 def test_uint32_ids_are_read_as_uint32(compose, tmp_path):
