@@ -332,7 +332,7 @@ def _io_interference(repeats: int, smoke: bool) -> Row:
     def plain() -> float:  # on the threads the digits run gets (Plan.threads: 1), as figure 11's rows
         model = copy.deepcopy(base.model)
         with torch_threads(base.plan.threads):
-            seconds, steps = hand_written(model, base.data, spec.trainer.epochs, spec.trainer.batch_size, dict(spec.optim.args)["lr"], spec.seed,
+            seconds, steps = hand_written(model, base.data.to(base.device, base.dtype), spec.trainer.epochs, spec.trainer.batch_size, dict(spec.optim.args)["lr"], spec.seed,
                                           spec.trainer.max_steps)
         return steps / seconds
 

@@ -48,7 +48,7 @@ def serving(loader: Any, device: torch.device, data_bytes: int, free_bytes: int 
     """Resolves data.loader for a run: a number of workers as given; `auto` by the rule in docs/config.md.
 
     `data_bytes`: the training and validation tensors at the run's dtype; `free_bytes`: the CUDA device's
-    free memory (None elsewhere); `cores`: this machine's, shared by `ranks` processes; `in_process`: the
+    free memory (None elsewhere); `cores`: those this process may use, shared by the `ranks` on this machine; `in_process`: the
     source serves its batches itself (data=tokens' memory-mapped windows)."""
     if loader.num_workers != "auto":
         return Serving(loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor)
@@ -85,6 +85,9 @@ class Shard(tuple):
         shard = super().__new__(cls, (x, y))
         shard.rows = rows
         return shard
+
+    def __getnewargs__(self) -> tuple:  # copy, deepcopy and pickle rebuild it with its rows
+        return (*self, self.rows)
 
 
 def batch_rows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:

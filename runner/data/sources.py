@@ -56,6 +56,8 @@ class Dataset:
         the run serves them, runner.data.loader.serving; num_workers > 0) a DataLoader's workers serving the
         same batches, moved to `device`, each rank's workers reading only its part of each batch (the
         in-memory path serves whole batches, which the step slices: every rank holds the data already)."""
+        if loader is not None and loader.num_workers == "auto":
+            raise ValueError("data.loader.num_workers is auto: resolve it first (runner.data.loader.serving)")
         if loader is None or loader.num_workers == 0:
             return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
         return LoaderBatches(self.train_x, self.train_y, batch_size, seed, self.transform, device or self.train_x.device,

@@ -61,6 +61,14 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def launched_group(strategy: str) -> Group:
+    """This process's place in the run as torchrun launched it (RANK, WORLD_SIZE), before it joins the group:
+    what `setup` will return, known before anything that may fail on one rank alone."""
+    if strategy != "ddp":
+        return Group()
+    return Group(current_rank(), int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def setup(strategy: str, device: torch.device) -> Group:
     """Joins the process group for `ddp` (gloo on the CPU, nccl on CUDA); a single process otherwise."""
     if strategy != "ddp":

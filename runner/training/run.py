@@ -15,8 +15,8 @@ import torch
 
 from runner.data.loader import Serving, serving
 from runner.data.tokens import TokenStream
-from runner.errors import Interrupted
-from runner.model.distributed import setup, teardown
+from runner.errors import Interrupted, RunError
+from runner.model.distributed import Group, launched_group, setup, teardown
 from runner.model.tensors import verify_ties
 from runner.prepare.optim import make_optimizer, make_scheduler
 from runner.prepare.prepare import Prepared
@@ -65,15 +65,15 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     spec, model, trainer = prepared.spec, prepared.model, prepared.spec.trainer
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-    group = setup(trainer.strategy, prepared.device)
-    serve = _serving(prepared, group.world)
+    launched = launched_group(trainer.strategy)  # the group is joined below, after everything that may fail on one rank alone
+    serve = _serving(prepared, launched)
     if serve.num_workers:  # the workers gather from CPU tensors; only the batches and the validation split go to the device
         host = prepared.data.to(torch.device("cpu"), prepared.dtype)
-        batches = host.batches(trainer.batch_size, spec.seed, serve, prepared.device, group.rank, group.world)
+        batches = host.batches(trainer.batch_size, spec.seed, serve, prepared.device, launched.rank, launched.world)
         data = replace(host, val_x=host.val_x.to(prepared.device), val_y=host.val_y.to(prepared.device))
     else:
         data = prepared.data.to(prepared.device, prepared.dtype)
-        batches = data.batches(trainer.batch_size, spec.seed, rank=group.rank, world=group.world)
+        batches = data.batches(trainer.batch_size, spec.seed, rank=launched.rank, world=launched.world)
     total_steps = planned_steps(trainer, batches.steps_per_epoch)
     optimizer = make_optimizer(model, spec.optim, prepared.plan.groups)
     scheduler = make_scheduler(optimizer, spec.optim.scheduler, total_steps)
@@ -84,6 +84,10 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
         verify_ties(model, prepared.ties)
     else:
         torch.manual_seed(spec.seed)  # dropout and other stochastic layers draw from here
+    group = setup(trainer.strategy, prepared.device)
+    if group != launched:
+        raise RunError(f"torch.distributed placed this process at rank {group.rank} of {group.world}; torchrun's RANK and WORLD_SIZE "
+                       f"said {launched.rank} of {launched.world}")
     main = group.is_main  # only rank 0 writes logs, plots and checkpoints
     if main:
         write_json(RunDir(run_dir).environment, environment(prepared.device, run_dir))
@@ -118,13 +122,15 @@ def _train(prepared: Prepared, run_dir: Path, resume_from: Path | None, tracker:
     return summarize(prepared, loop.outcome, loop.callbacks, loop.precision, final)
 
 
-def _serving(prepared: Prepared, ranks: int) -> Serving:
-    """data.loader as this run serves its batches (`num_workers: auto` resolved here, and said in the log)."""
+def _serving(prepared: Prepared, group: Group) -> Serving:
+    """data.loader as this run serves its batches (`num_workers: auto` resolved here, and said in the log): the
+    cores this process may use (its CPU affinity), shared by the ranks on this machine (torchrun's LOCAL_WORLD_SIZE)."""
     device, data = prepared.device, prepared.data
     in_process = isinstance(data, TokenStream)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    serve = serving(prepared.spec.data.loader, device, 0 if in_process else data.nbytes(prepared.dtype), free, os.cpu_count() or 1, ranks,
-                    in_process)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", group.world)) if group.active else 1
+    serve = serving(prepared.spec.data.loader, device, 0 if in_process else data.nbytes(prepared.dtype), free, cores, local, in_process)
     if prepared.spec.data.loader.num_workers == "auto":  # said where it chose workers; the in-memory path is the usual one
         log.log(logging.INFO if serve.num_workers else logging.DEBUG, "data.loader.num_workers=auto: %d worker processes (%s)",
                 serve.num_workers, serve.reason.removeprefix("auto: "))

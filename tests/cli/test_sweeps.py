@@ -142,8 +142,9 @@ def test_ddp_with_accumulation_equals_one_process_on_the_big_batch(tmp_path):
 
 def test_ddp_whose_workers_read_each_rank_s_part_equals_one_process(tmp_path):
     # Each rank's loader worker reads its part of each batch, and the step weighs the shards by their global batch's
-    # rows: 1438 training rows in batches of 48 end each epoch on a step of 48 + 46 rows (2 accumulated).
-    _single_and_ddp(tmp_path, "data.loader.num_workers=1", "trainer.batch_size=48", "trainer.accumulate_grad_batches=2")
+    # rows: 1438 training rows in batches of 47 split 24/23 between the ranks, and each epoch ends on a batch of 28
+    # alone (2 accumulated); plain SGD, whose step shows any error in the gradient's scale.
+    _single_and_ddp(tmp_path, "data.loader.num_workers=1", "trainer.batch_size=47", "trainer.accumulate_grad_batches=2", "optim=sgd")
 
 
 @pytest.mark.xdist_group("sequential_sweep")  # the module fixture is built on one worker

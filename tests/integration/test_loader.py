@@ -4,6 +4,8 @@ same weights, and one resumed in the middle of an epoch with workers is bit-iden
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 
 import numpy as np
@@ -126,6 +128,12 @@ def test_under_ddp_each_rank_s_workers_read_and_augment_only_its_part_of_each_ba
                 assert torch.equal(shard[0], x.tensor_split(world)[rank]) and torch.equal(shard[1], y.tensor_split(world)[rank])
         read = torch.cat([shard[1] for batches in served for shard in batches])
         assert len(read) == sum(len(y) for _, y in whole)  # no row read twice, none left out
+
+
+def test_a_shard_keeps_its_global_rows_through_copy_and_pickle():
+    shard = Shard(torch.arange(6.0).reshape(3, 2), torch.arange(3), rows=7)
+    for twin in (copy.copy(shard), copy.deepcopy(shard), pickle.loads(pickle.dumps(shard))):
+        assert isinstance(twin, Shard) and twin.rows == 7 and torch.equal(twin[0], shard[0]) and torch.equal(twin[1], shard[1])
 
 
 def test_a_rank_s_loss_on_the_shard_its_workers_read_is_the_loss_on_its_slice_of_the_whole_batch():
