@@ -82,6 +82,7 @@ class Invocation:
         except SystemExit as leaving:
             if leaving.code == 1 and not self.ours:  # Hydra rejected the command line before any work
                 held = release_stderr(show=False)
+                _remove_refused_sweep()
                 self.report(lambda: _compose_error(config_path, overrides))
                 sys.stderr.write(held)  # not a composition error runner can name: Hydra's own report
                 sys.exit(2)
@@ -113,20 +114,28 @@ def main(argv: list[str] | None = None) -> None:
         invocation.run_hydra(str(config_dir), overrides)
 
 
+# At most this many compositions to find which value of a sweep Hydra refused (each takes ~0.1 s).
+MOST_COMPOSITIONS = 64
+
+
 def _compose_error(config_dir: str, argv: list[str]) -> None:
-    """Composes the command line as runner.compose does, raising its ConfigError (a sweep's lists are taken at
-    their first value). Returns when that composes, or fails otherwise: not a refusal runner can name."""
-    from runner.config.compose import CommandLine, compose, first_value, parse_command_line
+    """Composes the command line as runner.compose does, raising its ConfigError: a sweep's lists at their first
+    values, then each other value of each list in turn (the others at their first). Returns when all of those
+    compose, or fail otherwise: not a refusal runner can name."""
+    from runner.config.compose import CommandLine, compose, parse_command_line, sweep_values
 
     read = parse_command_line(argv, "runner", other_options=True)
-    overrides = [first for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (first := first_value(o)) is not None]
-    command = CommandLine(overrides, search=read.search)
-    try:
-        compose(command.all_overrides, config_dir=read.config_dir or Path(config_dir), config_name=read.config_name)
-    except ConfigError:
-        raise
-    except Exception:  # noqa: BLE001 - Hydra's own report is shown instead
-        return
+    lists = [values for o in read.overrides if "=" in o and not o.lstrip("+~").startswith("hydra") and (values := sweep_values(o))]
+    first = [values[0] for values in lists]
+    trials = [first, *([*first[:i], value, *first[i + 1 :]] for i, values in enumerate(lists) for value in values[1:])]
+    for overrides in trials[:MOST_COMPOSITIONS]:
+        command = CommandLine(overrides, search=read.search)
+        try:
+            compose(command.all_overrides, config_dir=read.config_dir or Path(config_dir), config_name=read.config_name)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - Hydra's own report is shown instead
+            return
 
 
 def _resume_target(argv: list[str]) -> str | None:
@@ -183,13 +192,23 @@ def _sweep_job(cfg: DictConfig, run_dir: Path) -> float:
     return float("inf")  # a sweeper that minimizes the return value ranks it last
 
 
-def _remove_if_unused(run_dir: Path, log_name: str) -> None:
-    """Removes a run directory holding only what Hydra wrote before the task (.hydra/ and the job's log), and the
-    parents left empty by that, up to the working directory: a run refused before it started leaves no litter."""
+def _remove_refused_sweep() -> None:
+    """A sweep whose jobs Hydra refused to compose (it checks them all before the first runs) leaves no directory
+    holding only its multirun.yaml and progress state."""
+    from runner.sweep.progress import STATE, created
+
+    for sweep_dir in created:
+        _remove_if_unused(sweep_dir, "multirun.yaml", STATE)
+
+
+def _remove_if_unused(run_dir: Path, *names: str) -> None:
+    """Removes a run directory holding only what Hydra wrote before the task (.hydra/ and the job's log, or a sweep's
+    `names`), and the parents left empty by that, up to the working directory: a run refused before it started leaves
+    no litter."""
     import shutil
 
     here = Path.cwd().resolve()
-    if run_dir.resolve() == here or not run_dir.is_dir() or any(path.name not in (".hydra", log_name) for path in run_dir.iterdir()):
+    if run_dir.resolve() == here or not run_dir.is_dir() or any(path.name not in (".hydra", *names) for path in run_dir.iterdir()):
         return  # hydra.run.dir=. is the user's own directory, emptied or not
     shutil.rmtree(run_dir)
     parent = run_dir.resolve().parent

@@ -168,18 +168,25 @@ def yaml_problem(error: BaseException) -> Any:
     return Problem(f"{mark.name}:{mark.line + 1}:{mark.column + 1}", f"YAML syntax: {found.problem}" + (f" ({found.context})" if found.context else ""))
 
 
-def first_value(override: str) -> str | None:
-    """A sweep override at its first value (`seed=0,1` -> `seed=0`, `x=[a],[b]` -> `x=[a]`), read by Hydra's own
-    parser; the override itself when it sweeps nothing; None for what cannot be read alone (`glob(*)`)."""
+def sweep_values(override: str) -> list[str] | None:
+    """A sweep override as one override a value (`seed=0,1` -> [`seed=0`, `seed=1`], `x=[a],[b]` -> [`x=[a]`, `x=[b]`]),
+    read by Hydra's own parser; [the override] when it sweeps nothing; None for what cannot be read alone (`glob(*)`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_override(override)
         if not parsed.is_sweep_override():
-            return override
-        return f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}"
+            return [override]
+        return [f"{parsed.get_key_element()}={value}" for value in parsed.sweep_string_iterator()]
     except Exception:  # noqa: BLE001 - a glob needs the config loader; a bad override: Hydra reported it
         return None
+
+
+def first_value(override: str) -> str | None:
+    """A sweep override at its first value (`seed=0,1` -> `seed=0`); the override itself when it sweeps nothing;
+    None for what cannot be read alone (`glob(*)`)."""
+    values = sweep_values(override)
+    return values[0] if values else None
 
 
 def into_null_section(overrides: List[str]) -> list:

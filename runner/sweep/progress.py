@@ -21,6 +21,9 @@ from runner.run.directory import RunDir, write_json
 from runner.sweep.report import Callback
 
 STATE = ".progress.json"  # in the sweep directory: the job count and when this run of the sweep started
+# The sweep directories this process's sweeps created at their start (Hydra instantiates the callback; this is how
+# runner.cli learns them): a sweep whose jobs Hydra refuses to compose is removed again.
+created: list[Path] = []
 
 
 def sweep_size(config: Any) -> int | None:
@@ -86,6 +89,8 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
             total = sweep_size(config)
         except Exception:  # noqa: BLE001 - a sweeper this does not know: progress without a total
             total = None
+        if not sweep_dir.exists():
+            created.append(sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         fixed = [o for o in config.hydra.overrides.task if first_value(o) == o]  # no sweep: on every job, not worth repeating
         write_json(sweep_dir / STATE, {"total": total, "started": time.time(), "fixed": fixed})

@@ -97,11 +97,13 @@ def test_a_run_refused_before_it_starts_leaves_no_run_directory(tmp_path):
     ("model=cnnn", "model: no option 'cnnn' in model; did you mean 'cnn'?"),
 ])
 def test_hydras_refusals_are_reported_as_config_errors_with_did_you_mean(tmp_path, override, message):
-    # Before: Hydra's own report, advising `+trainer.epoch=3` (which only adds the typo), over 7 lines.
-    for args in ([override], ["-m", override.replace("=", "=1,") if "epoch" in override else override, f"hydra.sweep.dir={tmp_path / 'sweep'}"]):
+    # Before: Hydra's own report, advising `+trainer.epoch=3` (which only adds the typo), over 7 lines. In a sweep the
+    # bad value may come second (`model=mlp,cnnn`): Hydra checks every job before the first runs, and so does runner.
+    swept = {"trainer.epoch=3": "trainer.epoch=1,3", "model=cnnn": "model=mlp,cnnn"}.get(override, override)
+    for args in ([override], ["-m", swept, f"hydra.sweep.dir={tmp_path / 'sweep'}"]):
         done = run_cli(*args, cwd=tmp_path)
         assert done.returncode == 2 and done.stderr == f"runner: config error:\n  {message}\n", done.stderr
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep" / "0").exists()  # no run, no job
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep").exists()  # no run, no sweep directory
 
 
 def _broken_user_config(tmp_path):
