@@ -184,10 +184,9 @@ class Loop:
             callback.on_train_start(self)
         bar, seen = progress_bar(schedule.progress, schedule.total_steps, position.step), 0
         step, epoch, start = position.step, position.epoch, position.batch
-        while step < schedule.total_steps:
-            if step == position.step and self.interrupts.received is not None:  # a signal while the run was prepared
-                outcome.interrupted = self.interrupts.received
-                break  # the final checkpoint below is saved at this position, without an evaluation
+        if step < schedule.total_steps and self.interrupts.received is not None:  # a signal while the run was prepared:
+            outcome.interrupted = self.interrupts.received  # the final checkpoint below is saved at this position, without an evaluation
+        while step < schedule.total_steps and outcome.interrupted is None:
             began = time.perf_counter()
             batch = start  # batches of this epoch done, counting those before a resume
             for group in self._groups(epoch, start):
@@ -207,15 +206,15 @@ class Loop:
                         _show_rate(bar, seen)
                 if step >= schedule.total_steps:
                     break
-                if self.interrupts.received is not None:  # after the step, before the next batch is fetched; saved below
-                    outcome.interrupted = self.interrupts.received
+                if self.interrupts.received is not None:  # after the step, before the next batch is fetched; decided below
                     break
                 if schedule.ckpt_every and step % schedule.ckpt_every == 0 and batch < self.batches.steps_per_epoch:
                     self.save(Position(step, epoch, batch))
             outcome.train_seconds += time.perf_counter() - began
             if bar is not None:
                 _show_rate(bar, seen)
-            if outcome.interrupted is not None and batch < self.batches.steps_per_epoch:
+            if self.interrupts.received is not None and batch < self.batches.steps_per_epoch and step < schedule.total_steps:
+                outcome.interrupted = self.interrupts.received
                 start = batch  # in the middle of an epoch: no evaluation, the checkpoint below resumes at this batch
                 break
             self.end_epoch(step, epoch)

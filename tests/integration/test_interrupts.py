@@ -72,16 +72,19 @@ def test_a_signal_at_the_last_step_lets_the_run_finish_and_then_stops_the_comman
     assert summary["steps"] == 40 and _steps(tmp_path) == [23, 40] and (tmp_path / "loss.png").is_file()  # finished, plots and all
 
 
-def test_a_signal_at_the_evaluation_that_stops_early_ends_the_run_as_it_would_have(compose, tmp_path):
-    class SignalAtEval(runner.Callback):  # runs after the built-in monitor: the signal comes as early stopping decides
-        def on_eval(self, loop, record):
-            if record["step"] == 46:
-                signal.raise_signal(signal.SIGINT)
+class SignalAtEval(runner.Callback):  # runs after the built-in monitor: the signal comes as early stopping decides
+    def on_eval(self, loop, record):
+        if record["step"] == 46:
+            signal.raise_signal(signal.SIGINT)
 
+
+@pytest.mark.parametrize("signalled", [SignalAtEval, lambda: SignalAt(46)], ids=["at-its-evaluation", "at-the-epoch-s-last-step"])
+def test_a_signal_at_the_epoch_that_stops_early_ends_the_run_as_it_would_have(compose, tmp_path, signalled):
+    # Whether the signal comes during the epoch's last step or its evaluation, early stopping ends the run there anyway.
     stopping = ["trainer.max_steps=200", "trainer.early_stopping={metric: val_loss, patience: 1, min_delta: 100.0}"]
     plain = runner.train(compose(*stopping), tmp_path / "plain")
     with pytest.raises(Interrupted, match="the run had finished its last step"):
-        runner.train(compose(*stopping), tmp_path / "signalled", callbacks=[SignalAtEval()])
+        runner.train(compose(*stopping), tmp_path / "signalled", callbacks=[signalled()])
     summary = json.loads((tmp_path / "signalled" / "summary.json").read_text())
     assert plain["steps"] == summary["steps"] == 46 and summary["weights_sha256"] == plain["weights_sha256"]
 
