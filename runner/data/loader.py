@@ -90,11 +90,6 @@ class Shard(tuple):
         return (*self, self.rows)
 
 
-def batch_rows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-    """The rows of the global batch that `batch` (x, y) is, or is a rank's `Shard` of."""
-    return batch.rows if isinstance(batch, Shard) else len(batch[0])
-
-
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     """Epoch `epoch`'s permutation of `count` sample indices, from (seed, epoch) alone (on the CPU)."""
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
@@ -105,10 +100,13 @@ class Batches:
 
     The order of epoch e comes from its own seed (seed, e), so a run resumed mid-epoch sees
     exactly the batches an uninterrupted run would have seen, with no generator state to save.
+    Under DDP (`world` > 1) each batch is this rank's `Shard` of it, the only rows it transforms.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None = None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, transform: Pipeline | None = None,
+                 rank: int = 0, world: int = 1):
         self.x, self.y, self.batch_size, self.seed, self.transform = x, y, batch_size, seed, transform
+        self.rank, self.world = rank, world
         self.steps_per_epoch = math.ceil(len(x) / batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -121,10 +119,12 @@ class Batches:
         xs, ys = self.x.index_select(0, order), self.y.index_select(0, order)
         size = self.batch_size
         for index in range(start, self.steps_per_epoch):
-            x = xs[index * size : (index + 1) * size]
+            rows = min(size, len(xs) - index * size)
+            first, stop = rank_part(rows, self.rank, self.world)
+            x, y = xs[index * size + first : index * size + stop], ys[index * size + first : index * size + stop]
             if self.transform is not None:
-                x = self.transform(x, batch_generator(self.seed, epoch, index))
-            yield x, ys[index * size : (index + 1) * size]
+                x = self.transform(x, batch_generator(self.seed, epoch, index), (first, rows) if self.world > 1 else None)
+            yield Shard(x, y, rows) if self.world > 1 else (x, y)
 
 
 class _BatchSource(torch.utils.data.Dataset):

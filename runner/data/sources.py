@@ -7,13 +7,13 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from runner.config.schema import DataConfig
-from runner.data.loader import Batches, LoaderBatches
+from runner.data.loader import Batches, LoaderBatches, Serving
 from runner.data.tokens import TokenStream, read_ids, windows
 from runner.data.transforms import Pipeline, make_pipeline
 from runner.errors import ConfigError, Problem
@@ -50,18 +50,15 @@ class Dataset:
             return None
         return {"train": self.transform.settings() if self.transform else [], "eval": self.eval_transform.settings() if self.eval_transform else []}
 
-    def batches(self, batch_size: int, seed: int, loader: Any = None, device: torch.device | None = None,
+    def batches(self, batch_size: int, seed: int, serve: Serving | None = None, device: torch.device | None = None,
                 rank: int = 0, world: int = 1) -> "Batches | LoaderBatches":
-        """The training batches' server: slices of these tensors, or with `loader` (data.loader's settings as
-        the run serves them, runner.data.loader.serving; num_workers > 0) a DataLoader's workers serving the
-        same batches, moved to `device`, each rank's workers reading only its part of each batch (the
-        in-memory path serves whole batches, which the step slices: every rank holds the data already)."""
-        if loader is not None and loader.num_workers == "auto":
-            raise ValueError("data.loader.num_workers is auto: resolve it first (runner.data.loader.serving)")
-        if loader is None or loader.num_workers == 0:
-            return Batches(self.train_x, self.train_y, batch_size, seed, self.transform)
+        """The training batches' server: slices of these tensors, or with `serve` (data.loader as the run serves it,
+        runner.data.loader.serving) workers a DataLoader's workers serving the same batches, moved to `device`.
+        Under DDP each rank reads only its part of each batch."""
+        if serve is None or serve.num_workers == 0:
+            return Batches(self.train_x, self.train_y, batch_size, seed, self.transform, rank, world)
         return LoaderBatches(self.train_x, self.train_y, batch_size, seed, self.transform, device or self.train_x.device,
-                             loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor, rank, world)
+                             serve.num_workers, serve.pin_memory, serve.persistent_workers, serve.prefetch_factor, rank, world)
 
 
 def load_data(cfg: DataConfig) -> Dataset | TokenStream:

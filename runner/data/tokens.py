@@ -98,9 +98,8 @@ class TokenWindows:
         for index in range(start, self.steps_per_epoch):
             chosen = starts[index * self.batch_size : (index + 1) * self.batch_size]
             rows = len(chosen)
-            if self.world > 1:
-                first, stop = rank_part(rows, self.rank, self.world)
-                chosen = chosen[first:stop]
+            first, stop = rank_part(rows, self.rank, self.world)
+            chosen = chosen[first:stop]
             windows = [self.ids[i : i + span] for i in chosen]
             block = torch.from_numpy(np.stack(windows).astype(np.int64) if windows else np.empty((0, span), dtype=np.int64))
             if self.device.type == "cuda":

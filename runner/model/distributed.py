@@ -1,9 +1,9 @@
 """One run on several processes with torch DistributedDataParallel, as launched by torchrun.
 
-Each step every rank takes its contiguous shard of the same global batch (sliced from the whole batch on
-the in-memory path; with loader workers the rank's workers read only its shard, runner.data.loader); its mean loss is
-scaled by (shard rows / global rows) * world size, so DDP's gradient average is exactly the
-gradient of the global batch's mean loss (uneven last batches included). Rank 0 alone writes.
+Each step every rank takes its contiguous shard of the same global batch (the batch servers read each rank
+only its part: runner.data.loader.rank_part); its mean loss is scaled by (shard rows / global rows) *
+world size, so DDP's gradient average is exactly the gradient of the global batch's mean loss (uneven
+last batches included). Rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-
-from runner.data.loader import rank_part
 
 
 @dataclass(frozen=True)
@@ -40,12 +38,6 @@ class Group:
         the ranks' gradients into exactly the gradient of the global batch's mean loss."""
         return part / rows * self.world
 
-    def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Returns this rank's rows of the global batch and the factor its mean loss is scaled by."""
-        if not self.active:
-            return x, y, 1.0
-        start, stop = rank_part(len(x), self.rank, self.world)
-        return x[start:stop], y[start:stop], self.scale(stop - start, len(x))
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Returns the mean of `values` over ranks (a collective: every rank must call it)."""

@@ -71,9 +71,9 @@ class Callback:
     def on_step_start(self, loop: Loop, step: int, batches: Batches) -> Batches:
         """Before optimizer step `step`; returns the (x, y) batches it will take (the ones given, unless replaced).
 
-        A batch is the whole global batch, which the step shards under DDP; with loader workers under DDP it is
-        this rank's part, a `runner.data.loader.Shard` that knows its global batch's rows: a replacement for
-        it must be a Shard too (`Shard(x, y, batch.rows)`), or the step would take a part of the part."""
+        Under DDP each batch is this rank's part of the global batch, a `runner.data.loader.Shard` that knows
+        the global batch's rows (what its loss is scaled by); a replacement keeps that with `Shard(x, y, batch.rows)`,
+        while a plain (x, y) weighs as one of `world` equal parts, as a rank's batch does in plain DDP."""
         return batches
 
     def on_step_end(self, loop: Loop, step: int) -> None:

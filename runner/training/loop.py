@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from runner.data.loader import Batches, batch_rows
+from runner.data.loader import Batches
 from runner.data.sources import Dataset
 from runner.errors import RunError
 from runner.model.activations import ActivationStats
@@ -201,7 +201,7 @@ class Loop:
                 for callback in self.callbacks:
                     callback.on_step_end(self, step)
                 if bar is not None:
-                    seen += sum(batch_rows(batch) for batch in group)  # the global batches' rows, under DDP too
+                    seen += sum(self.step.sizes(group))  # the global batches' rows, under DDP too
                     if bar.update(1):  # tqdm redrew the bar: the rate shows at its next redraw
                         _show_rate(bar, seen)
                 if step >= schedule.total_steps:

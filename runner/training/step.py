@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from runner.data.loader import Shard, batch_rows
+from runner.data.loader import Shard
 from runner.model.activations import ActivationStats
 from runner.model.distributed import Group
 from runner.training.callbacks import Batches
@@ -32,15 +32,16 @@ class Step:
         self.stats, self.acts = stats, acts
         self.params = params  # the trainable tensors, in the model's order (clipping's norm sums in this order)
 
-    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, rows: int | None) -> torch.Tensor:
-        """Returns the batch's mean loss times `weight` (its share of the optimizer step's rows), for this rank's shard:
-        sliced here from the whole batch, or (`rows`, the global batch's) the shard the loader's workers read."""
+    def sizes(self, batches: Batches) -> list[int]:
+        """The rows of the global batch each of `batches` is part of: a `Shard`'s own count; under DDP a plain (x, y)
+        (a callback's replacement) counts as one of `world` equal parts, so it weighs as a rank's batch in plain DDP."""
+        return [batch.rows if isinstance(batch, Shard) else len(batch[0]) * self.group.world for batch in batches]
+
+    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float, rows: int) -> torch.Tensor:
+        """Returns the batch's mean loss times `weight` (its share of the optimizer step's rows); under DDP also scaled
+        by this rank's part of its global batch of `rows` rows, so that DDP's average is the global batch's gradient."""
         if self.group.active:
-            if rows is None:
-                x, y, scale = self.group.shard(x, y)
-            else:
-                scale = self.group.scale(len(x), rows)
-            weight = weight * scale
+            weight = weight * self.group.scale(len(x), rows)
         with self.precision.autocast():
             out = net(x)
             # A rank whose part is empty (a global batch of fewer rows than ranks) adds nothing: a zero loss with
@@ -57,14 +58,13 @@ class Step:
         if hooked:
             self.acts.attach()  # only for this step's forward passes: other steps run without hooks
         try:
-            rows, loss = sum(batch_rows(batch) for batch in batches), None
-            for index, batch in enumerate(batches):  # one batch, unless accumulating
-                (x, y), size = batch, batch_rows(batch)
+            sizes = self.sizes(batches)
+            rows, loss = sum(sizes), None
+            for index, ((x, y), size) in enumerate(zip(batches, sizes)):  # one batch, unless accumulating
                 # Under DDP the gradients are all-reduced once, on the group's last backward pass.
                 skip_sync = self.group.active and index < len(batches) - 1
                 with self.net.no_sync() if skip_sync else contextlib.nullcontext():
-                    # (a lone batch's weight is exactly 1: no multiply)
-                    part = self._loss(net, x, y, size / rows, size if isinstance(batch, Shard) else None)
+                    part = self._loss(net, x, y, size / rows, size)  # (a lone batch's weight is exactly 1: no multiply)
                     self.precision.backward(part)
                 loss = part.detach() if loss is None else loss + part.detach()
         finally:

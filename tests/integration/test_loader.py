@@ -14,7 +14,7 @@ import torch
 
 import runner
 from conftest import resumes_bit_identically, run_cli
-from runner.data.loader import LoaderBatches, Shard, serving
+from runner.data.loader import Batches, LoaderBatches, Shard, serving
 from runner.data.sources import load_data
 from runner.data.transforms import batch_generator, make_pipeline
 from runner.model.distributed import Group
@@ -121,6 +121,9 @@ def test_under_ddp_each_rank_s_workers_read_and_augment_only_its_part_of_each_ba
     for epoch, start in ((0, 0), (1, 2)):
         whole = list(data.batches(8, 3).epoch(epoch, start))
         served = [list(batches.epoch(epoch, start)) for batches in ranks]
+        in_memory = [list(data.batches(8, 3, rank=rank, world=world).epoch(epoch, start)) for rank in range(world)]
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a.rows == b.rows
+                   for mine, theirs in zip(served, in_memory) for a, b in zip(mine, theirs, strict=True))  # both paths: the same shards
         for index, (x, y) in enumerate(whole):
             for rank in range(world):
                 shard = served[rank][index]
@@ -136,16 +139,17 @@ def test_a_shard_keeps_its_global_rows_through_copy_and_pickle():
         assert isinstance(twin, Shard) and twin.rows == 7 and torch.equal(twin[0], shard[0]) and torch.equal(twin[1], shard[1])
 
 
-def test_a_rank_s_loss_on_the_shard_its_workers_read_is_the_loss_on_its_slice_of_the_whole_batch():
-    # Step weighs a Shard by its global batch's rows: the same scaled loss (bit for bit) as slicing the whole batch.
+def test_a_rank_s_loss_on_its_shard_is_scaled_by_its_part_of_the_global_batch():
+    # Step weighs a Shard by its global batch's rows (bit for bit the arithmetic below); a callback's plain (x, y) under
+    # DDP weighs as one of `world` equal parts, as in plain DDP.
     torch.manual_seed(0)
     net, x, y = torch.nn.Linear(4, 3), torch.randn(7, 4), torch.randint(0, 3, (7,))
     step = Step(net, net, torch.nn.functional.cross_entropy, torch.optim.SGD(net.parameters(), lr=0.1), None, list(net.parameters()), None,
                 Precision(None, torch.device("cpu"), None), None, None, Group(1, 2))
-    sliced = step._loss(net, x, y, 7 / 10, None)
     read = step._loss(net, x[4:], y[4:], 7 / 10, 7)  # rank 1 of 2 takes rows 4..6 of 7
     expected = torch.nn.functional.cross_entropy(net(x[4:]), y[4:]) * (7 / 10 * (3 / 7 * 2))
-    assert torch.equal(read, sliced) and torch.equal(read, expected)
+    assert torch.equal(read, expected)
+    assert step.sizes([Shard(x[4:], y[4:], 7), (x[4:], y[4:])]) == [7, 6]
 
 
 def test_a_rank_whose_part_of_a_batch_is_empty_adds_a_zero_loss_and_zero_gradients():
@@ -153,7 +157,9 @@ def test_a_rank_whose_part_of_a_batch_is_empty_adds_a_zero_loss_and_zero_gradien
     net = torch.nn.Linear(4, 3)
     step = Step(net, net, torch.nn.functional.cross_entropy, torch.optim.SGD(net.parameters(), lr=0.1), None, list(net.parameters()), None,
                 Precision(None, torch.device("cpu"), None), None, None, Group(1, 2))
-    for x, y, rows in ((torch.randn(1, 4), torch.tensor([2]), None), (torch.randn(0, 4), torch.zeros(0, dtype=torch.long), 1)):
+    (served,) = Batches(torch.randn(1, 4), torch.tensor([2]), 1, seed=0, rank=1, world=2).epoch(0)
+    for x, y, rows in ((served[0], served[1], served.rows), (torch.randn(0, 4), torch.zeros(0, dtype=torch.long), 3)):
+        assert len(x) == 0
         net.zero_grad()
         loss = step._loss(net, x, y, 1.0, rows)
         loss.backward()
