@@ -197,8 +197,8 @@ def _remove_refused_sweep() -> None:
     holding only its multirun.yaml and progress state."""
     from runner.sweep.progress import STATE, created
 
-    for sweep_dir in created:
-        _remove_if_unused(sweep_dir, "multirun.yaml", STATE)
+    while created:
+        _remove_if_unused(created.pop(), "multirun.yaml", STATE)
 
 
 def _remove_if_unused(run_dir: Path, *names: str) -> None:

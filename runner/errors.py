@@ -99,7 +99,7 @@ def hold_stderr() -> None:
 
 def release_stderr(show: bool = True) -> str:
     """Gives stderr back (a no-op when it is not held) and returns what was held, writing it out when `show`.
-    Called when a run's task starts, when a sweep's first job ends (joblib runs the tasks elsewhere), and on exit."""
+    Called when a run's task starts and on exit."""
     held = sys.stderr
     if not isinstance(held, HeldStream):
         return ""

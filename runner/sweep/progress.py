@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from runner.config.compose import first_value
-from runner.errors import release_stderr
 from runner.run.directory import RunDir, write_json
 from runner.sweep.report import Callback
 
@@ -97,8 +96,10 @@ class SweepProgress(Callback):  # type: ignore[misc,valid-type]
         quiet_console()
         print(f"sweep: {total if total is not None else 'an unknown number of'} jobs into {sweep_dir}", file=sys.stderr, flush=True)
 
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        created.clear()  # the sweep ran: its directory is the user's now
+
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        release_stderr()  # under joblib no task runs in this process to release it: the first job's end does
         sweep_dir, run_dir = Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir)
         try:
             state = json.loads((sweep_dir / STATE).read_text(encoding="utf-8"))

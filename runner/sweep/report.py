@@ -239,6 +239,10 @@ def _continued(jobs: list[Job]) -> str:
     return " Continued from an earlier run of this sweep: " + ", ".join(f"{n} {how}" for how, n in counts.items() if n) + "."
 
 
+def _mean_std(mean: float, std: float | None) -> str:
+    return f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+
+
 def _by_configuration(groups: list[Configuration], metrics: tuple[str, ...]) -> list[str]:
     """report.md's table of configurations: each metric as mean ± std over the finished seeds."""
     if not any(len(g.jobs) > 1 for g in groups):
@@ -249,7 +253,7 @@ def _by_configuration(groups: list[Configuration], metrics: tuple[str, ...]) -> 
         cells = []
         for metric in metrics:
             mean, std = group.stats(metric)
-            cells.append("-" if mean is None else f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+            cells.append("-" if mean is None else _mean_std(mean, std))
         lines.append(f"| {_cell(group.label)} | {len(group.finished)} | {group.row()['failed']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -261,19 +265,15 @@ def _markdown(jobs: list[Job], rows: list[dict[str, Any]], groups: list[Configur
     done = [j for j in jobs if j.status == "ok" and j.summary.get("val_loss") is not None]
     pick = min if direction == "minimize" else max
     by = "" if key == "val_loss" else f" (by {key}, the search's objective, {'lowest' if direction == 'minimize' else 'highest'})"
-    def values(group: Configuration, k: str) -> list[float]:
-        return [j.summary[k] for j in group.finished if j.summary.get(k) is not None]
-
-    scored = [g for g in groups if values(g, key)]
+    scored = [g for g in groups if g.stats(key)[0] is not None]
     if scored:  # the best configuration by its mean over its jobs (seeds), not the luckiest seed; one job: that job
-        group = pick(scored, key=lambda g: statistics.fmean(values(g, key)))
-        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if values(group, k)]
+        group = pick(scored, key=lambda g: g.stats(key)[0])
+        shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy")) if group.stats(k)[0] is not None]
         if len(group.finished) == 1:
             best = group.finished[0]
             lines.append(f"**Best:** job {best.directory.name} (`{best.label}`){by}: " + ", ".join(f"{k} {best.summary[k]:.4g}" for k in shown) + ".")
         else:
-            cells = [f"{k} {statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g}" if len(v) > 1 else f"{k} {v[0]:.4g}"
-                     for k in shown for v in [values(group, k)]]
+            cells = [f"{k} {_mean_std(*group.stats(k))}" for k in shown]
             lines.append(f"**Best:** `{group.label}`{by}, by its mean over its {len(group.finished)} jobs (± sample std): " + ", ".join(cells) + ".")
     if done:
         lines += _why(done)
