@@ -52,6 +52,7 @@ def streaming_library(repeats: int, smoke: bool) -> list[Row]:
     except ImportError:
         return [Row(figure, size, float("nan"), "(report)", "webdataset is not installed: pip install -e '.[bench]'")]
     from bench.figures import _cifar_files
+    from runner.data.images import read_cifar
     from runner.data.loader import LoaderBatches
     from runner.data.sources import load_data
 
@@ -59,8 +60,8 @@ def streaming_library(repeats: int, smoke: bool) -> list[Row]:
         root = _cifar_files(Path(tmp) / "cifar10", 80 if smoke else 2000)
         data = load_data(runner.compose(["experiment=resnet18_cifar10", f"data.root={root}"]).data)
         ours = LoaderBatches(data.train_x, data.train_y, BATCH, 0, data.transform, torch.device("cpu"), num_workers=WORKERS)
-        raw = np.concatenate([np.fromfile(root / f"data_batch_{i}.bin", dtype=np.uint8).reshape(-1, 3073) for i in range(1, 6)])
-        urls = _shards(raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0], Path(tmp) / "shards", per_shard=len(raw) // 4)
+        images, labels, _, _ = read_cifar(root, "cifar10")  # the same images, as runner reads them
+        urls = _shards(images, labels, Path(tmp) / "shards", per_shard=len(images) // 4)
         seeds = iter(range(10**9))
 
         def augment(batch):  # the default collation's tensors, then the same transform code as runner's workers run
