@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config.schema import MOVED, SECTIONS, OptimConfig, conf_dir, nested_home
+from runner.config.schema import MOVED, SECTIONS, OptimConfig, conf_dir, key_home
 
 
 def _number(op: str, value: Any) -> float | int:
@@ -238,7 +238,7 @@ def hydra_problem(error: Exception, overrides: List[str], config_dir: Optional[P
         known = [f.name for f in fields(schema)] if schema is not None else _keys_without(overrides, key, parent, config_dir)
         if schema is None and name in known:  # a constructor argument the layer does not set yet
             return Problem(key, f"{parent} does not set {name!r}; add it with +{key}=...")
-        home = nested_home(parent, name) if schema is not None else None
+        home = key_home(parent, name) if schema is not None else None
         hint = (f"it belongs at {home}" if home else "") or suggest(name, known).strip() or (f"it has: {', '.join(known)}" if known else "")
         add = f"an optimizer argument of its own is added with +{key}=..." if parent == "optim" else \
               f"a new key is added with +{key}=..." if schema is None else ""

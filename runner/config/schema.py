@@ -262,13 +262,17 @@ SECTIONS = {"": RunConfig, "model": ModelConfig, "init": InitConfig, "data": Dat
             "loss": LossConfig, "data.loader": LoaderConfig}
 
 
-def nested_home(section: str, key: str) -> str | None:
-    """The dotted key a misplaced `section.key` belongs at when a section directly inside `section` has `key`
-    (`data.num_workers` -> `data.loader.num_workers`, `epochs` -> `trainer.epochs`); None when no such section, or
-    several, has it (`name`)."""
+def key_home(section: str, key: str) -> str | None:
+    """The dotted key a misplaced `section.key` belongs at: the one section directly inside `section` that has `key`
+    (`data.num_workers` -> `data.loader.num_workers`, `epochs` -> `trainer.epochs`), else the one other section
+    anywhere that has it (`data.ckpt_every_epochs` -> `trainer.ckpt_every_epochs`, `data.seed` -> `seed`); None
+    when none, or several, has it (`name`)."""
+    def having(sections: list[str]) -> list[str]:
+        return [f"{name}.{key}" if name else key for name in sections if key in {f.name for f in fields(SECTIONS[name])}]
+
     depth = section.count(".") + 1 if section else 0
-    homes = [f"{name}.{key}" for name, schema in SECTIONS.items()
-             if (name.startswith(f"{section}.") if section else bool(name)) and name.count(".") == depth and key in {f.name for f in fields(schema)}]
+    inside = having([name for name in SECTIONS if (name.startswith(f"{section}.") if section else bool(name)) and name.count(".") == depth])
+    homes = inside or having([name for name in SECTIONS if name != section])
     return homes[0] if len(homes) == 1 else None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner.config.schema import SECTIONS, OptimConfig, RunConfig, nested_home
+from runner.config.schema import SECTIONS, OptimConfig, RunConfig, key_home
 from runner.errors import ConfigError, Problem, Problems, suggest
 from runner.spec.common import field_names, parse_globs
 from runner.spec.init import parse_rules
@@ -172,7 +172,7 @@ def _check_unknown_keys(container: dict, problems: Problems) -> dict:
             if schema is OptimConfig:
                 extras[key] = node.pop(key)
                 continue
-            home = nested_home(name, str(key))
+            home = key_home(name, str(key))
             hint = f" it belongs at {home}" if home else suggest(str(key), known) or " it takes: " + ", ".join(known)
             problems.add(f"{name}.{key}" if name else str(key), f"unknown key;{hint}")
             del node[key]
